@@ -1,0 +1,5 @@
+"""`python -m nmtkit` runs the command line."""
+
+from nmtkit.cli import main
+
+main()

@@ -1,0 +1,105 @@
+"""Run folders: save and load them, safely.
+
+A run folder (`checkpoints/<run>/`) alone is enough to use a model on any machine:
+
+    config.json        {"format_version": 1, "kind": ..., "model": {...}, "train": {...}}
+    model.safetensors  weights (never a pickle: loading a model must not run code)
+    tokenizer/         the tokenizer folder (see `nmtkit.tokenization`)
+    metrics.jsonl      one JSON line per evaluation
+    train_state.pt     optimizer, scheduler, step, RNG states for --resume (loaded with weights_only=True)
+    run.json           command, versions, seed, data files with hashes, final scores with signatures
+
+Every file is written to a temporary name in the same folder, flushed to disk and renamed, so a crash never
+leaves a half-written file. What is *not* here: what the config means (models and workflows decide that).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from nmtkit.errors import CheckpointError
+from nmtkit.files import atomic_write, read_json, write_json
+
+FORMAT_VERSION = 1
+CONFIG = "config.json"
+WEIGHTS = "model.safetensors"
+TRAIN_STATE = "train_state.pt"
+METRICS = "metrics.jsonl"
+RUN_RECORD = "run.json"
+TOKENIZER_DIR = "tokenizer"
+
+
+def write_config(run_dir: str | Path, kind: str, **sections: Any) -> None:
+    write_json(Path(run_dir) / CONFIG, {"format_version": FORMAT_VERSION, "kind": kind, **sections})
+
+
+def read_config(run_dir: str | Path, kinds: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """The config of a run folder; refuses a missing folder, an unknown format version or a wrong kind."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise CheckpointError(f"{run_dir}: no such run folder")
+    config = read_json(run_dir / CONFIG)
+    version = config.get("format_version") if isinstance(config, dict) else None
+    if version != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{run_dir / CONFIG}: format version {version!r} is not supported (this nmtkit reads version {FORMAT_VERSION})"
+        )
+    if kinds is not None and config.get("kind") not in kinds:
+        raise CheckpointError(f"{run_dir}: a {config.get('kind')!r} run, but this command needs one of: {', '.join(kinds)}")
+    return config
+
+
+def save_weights(path: str | Path, state_dict: dict[str, Any]) -> None:
+    """Weights as safetensors. Tensors that share memory (tied embeddings) are stored once each, cloned."""
+    from safetensors.torch import save
+
+    seen: set[int] = set()
+    tensors = {}
+    for name, tensor in state_dict.items():
+        tensor = tensor.detach().cpu().contiguous()
+        ptr = tensor.untyped_storage().data_ptr()
+        tensors[name] = tensor.clone() if ptr in seen else tensor
+        seen.add(ptr)
+    data = save(tensors)
+    atomic_write(path, lambda f: f.write(data))
+
+
+def load_weights(path: str | Path, device: str = "cpu") -> dict[str, Any]:
+    """Weights from safetensors; anything else (a pickle, a truncated file) is refused."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing weights file")
+    try:
+        return load_file(str(path), device=device)
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: not a valid safetensors weights file ({exc})") from None
+
+
+def save_train_state(path: str | Path, state: dict[str, Any]) -> None:
+    import torch
+
+    atomic_write(path, lambda f: torch.save(state, f))
+
+
+def load_train_state(path: str | Path) -> dict[str, Any]:
+    """Training state for --resume, loaded with `weights_only=True` so no code can run."""
+    import pickle
+
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing; nothing to resume from")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path}: refused: not a safe training-state file ({first})") from None
+
+
+def count_parameters(weights: dict[str, Any]) -> int:
+    return sum(t.numel() for t in weights.values())

@@ -1,0 +1,173 @@
+"""SentencePiece tokenizers: training, loading, encoding and decoding.
+
+Special ids are fixed for every tokenizer nmtkit trains, so models never guess them:
+
+    PAD_ID = 0  <pad>   padding (never predicted; ignored by losses)
+    UNK_ID = 1  <unk>   an unknown piece
+    BOS_ID = 2  <s>     beginning of a sequence (the decoder's first input)
+    EOS_ID = 3  </s>    end of a sequence
+
+A tokenizer folder holds `tokenizer.model` (the SentencePiece model), `tokenizer.vocab` (piece and score
+per line) and `tokenizer.json` (how it was trained). What is *not* here: reading corpora (`nmtkit.data`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from nmtkit.config import TokenizerConfig, to_dict
+from nmtkit.errors import CheckpointError, DataError
+from nmtkit.files import read_json, write_json
+
+PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
+SPECIAL_PIECES = {"pad": "<pad>", "unk": "<unk>", "bos": "<s>", "eos": "</s>"}
+MODEL_FILE, VOCAB_FILE, INFO_FILE = "tokenizer.model", "tokenizer.vocab", "tokenizer.json"
+FORMAT_VERSION = 1
+
+
+class Tokenizer:
+    """A loaded SentencePiece model with nmtkit's fixed special ids."""
+
+    def __init__(self, folder: str | Path):
+        import sentencepiece as spm
+
+        self.folder = Path(folder)
+        model = self.folder / MODEL_FILE if self.folder.is_dir() else self.folder
+        if not model.is_file():
+            raise CheckpointError(f"{self.folder}: no tokenizer here (expected {MODEL_FILE})")
+        self.sp = spm.SentencePieceProcessor()
+        try:
+            self.sp.Load(str(model))
+        except (OSError, RuntimeError) as exc:
+            raise CheckpointError(f"{model}: not a SentencePiece model ({exc})") from None
+        if model.parent == self.folder and (self.folder / INFO_FILE).is_file():
+            self.info: dict[str, Any] = read_json(self.folder / INFO_FILE)
+        else:
+            self.info = {}
+        self.threads = os.cpu_count() or 1
+
+    def __len__(self) -> int:
+        return self.sp.GetPieceSize()
+
+    @property
+    def vocab_size(self) -> int:
+        return self.sp.GetPieceSize()
+
+    def encode(self, texts: Sequence[str], add_bos: bool = False, add_eos: bool = False) -> list[list[int]]:
+        return self.sp.Encode(list(texts), add_bos=add_bos, add_eos=add_eos, num_threads=self.threads)
+
+    def encode_pieces(self, texts: Sequence[str]) -> list[list[str]]:
+        return self.sp.Encode(list(texts), out_type=str, num_threads=self.threads)
+
+    def decode(self, ids: Sequence[Sequence[int]]) -> list[str]:
+        return self.sp.Decode([list(x) for x in ids], num_threads=self.threads)
+
+    def decode_pieces(self, pieces: Sequence[Sequence[str]]) -> list[str]:
+        return self.sp.DecodePieces([list(p) for p in pieces])
+
+    def id_to_piece(self, i: int) -> str:
+        return self.sp.IdToPiece(i)
+
+    def piece_to_id(self, piece: str) -> int:
+        return self.sp.PieceToId(piece)
+
+    def copy_to(self, folder: str | Path) -> None:
+        """Copy this tokenizer's files into `folder` (a run folder's `tokenizer/`)."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        for name in (MODEL_FILE, VOCAB_FILE, INFO_FILE):
+            if (self.folder / name).is_file():
+                shutil.copyfile(self.folder / name, folder / name)
+
+
+def train_tokenizer(
+    sentences: Iterable[str], out_dir: str | Path, cfg: TokenizerConfig, provenance: dict[str, Any] | None = None
+) -> Tokenizer:
+    """Train a SentencePiece model on `sentences` and write a tokenizer folder to `out_dir`.
+
+    The folder is assembled under a temporary name and renamed into place, so it is never half-written.
+    """
+    import sentencepiece as spm
+
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    counted = _Counter(sentences)
+    spm.set_random_generator_seed(cfg.seed)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    options: dict[str, Any] = dict(
+        sentence_iterator=iter(counted),
+        model_prefix=str(tmp / "tokenizer"),
+        model_type=cfg.model_type,
+        vocab_size=cfg.vocab_size,
+        character_coverage=cfg.character_coverage,
+        pad_id=PAD_ID, unk_id=UNK_ID, bos_id=BOS_ID, eos_id=EOS_ID,
+        pad_piece=SPECIAL_PIECES["pad"], unk_piece=SPECIAL_PIECES["unk"],
+        bos_piece=SPECIAL_PIECES["bos"], eos_piece=SPECIAL_PIECES["eos"],
+        user_defined_symbols=list(cfg.user_defined_symbols),
+        byte_fallback=cfg.byte_fallback,
+        num_threads=os.cpu_count() or 1,
+        minloglevel=2,
+    )
+    if cfg.model_type == "char":
+        options["hard_vocab_limit"] = False
+    elif cfg.model_type == "word":
+        options["split_by_whitespace"] = True
+    if cfg.max_sentences:
+        options.update(input_sentence_size=cfg.max_sentences, shuffle_input_sentence=True)
+    try:
+        spm.SentencePieceTrainer.Train(**options)
+    except RuntimeError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        message = str(exc).strip().splitlines()[-1]
+        if counted.nonblank == 0:
+            raise DataError("empty corpus: no non-blank sentences to train a tokenizer on") from None
+        limit = re.search(r"value <= (\d+)", message)
+        if limit:
+            raise DataError(
+                f"the corpus is too small for --vocab-size {cfg.vocab_size} with --model-type {cfg.model_type}; "
+                f"it supports at most {limit.group(1)} pieces"
+            ) from None
+        raise DataError(f"sentencepiece could not train: {message}") from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    import sentencepiece
+
+    write_json(
+        tmp / INFO_FILE,
+        {
+            "format_version": FORMAT_VERSION,
+            "kind": "tokenizer",
+            "config": to_dict(cfg),
+            "vocab_size": spm.SentencePieceProcessor(model_file=str(tmp / MODEL_FILE)).GetPieceSize(),
+            "special_ids": {"pad": PAD_ID, "unk": UNK_ID, "bos": BOS_ID, "eos": EOS_ID},
+            "sentences": counted.count,
+            "data": provenance or {},
+            "sentencepiece_version": sentencepiece.__version__,
+        },
+    )
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    os.replace(tmp, out_dir)
+    return Tokenizer(out_dir)
+
+
+class _Counter:
+    """Counts what flows into the trainer (for the record and for the empty-corpus message)."""
+
+    def __init__(self, sentences: Iterable[str]):
+        self.sentences = sentences
+        self.count = 0
+        self.nonblank = 0
+
+    def __iter__(self):
+        for s in self.sentences:
+            self.count += 1
+            if s.strip():
+                self.nonblank += 1
+                yield s
