@@ -121,8 +121,12 @@ def train_tokenizer(
         options.update(input_sentence_size=cfg.max_sentences, shuffle_input_sentence=True)
     try:
         spm.SentencePieceTrainer.Train(**options)
+        if counted.error is not None:
+            raise counted.error
     except RuntimeError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        if counted.error is not None:
+            raise counted.error from None
         message = str(exc).strip().splitlines()[-1]
         if counted.nonblank == 0:
             raise DataError("empty corpus: no non-blank sentences to train a tokenizer on") from None
@@ -131,6 +135,12 @@ def train_tokenizer(
             raise DataError(
                 f"the corpus is too small for --vocab-size {cfg.vocab_size} with --model-type {cfg.model_type}; "
                 f"it supports at most {limit.group(1)} pieces"
+            ) from None
+        need = re.search(r"smaller than required_chars\. \d+ vs (\d+)", message)
+        if need:
+            raise DataError(
+                f"--vocab-size {cfg.vocab_size} is too small: this corpus needs at least {need.group(1)} pieces for its "
+                "characters (and byte pieces with --byte-fallback); raise it or lower --character-coverage"
             ) from None
         raise DataError(f"sentencepiece could not train: {message}") from None
     except BaseException:
@@ -165,9 +175,14 @@ class _Counter:
         self.count = 0
         self.nonblank = 0
 
+        self.error: Exception | None = None
+
     def __iter__(self):
-        for s in self.sentences:
-            self.count += 1
-            if s.strip():
-                self.nonblank += 1
-                yield s
+        try:
+            for s in self.sentences:
+                self.count += 1
+                if s.strip():
+                    self.nonblank += 1
+                    yield s
+        except Exception as exc:  # sentencepiece would bury a reader's error in its own; keep it for the caller
+            self.error = exc

@@ -1,0 +1,41 @@
+"""Shared fixtures: the demo corpus, a small demo tokenizer, and ../shared/corpora when it is there."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+DEMO = ROOT / "corpora" / "demo"
+SHARED = Path(os.environ.get("NMTKIT_SHARED_CORPORA", ROOT.parent / "shared" / "corpora"))
+
+
+@pytest.fixture(scope="session")
+def demo_tokenizer(tmp_path_factory):
+    """A 600-piece unigram tokenizer trained jointly on the demo corpus (both languages)."""
+    from nmtkit.config import TokenizerConfig
+    from nmtkit.data.corpora import read_lines
+    from nmtkit.tokenization import train_tokenizer
+    import itertools
+
+    folder = tmp_path_factory.mktemp("tok") / "demo-600"
+    lines = itertools.chain(read_lines(DEMO / "train.en"), read_lines(DEMO / "train.ko"))
+    return train_tokenizer(lines, folder, TokenizerConfig(vocab_size=600, byte_fallback=True))
+
+
+@pytest.fixture
+def shared_corpora() -> Path:
+    if not SHARED.is_dir():
+        pytest.skip(f"reference corpora not found at {SHARED} (set NMTKIT_SHARED_CORPORA to run this test)")
+    return SHARED
+
+
+def write(path: Path, content: str | bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content, encoding="utf-8")
+    return path

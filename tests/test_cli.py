@@ -1,0 +1,144 @@
+"""The command line at its boundary: Typer's CliRunner, exit codes, stdout vs stderr, one-line errors."""
+
+import gzip
+import json
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from nmtkit.cli import app
+
+from conftest import DEMO, write
+
+runner = CliRunner()
+
+
+def run(*args, input=None):
+    return runner.invoke(app, [str(a) for a in args], input=input)
+
+
+def assert_one_line_error(result, pattern):
+    import re
+
+    assert result.exit_code == 1, result.output
+    assert result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert re.search(pattern, lines[0]), lines[0]
+    assert "Traceback" not in result.output
+
+
+@pytest.fixture(scope="module")
+def tok(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "tok"
+    result = run("train-tokenizer", "demo", "-o", out, "--vocab-size", "400", "--model-type", "bpe")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == str(out)
+    return out
+
+
+def test_help_lists_commands():
+    result = run("--help")
+    assert result.exit_code == 0
+    for name in ("train-tokenizer", "tokenize", "download", "info"):
+        assert name in result.stdout
+
+
+def test_help_is_fast_and_imports_no_torch():
+    code = "import sys, nmtkit.cli; print('torch' in sys.modules, 'datasets' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "False"]
+
+
+def test_tokenize_stdin_pieces_ids_and_decode(tok):
+    text = "I am a student.\n\n저는 학생입니다.\n"
+    pieces = run("tokenize", "-t", tok, input=text)
+    assert pieces.exit_code == 0
+    lines = pieces.stdout.splitlines()
+    assert len(lines) == 3 and lines[1] == "" and lines[0].startswith("▁I")
+    ids = run("tokenize", "-t", tok, "--ids", input=text)
+    assert all(x.isdigit() for x in ids.stdout.split())
+    back = run("tokenize", "-t", tok, "--ids", "--decode", input=ids.stdout)
+    assert back.stdout == text
+    back = run("tokenize", "-t", tok, "--decode", input=pieces.stdout)
+    assert back.stdout == text
+
+
+def test_tokenize_files_gzip_and_output(tok, tmp_path):
+    gz = tmp_path / "in.txt.gz"
+    gz.write_bytes(gzip.compress(b"I am a student.\nWe like tea.\n"))
+    out = tmp_path / "out.txt"
+    result = run("tokenize", "-t", tok, DEMO / "test.en", gz, "-o", out)
+    assert result.exit_code == 0 and result.stdout == ""
+    assert len(out.read_text().splitlines()) == 102
+
+
+def test_tokenize_invalid_utf8(tok, tmp_path):
+    bad = write(tmp_path / "bad.txt", b"fine\n\xff\xfe\nfine again\n")
+    assert_one_line_error(run("tokenize", "-t", tok, bad), r"bad\.txt:2: invalid UTF-8")
+    result = run("tokenize", "-t", tok, "--on-bad-line", "skip", bad)
+    assert result.exit_code == 0
+    assert result.stdout.splitlines()[1] == "" and len(result.stdout.splitlines()) == 3
+    assert "skipped 1 line(s) with invalid UTF-8" in result.stderr
+
+
+def test_train_tokenizer_from_tsv_column_and_jsonl(tmp_path):
+    tsv = write(tmp_path / "d.tsv", "label\tsentence\n" + "".join(f"{i % 2}\tsentence number {i}\n" for i in range(200)))
+    result = run("train-tokenizer", tsv, "--column", "sentence", "-o", tmp_path / "t1", "--vocab-size", "40")
+    assert result.exit_code == 0, result.output
+    info = json.loads(run("info", tmp_path / "t1", "--json").stdout)
+    assert info["kind"] == "tokenizer" and info["vocab_size"] == 40 and info["data"]["column"] == "sentence"
+    jsonl = write(tmp_path / "d.jsonl", "".join(json.dumps({"text": f"line {i}"}) + "\n" for i in range(100)))
+    result = run("train-tokenizer", "--dataset", "json", "--data-files", jsonl, "--column", "text",
+                 "-o", tmp_path / "t2", "--vocab-size", "20", "--model-type", "char")
+    assert result.exit_code == 0, result.output
+
+
+def test_train_tokenizer_settings_file_and_overrides(tmp_path):
+    settings = write(tmp_path / "tok.toml", 'model_type = "bpe"\nvocab_size = 300\nseed = 7\n')
+    result = run("train-tokenizer", "demo/train.en", "--settings", settings, "--vocab-size", "250", "-o", tmp_path / "t")
+    assert result.exit_code == 0, result.output
+    cfg = json.loads(run("info", tmp_path / "t", "--json").stdout)["config"]
+    assert (cfg["model_type"], cfg["vocab_size"], cfg["seed"]) == ("bpe", 250, 7)
+    bad = write(tmp_path / "bad.yaml", "vocab_sise: 100\n")
+    assert_one_line_error(run("train-tokenizer", "demo", "--settings", bad, "-o", tmp_path / "x"),
+                          "unknown setting\\(s\\) vocab_sise; valid settings: model_type, vocab_size")
+
+
+@pytest.mark.parametrize("args, pattern", [
+    (["train-tokenizer", "missing.txt", "-o", "{tmp}/x"], r"missing\.txt: no such file"),
+    (["train-tokenizer", "demo", "--model-type", "wordpiece", "-o", "{tmp}/x"],
+     "model_type='wordpiece' is not valid; choose one of 'bpe', 'unigram', 'char', 'word'"),
+    (["train-tokenizer", "{tmp}/empty.txt", "-o", "{tmp}/x"], r"empty\.txt: empty corpus"),
+    (["train-tokenizer", "{tmp}/d.tsv", "-o", "{tmp}/x"], "needs --column"),
+    (["train-tokenizer", "{tmp}/d.tsv", "-c", "text", "-o", "{tmp}/x"], r"d\.tsv:1: no column 'text'"),
+    (["train-tokenizer", "{tmp}/d.jsonl", "-c", "text", "-o", "{tmp}/x"], r"d\.jsonl:2: malformed JSON"),
+    (["tokenize", "-t", "{tmp}/nothing"], "no tokenizer here"),
+    (["info", "{tmp}/nothing"], "no such run or tokenizer folder"),
+    (["download", "nope"], "unknown corpus 'nope'"),
+    (["train-tokenizer", "demo", "--on-bad-line", "ignore", "-o", "{tmp}/x"], "--on-bad-line 'ignore' is not valid"),
+])
+def test_bad_input_gets_one_line_error(tmp_path, args, pattern):
+    write(tmp_path / "empty.txt", "\n\n")
+    write(tmp_path / "d.tsv", "label\tsentence\n1\tok\n")
+    write(tmp_path / "d.jsonl", '{"text": "ok"}\n{"text": oops}\n')
+    assert_one_line_error(run(*[a.format(tmp=tmp_path) for a in args]), pattern)
+
+
+def test_download_list_and_from(shared_corpora, tmp_path, monkeypatch):
+    monkeypatch.setenv("NMTKIT_DATA", str(tmp_path))
+    listing = run("download", "--list")
+    assert listing.exit_code == 0 and "multi30k" in listing.stdout and "tinyshakespeare" in listing.stdout
+    result = run("download", "tinyshakespeare", "--from", shared_corpora / "tinyshakespeare")
+    assert result.exit_code == 0 and result.stdout.strip() == str(tmp_path / "tinyshakespeare")
+    result = run("train-tokenizer", "tinyshakespeare/input.txt", "--model-type", "char", "-o", tmp_path / "tc")
+    assert result.exit_code == 0, result.output
+    assert json.loads(run("info", tmp_path / "tc", "--json").stdout)["vocab_size"] == 68  # 64 characters (▁ for space, no newline) + 4 special
+
+
+def test_python_dash_m(tok):
+    out = subprocess.run([sys.executable, "-m", "nmtkit", "tokenize", "-t", str(tok)], input="I am a student.\n",
+                         capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.startswith("▁I")
