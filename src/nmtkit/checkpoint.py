@@ -51,32 +51,47 @@ def read_config(run_dir: str | Path, kinds: tuple[str, ...] | None = None) -> di
 
 
 def save_weights(path: str | Path, state_dict: dict[str, Any]) -> None:
-    """Weights as safetensors. Tensors that share memory (tied embeddings) are stored once each, cloned."""
+    """Weights as safetensors. A tensor shared under several names (tied embeddings) is stored once; the
+    other names are recorded in the file's metadata and restored by `load_weights`."""
+    import json
+
     from safetensors.torch import save
 
-    seen: set[int] = set()
-    tensors = {}
+    tensors, tied, first_name = {}, {}, {}
     for name, tensor in state_dict.items():
-        tensor = tensor.detach().cpu().contiguous()
-        ptr = tensor.untyped_storage().data_ptr()
-        tensors[name] = tensor.clone() if ptr in seen else tensor
-        seen.add(ptr)
-    data = save(tensors)
+        key = (tensor.data_ptr(), tuple(tensor.shape), tensor.dtype)
+        if key in first_name:
+            tied[name] = first_name[key]
+            continue
+        first_name[key] = name
+        tensors[name] = tensor.detach().cpu().contiguous()
+    data = save(tensors, metadata={"format": "pt", "nmtkit_tied": json.dumps(tied)})
     atomic_write(path, lambda f: f.write(data))
 
 
 def load_weights(path: str | Path, device: str = "cpu") -> dict[str, Any]:
     """Weights from safetensors; anything else (a pickle, a truncated file) is refused."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    import json
+
+    from safetensors import SafetensorError, safe_open
 
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: missing weights file")
     try:
-        return load_file(str(path), device=device)
+        with safe_open(str(path), framework="pt", device=device) as f:
+            weights = {name: f.get_tensor(name) for name in f.keys()}
+            tied = json.loads((f.metadata() or {}).get("nmtkit_tied", "{}"))
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"{path}: not a valid safetensors weights file ({exc})") from None
+    for alias, source in tied.items():
+        weights[alias] = weights[source]
+    return weights
+
+
+def count_parameters(weights: dict[str, Any]) -> int:
+    """Parameters of a state dict, counting a tensor shared under several names once."""
+    return sum({t.data_ptr(): t.numel() for t in weights.values()}.values())
 
 
 def save_train_state(path: str | Path, state: dict[str, Any]) -> None:
@@ -100,6 +115,3 @@ def load_train_state(path: str | Path) -> dict[str, Any]:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"{path}: refused: not a safe training-state file ({first})") from None
 
-
-def count_parameters(weights: dict[str, Any]) -> int:
-    return sum(t.numel() for t in weights.values())

@@ -163,7 +163,7 @@ def tokenize_cmd(
     from nmtkit.data.corpora import decode_lines, open_binary
     from nmtkit.tokenization import Tokenizer
 
-    tok = Tokenizer(_tokenizer_folder(tokenizer))
+    tok = Tokenizer(workflows._tokenizer_folder(tokenizer))
     mode = _check_on_bad_line(on_bad_line)
 
     def lines():
@@ -174,10 +174,6 @@ def tokenize_cmd(
                 yield from decode_lines(stream, str(path), mode)
 
     _write_lines(workflows.tokenize(tok, lines(), ids=ids, decode=decode), output)
-
-
-def _tokenizer_folder(path: Path) -> Path:
-    return path / "tokenizer" if (path / "tokenizer").is_dir() else path
 
 
 def _write_lines(lines, output: Optional[Path]) -> None:
@@ -248,6 +244,277 @@ def info_cmd(
             value = json.dumps(value, ensure_ascii=False, default=str)
         table.add_row(key, str(value))
     Console(width=max(100, Console().width)).print(table)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Translators
+
+
+class TrainingDisplay:
+    """A rich progress bar on stderr with loss, learning rate, tokens/s and ETA; evaluations as log lines."""
+
+    def __init__(self):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.progress = Progress(
+            TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[stats]}"),
+            TimeRemainingColumn(), console=err, transient=False,
+        )
+        self.task = None
+
+    def __enter__(self):
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self.progress.__exit__(*exc)
+
+    def __call__(self, event: dict) -> None:
+        if event["event"] == "train":
+            stats = f"loss {event['train_loss']:.3f}  lr {event['lr']:.2e}  {event['tokens_per_s']:,} tok/s"
+            if self.task is None:
+                self.task = self.progress.add_task("train", total=event["max_steps"], completed=event["step"], stats=stats)
+            self.progress.update(self.task, completed=event["step"], stats=stats)
+        else:
+            shown = {k: v for k, v in event.items() if k not in ("event", "epoch", "elapsed_s", "best_step")}
+            log.info("eval " + "  ".join(f"{k} {v}" for k, v in shown.items()) + f" (best at step {event['best_step']})")
+
+
+def _given(**values: Any) -> dict[str, Any]:
+    return {k: v for k, v in values.items() if v is not None}
+
+
+@command("train-translator")
+def train_translator_cmd(
+    arch: Optional[str] = typer.Option(None, "--arch", help="rnn (fixed context vector), attention, or transformer (default)."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Run folder (default checkpoints/ARCH-DATE-TIME)."),
+    src: Optional[str] = typer.Option(None, "--src", help="Training source file (or known corpus file, e.g. demo/train.en)."),
+    tgt: Optional[str] = typer.Option(None, "--tgt", help="Training target file, line-aligned with --src."),
+    valid_src: Optional[str] = typer.Option(None, "--valid-src", help="Validation source file."),
+    valid_tgt: Optional[str] = typer.Option(None, "--valid-tgt", help="Validation target file."),
+    corpus: Optional[str] = typer.Option(None, "--corpus", help="A known translation corpus (demo, multi30k): its train and valid splits."),
+    src_lang: Optional[str] = typer.Option(None, "--src-lang", help="Source language code (with --corpus or --dataset)."),
+    tgt_lang: Optional[str] = typer.Option(None, "--tgt-lang", help="Target language code (with --corpus or --dataset)."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", help="A Hugging Face dataset with a 'translation' column (or --src-column/--tgt-column)."),
+    dataset_config: Optional[str] = typer.Option(None, "--config", help="The dataset's configuration name."),
+    split: str = typer.Option("train", "--split", help="The dataset's training split."),
+    valid_split: Optional[str] = typer.Option(None, "--valid-split", help="The dataset's validation split."),
+    src_column: Optional[str] = typer.Option(None, "--src-column", help="Dataset column holding source text."),
+    tgt_column: Optional[str] = typer.Option(None, "--tgt-column", help="Dataset column holding target text."),
+    tokenizer: Optional[Path] = typer.Option(None, "--tokenizer", "-t", help="Use this tokenizer (else train a joint one on the training data)."),
+    vocab_size: int = typer.Option(8000, "--vocab-size", help="Pieces of the tokenizer trained on the fly."),
+    tokenizer_type: str = typer.Option("unigram", "--tokenizer-type", help="bpe or unigram, for the tokenizer trained on the fly."),
+    # model
+    d_model: Optional[int] = typer.Option(None, "--d-model", help="Transformer width."),
+    heads: Optional[int] = typer.Option(None, "--heads", help="Transformer attention heads."),
+    layers: Optional[int] = typer.Option(None, "--layers", help="Layers (Transformer: encoder and decoder each; RNN: stacked)."),
+    ff_dim: Optional[int] = typer.Option(None, "--ff-dim", help="Transformer feed-forward width."),
+    positions: Optional[str] = typer.Option(None, "--positions", help="Transformer positions: sinusoidal or learned."),
+    norm: Optional[str] = typer.Option(None, "--norm", help="Transformer layer norm: pre or post."),
+    cell: Optional[str] = typer.Option(None, "--cell", help="RNN cell: gru or lstm."),
+    embed_dim: Optional[int] = typer.Option(None, "--embed-dim", help="RNN embedding size."),
+    hidden_dim: Optional[int] = typer.Option(None, "--hidden-dim", help="RNN hidden size."),
+    bidirectional: Optional[bool] = typer.Option(None, "--bidirectional/--unidirectional", help="RNN encoder direction."),
+    attention: Optional[str] = typer.Option(None, "--attention", help="bahdanau, luong-dot or luong-general (--arch attention)."),
+    dropout: Optional[float] = typer.Option(None, "--dropout", help="Dropout."),
+    # training
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Optimizer steps (default 10000)."),
+    max_epochs: Optional[int] = typer.Option(None, "--max-epochs", help="Stop after this many epochs (0: no limit)."),
+    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="Batch size in padded tokens per micro-batch (default 4096)."),
+    accumulate: Optional[int] = typer.Option(None, "--accumulate", help="Micro-batches per optimizer step."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate (default 5e-4)."),
+    schedule: Optional[str] = typer.Option(None, "--schedule", help="inverse-sqrt (default), cosine or constant."),
+    warmup: Optional[int] = typer.Option(None, "--warmup", help="Warmup steps (default 1000)."),
+    label_smoothing: Optional[float] = typer.Option(None, "--label-smoothing", help="Label smoothing (default 0.1)."),
+    teacher_forcing: Optional[float] = typer.Option(None, "--teacher-forcing", help="RNNs: share of steps fed the reference token (default 1.0)."),
+    clip_norm: Optional[float] = typer.Option(None, "--clip-norm", help="Gradient clipping norm (0: off)."),
+    weight_decay: Optional[float] = typer.Option(None, "--weight-decay", help="AdamW weight decay."),
+    eval_every: Optional[int] = typer.Option(None, "--eval-every", help="Steps between validations and checkpoints."),
+    patience: Optional[int] = typer.Option(None, "--patience", help="Early stopping after this many validations without a better BLEU."),
+    max_len: Optional[int] = typer.Option(None, "--max-len", help="Leave out training pairs longer than this (pieces)."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Random seed."),
+    compile_: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile the model."),
+    bf16: Optional[bool] = typer.Option(None, "--bf16/--no-bf16", help="bf16 autocast on GPU (default on)."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --output exactly where it stopped."),
+    settings_file: Optional[Path] = typer.Option(None, "--settings", help="TOML/YAML with [model] and [train] tables; flags override it."),
+    on_bad_line: str = ON_BAD_LINE,
+) -> None:
+    """Train a translator: RNN encoder-decoder, RNN with attention, or Transformer."""
+    import datetime
+
+    from nmtkit import workflows
+    from nmtkit.config import TokenizerConfig, from_dict, load_settings_file
+
+    file_settings = load_settings_file(settings_file) if settings_file else {}
+    unknown = sorted(set(file_settings) - {"arch", "model", "train"})
+    if unknown:
+        raise NmtkitError(f"{settings_file}: unknown table(s) {', '.join(unknown)}; valid: arch, model, train")
+    arch = arch or file_settings.get("arch", "transformer")
+    model_settings = {**file_settings.get("model", {}), **_given(
+        d_model=d_model, heads=heads, ff_dim=ff_dim, positions=positions, norm=norm, cell=cell, embed_dim=embed_dim,
+        hidden_dim=hidden_dim, bidirectional=bidirectional, attention=attention, dropout=dropout)}
+    if layers is not None:
+        model_settings.update({"encoder_layers": layers, "decoder_layers": layers} if arch == "transformer" else {"layers": layers})
+    train_settings = {**file_settings.get("train", {}), **_given(
+        max_steps=max_steps, max_epochs=max_epochs, max_tokens=max_tokens, accumulate=accumulate, lr=lr,
+        schedule=schedule, warmup_steps=warmup, label_smoothing=label_smoothing, teacher_forcing=teacher_forcing,
+        clip_norm=clip_norm, weight_decay=weight_decay, eval_every=eval_every, patience=patience, max_len=max_len,
+        seed=seed, compile=compile_, bf16=bf16)}
+    train_spec = valid_spec = None
+    if src or tgt:
+        if not (src and tgt):
+            raise NmtkitError("--src and --tgt go together")
+        train_spec = {"src": src, "tgt": tgt, "src_lang": src_lang or Path(src).suffix.lstrip("."),
+                      "tgt_lang": tgt_lang or Path(tgt).suffix.lstrip(".")}
+        if valid_src and valid_tgt:
+            valid_spec = {"src": valid_src, "tgt": valid_tgt}
+    elif corpus:
+        if not (src_lang and tgt_lang):
+            raise NmtkitError("--corpus needs --src-lang and --tgt-lang")
+        train_spec = {"corpus": corpus, "src_lang": src_lang, "tgt_lang": tgt_lang, "split": "train"}
+        valid_spec = {**train_spec, "split": "valid"}
+    elif dataset:
+        base = {"dataset": dataset, "config": dataset_config, "src_lang": src_lang, "tgt_lang": tgt_lang,
+                "src_column": src_column, "tgt_column": tgt_column}
+        train_spec = {**base, "split": split}
+        valid_spec = {**base, "split": valid_split} if valid_split else None
+    elif not resume:
+        raise NmtkitError("no training data: give --src/--tgt files, --corpus NAME, or --dataset NAME")
+    if resume and output is None:
+        raise NmtkitError("--resume needs --output, the run folder to continue")
+    if output is None:
+        output = Path("checkpoints") / f"{arch}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
+    tok_cfg = from_dict(TokenizerConfig, {"model_type": tokenizer_type, "vocab_size": vocab_size}, "tokenizer")
+    with TrainingDisplay() as display:
+        summary = workflows.train_translator(
+            run_dir=output, arch=arch, train_spec=train_spec, valid_spec=valid_spec, model_settings=model_settings,
+            train_settings=train_settings if not resume else _given(max_steps=max_steps, patience=patience),
+            tokenizer=str(tokenizer) if tokenizer else None, tokenizer_cfg=tok_cfg, device=device, resume=resume,
+            on_bad_line=_check_on_bad_line(on_bad_line), progress=display, command=["nmtkit", *sys.argv[1:]],
+        )
+    best = summary["best"] or {}
+    log.info("trained %s (%s parameters) for %d steps in %.0f s; best %s at step %s", summary["arch"],
+             f"{summary['parameters']:,}", summary["steps"], summary["seconds"],
+             ", ".join(f"{k} {best[k]}" for k in ("bleu", "chrf", "valid_loss") if k in best) or "-", summary["best_step"])
+    print(output)
+
+
+def _input_lines(files: Optional[List[Path]], on_bad_line: str):
+    """Decoded lines of the input files, or of stdin when there are none (None for a skipped line)."""
+    from nmtkit.data.corpora import decode_lines, open_binary
+
+    mode = _check_on_bad_line(on_bad_line)
+    if not files:
+        yield from decode_lines(sys.stdin.buffer, "<stdin>", mode)
+    for path in files or []:
+        with open_binary(path) as stream:
+            yield from decode_lines(stream, str(path), mode)
+
+
+@command("translate")
+def translate_cmd(
+    files: List[Path] = typer.Argument(None, help="Input files; stdin when none."),
+    model: Path = typer.Option(..., "--model", "-m", help="A translator run folder."),
+    input_: Optional[List[Path]] = typer.Option(None, "--input", "-i", help="Input file (repeatable); same as the arguments."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write here instead of stdout."),
+    beam: int = typer.Option(5, "--beam", "-b", help="Beam size (1: greedy)."),
+    length_penalty: float = typer.Option(1.0, "--length-penalty", help="Scores divided by length ** this (0: raw log-probability)."),
+    n_best: int = typer.Option(1, "--n-best", help="Write the K best translations with scores, as one JSON object per line."),
+    with_scores: bool = typer.Option(False, "--scores", help="Append a tab and the score to each translation."),
+    batch_size: int = typer.Option(64, "--batch-size", help="Sentences per batch (sorted by length)."),
+    max_len_ratio: float = typer.Option(2.0, "--max-len-ratio", help="Longest output: ratio x source length + --max-len-extra pieces."),
+    max_len_extra: int = typer.Option(10, "--max-len-extra", help="See --max-len-ratio."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
+    on_bad_line: str = ON_BAD_LINE,
+) -> None:
+    """Translate stdin or files: exactly one output line per input line."""
+    from nmtkit import workflows
+
+    translator = workflows.Translator(model, device)
+    lines = workflows.translate(
+        translator, _input_lines(list(files or []) + list(input_ or []), on_bad_line), beam=beam,
+        batch_size=batch_size, length_penalty=length_penalty, n_best=n_best, with_scores=with_scores,
+        max_len_ratio=max_len_ratio, max_len_extra=max_len_extra, buffer_lines=max(batch_size * 8, 64),
+    )
+    if output is None and sys.stdout.isatty():
+        for line in lines:  # interactive: answer each line as soon as it is translated
+            print(line, flush=True)
+        return
+    _write_lines(lines, output)
+
+
+def _print_scores(scores: dict, as_json: bool) -> None:
+    if as_json:
+        _print_json(scores)
+        return
+    for name, entry in scores.items():
+        print(f"{name.upper():5} {entry['score']:6.2f}  {entry['signature']}")
+
+
+TOKENIZE_HELP = "sacrebleu tokenizer: 13a, intl, zh, char, ja-mecab, ko-mecab... (default: chosen for the target language)."
+
+
+@command("score")
+def score_cmd(
+    ref: List[Path] = typer.Option(..., "--ref", "-r", help="Reference file (repeat for several references)."),
+    input_: Optional[Path] = typer.Option(None, "--input", "-i", help="Hypotheses (default stdin)."),
+    metrics: str = typer.Option("bleu,chrf,ter", "--metrics", help="Comma-separated: bleu, chrf, ter."),
+    tokenize: Optional[str] = typer.Option(None, "--tokenize", help=TOKENIZE_HELP),
+    lowercase: bool = typer.Option(False, "--lowercase", "-lc", help="Case-insensitive scores."),
+    lang: Optional[str] = typer.Option(None, "--lang", help="Target language (default: the reference file's extension)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """BLEU, chrF and TER with sacrebleu, printed with their signatures."""
+    from nmtkit import workflows
+    from nmtkit.data.corpora import decode_lines, read_lines
+
+    hyps = list(read_lines(input_)) if input_ else [l or "" for l in decode_lines(sys.stdin.buffer, "<stdin>")]
+    refs = [list(read_lines(r)) for r in ref]
+    scores = workflows.score(hyps, refs, (str(input_ or "<stdin>"), [str(r) for r in ref]),
+                             metrics=[m.strip() for m in metrics.split(",") if m.strip()], tokenize=tokenize,
+                             lowercase=lowercase, target_lang=lang or ref[0].suffix.lstrip("."))
+    _print_scores(scores, as_json)
+
+
+@command("evaluate")
+def evaluate_cmd(
+    model: Path = typer.Option(..., "--model", "-m", help="A translator run folder."),
+    src: str = typer.Option(..., "--src", help="Test source file (or known corpus file, e.g. demo/test.en)."),
+    ref: str = typer.Option(..., "--ref", help="Test reference file."),
+    beam: int = typer.Option(5, "--beam", "-b", help="Beam size."),
+    length_penalty: float = typer.Option(1.0, "--length-penalty", help="Length penalty."),
+    batch_size: int = typer.Option(64, "--batch-size", help="Sentences per batch."),
+    tokenize: Optional[str] = typer.Option(None, "--tokenize", help=TOKENIZE_HELP),
+    lowercase: bool = typer.Option(False, "--lowercase", "-lc", help="Case-insensitive scores."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Translate a test set and score it; the result is recorded in the run folder's run.json."""
+    from nmtkit import workflows
+
+    result = workflows.evaluate_translator(model, src, ref, device=device, beam=beam, batch_size=batch_size,
+                                           length_penalty=length_penalty, tokenize=tokenize, lowercase=lowercase)
+    if as_json:
+        _print_json(result)
+        return
+    log.info("%d sentences translated in %.1f s (beam %d)", result["sentences"], result["seconds"], beam)
+    _print_scores(result["scores"], False)
+
+
+@command("average")
+def average_cmd(
+    model: Path = typer.Option(..., "--model", "-m", help="A run folder with step checkpoints."),
+    last: int = typer.Option(5, "--last", help="Average the last N step checkpoints."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="New run folder (default RUN-avgN)."),
+) -> None:
+    """Average the weights of a run's last N checkpoints into a new run folder."""
+    from nmtkit import workflows
+
+    output = output or model.with_name(f"{model.name}-avg{last}")
+    result = workflows.average_checkpoints(model, last, output)
+    log.info("averaged %s", ", ".join(result["checkpoints"]))
+    print(output)
 
 
 def main() -> None:

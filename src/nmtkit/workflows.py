@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import sys
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -15,7 +16,7 @@ from nmtkit import checkpoint
 from nmtkit.config import TokenizerConfig
 from nmtkit.data import corpora, registry
 from nmtkit.errors import CheckpointError, DataError
-from nmtkit.files import file_sha256, read_json
+from nmtkit.files import file_sha256, read_json, read_jsonl
 from nmtkit.tokenization import INFO_FILE, Tokenizer, train_tokenizer as _train_tokenizer
 
 log = logging.getLogger("nmtkit")
@@ -153,10 +154,396 @@ def info(path: str | Path) -> dict[str, Any]:
     if (path / checkpoint.TOKENIZER_DIR / INFO_FILE).is_file():
         tok = read_json(path / checkpoint.TOKENIZER_DIR / INFO_FILE)
         result["tokenizer"] = {"vocab_size": tok.get("vocab_size"), **tok.get("config", {})}
-    metrics = checkpoint.read_jsonl(path / checkpoint.METRICS)
-    if metrics:
-        result["evaluations"] = len(metrics)
-        result["last_evaluation"] = metrics[-1]
+    evals = [m for m in read_jsonl(path / checkpoint.METRICS) if m.get("kind") == "eval"]
+    if evals:
+        result["evaluations"] = len(evals)
+        result["last_evaluation"] = evals[-1]
     if (path / checkpoint.RUN_RECORD).is_file():
         result["run"] = read_json(path / checkpoint.RUN_RECORD)
     return result
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Translators: data
+
+
+def parallel_pairs(spec: dict[str, Any], on_bad_line: corpora.OnBadLine = "error") -> Iterator[tuple[str, str]]:
+    """Sentence pairs from files (`src`, `tgt`), a known corpus (`corpus`, `src_lang`, `tgt_lang`, `split`) or a
+    Hugging Face dataset (`dataset`, `config`, `split`, with a `translation` column or `src_column`/`tgt_column`)."""
+    if spec.get("src"):
+        return corpora.read_parallel(registry.resolve(spec["src"]), registry.resolve(spec["tgt"]), on_bad_line)
+    if spec.get("corpus"):
+        src, tgt = registry.parallel_files(spec["corpus"], spec["src_lang"], spec["tgt_lang"], spec["split"])
+        return corpora.read_parallel(src, tgt, on_bad_line)
+    if spec.get("dataset"):
+        ds = corpora.load_hf_dataset(spec["dataset"], spec.get("config"), spec["split"], spec.get("data_files"))
+        name = spec["dataset"]
+        if spec.get("src_column"):
+            return zip(corpora.hf_column(ds, spec["src_column"], name), corpora.hf_column(ds, spec["tgt_column"], name))
+        if "translation" not in ds.column_names:
+            raise DataError(f"dataset {name!r}: no 'translation' column; name the columns with --src-column/--tgt-column")
+        return ((row[spec["src_lang"]], row[spec["tgt_lang"]]) for row in ds["translation"])
+    raise DataError("no training data: give --src/--tgt files, --corpus NAME, or --dataset NAME")
+
+
+def data_files_of(spec: dict[str, Any]) -> list[Path]:
+    if spec.get("src"):
+        return [registry.resolve(spec["src"]), registry.resolve(spec["tgt"])]
+    if spec.get("corpus"):
+        return list(registry.parallel_files(spec["corpus"], spec["src_lang"], spec["tgt_lang"], spec["split"]))
+    return []
+
+
+def _versions() -> dict[str, str]:
+    import sacrebleu
+    import sentencepiece
+    import torch
+
+    from nmtkit import __version__
+
+    return {"nmtkit": __version__, "torch": torch.__version__, "sentencepiece": sentencepiece.__version__,
+            "sacrebleu": sacrebleu.__version__, "python": sys.version.split()[0]}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Translators: loading and translating
+
+
+class Translator:
+    """A translator run folder loaded for use: model (in eval mode), tokenizers, settings."""
+
+    def __init__(self, run_dir: str | Path, device: str = "auto"):
+        from nmtkit.models import build_translator, translator_config
+        from nmtkit.runtime import pick_device
+
+        self.run_dir = Path(run_dir)
+        self.config = checkpoint.read_config(self.run_dir, ("translator",))
+        self.arch = self.config["arch"]
+        self.model_cfg = translator_config(self.arch, self.config["model"], f"{self.run_dir / checkpoint.CONFIG}")
+        self.src_tok = Tokenizer(self.run_dir / checkpoint.TOKENIZER_DIR)
+        tgt_dir = self.run_dir / "tgt_tokenizer"
+        self.tgt_tok = Tokenizer(tgt_dir) if tgt_dir.is_dir() else self.src_tok
+        self.device = pick_device(device)
+        model = build_translator(self.arch, self.model_cfg)
+        weights = checkpoint.load_weights(self.run_dir / checkpoint.WEIGHTS)
+        try:
+            model.load_state_dict(weights, strict=True)
+        except RuntimeError as exc:
+            first = str(exc).strip().splitlines()[0]
+            raise CheckpointError(f"{self.run_dir / checkpoint.WEIGHTS}: weights do not match config.json ({first})") from None
+        self.model = model.to(self.device).eval()
+        self.max_src_len = getattr(self.model_cfg, "max_positions", 1024) - 1
+
+    def translate_ids(self, src: list[list[int]], **options):
+        return decode_batch(self.model, self.device, src, self.max_src_len, **options)
+
+
+def decode_batch(model, device, src: list[list[int]], max_src_len: int, *, beam: int = 5, length_penalty: float = 1.0,
+                 n_best: int = 1, max_len_ratio: float = 2.0, max_len_extra: int = 10):
+    """Translate one batch of source id lists (each ending in </s>). Returns, per sentence, (ids, score) pairs."""
+    import torch
+
+    from nmtkit import decoding
+    from nmtkit.data.batching import pad
+    from nmtkit.runtime import autocast
+    from nmtkit.tokenization import BOS_ID, EOS_ID
+
+    x = pad(src).to(device)
+    mask = x != 0
+    limit = decoding.max_lengths(mask, max_len_ratio, max_len_extra, cap=max_src_len)
+    with torch.inference_mode(), autocast(device):
+        if beam == 1 and n_best == 1:
+            return [[(ids, 0.0)] for ids in decoding.greedy(model, x, mask, bos=BOS_ID, eos=EOS_ID, max_len=limit)]
+        hyps = decoding.beam_search(model, x, mask, bos=BOS_ID, eos=EOS_ID, max_len=limit, beam=beam,
+                                    length_penalty=length_penalty, n_best=n_best)
+    return [[(h.tokens, h.score) for h in sent] for sent in hyps]
+
+
+def translate(
+    translator: Translator,
+    lines: Iterable[str | None],
+    *,
+    beam: int = 5,
+    batch_size: int = 64,
+    length_penalty: float = 1.0,
+    n_best: int = 1,
+    with_scores: bool = False,
+    max_len_ratio: float = 2.0,
+    max_len_extra: int = 10,
+    buffer_lines: int = 1024,
+) -> Iterator[str]:
+    """Translate lines, exactly one output line per input line, streaming in buffers of `buffer_lines`.
+
+    Within a buffer, sentences are sorted by length into batches and the results written back in input
+    order. An empty (or skipped, `None`) line gives an empty line; an over-long line is truncated with a
+    warning naming it. With `n_best > 1` each output line is a JSON object holding the hypotheses and scores.
+    """
+    import json
+
+    from nmtkit.tokenization import EOS_ID
+
+    if beam < 1 or n_best < 1 or n_best > beam:
+        raise DataError(f"--beam {beam} and --n-best {n_best}: need 1 <= n-best <= beam")
+    it = iter(lines)
+    lineno = 0
+    while True:
+        chunk = list(itertools.islice(it, buffer_lines))
+        if not chunk:
+            return
+        texts = [line or "" for line in chunk]
+        todo = [i for i, t in enumerate(texts) if t.strip()]
+        encoded = translator.src_tok.encode([texts[i] for i in todo])
+        src: dict[int, list[int]] = {}
+        for i, ids in zip(todo, encoded):
+            if len(ids) + 1 > translator.max_src_len:
+                log.warning("line %d: %d pieces, truncated to %d", lineno + i + 1, len(ids), translator.max_src_len - 1)
+                ids = ids[: translator.max_src_len - 1]
+            src[i] = ids + [EOS_ID]
+        results: dict[int, list[tuple[list[int], float]]] = {}
+        order = sorted(src, key=lambda i: len(src[i]))
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            outs = translator.translate_ids([src[i] for i in idx], beam=beam, length_penalty=length_penalty,
+                                            n_best=n_best, max_len_ratio=max_len_ratio, max_len_extra=max_len_extra)
+            results.update(zip(idx, outs))
+        for i in range(len(chunk)):
+            hyps = results.get(i, [])
+            decoded = translator.tgt_tok.decode([h[0] for h in hyps]) if hyps else []
+            if n_best > 1:
+                yield json.dumps({"line": lineno + i + 1, "hypotheses": [
+                    {"text": t, "score": round(s, 4)} for t, (_, s) in zip(decoded, hyps)]}, ensure_ascii=False)
+            elif with_scores:
+                yield f"{decoded[0]}\t{hyps[0][1]:.4f}" if hyps else "\t"
+            else:
+                yield decoded[0] if hyps else ""
+        lineno += len(chunk)
+
+
+def score(hypotheses: list[str], references: list[list[str]], names: tuple[str, list[str]], **options) -> dict[str, Any]:
+    """sacrebleu scores; hypothesis and reference files must have the same number of lines."""
+    from nmtkit import evaluation
+
+    hyp_name, ref_names = names
+    for ref, name in zip(references, ref_names):
+        if len(ref) != len(hypotheses):
+            raise DataError(f"{name} has {len(ref)} lines but {hyp_name} has {len(hypotheses)}; they must match line for line")
+    return evaluation.score(hypotheses, references, **options)
+
+
+def evaluate_translator(
+    run_dir: str | Path, src: str, ref: str, *, device: str = "auto", beam: int = 5, batch_size: int = 64,
+    length_penalty: float = 1.0, tokenize: str | None = None, lowercase: bool = False, target_lang: str | None = None,
+    record: bool = True,
+) -> dict[str, Any]:
+    """Translate a test set, score it, and record the result in the run folder's run.json."""
+    import time
+
+    translator = Translator(run_dir, device)
+    src_path, ref_path = registry.resolve(src), registry.resolve(ref)
+    sources = list(corpora.read_lines(src_path))
+    references = list(corpora.read_lines(ref_path))
+    t0 = time.perf_counter()
+    hyps = list(translate(translator, sources, beam=beam, batch_size=batch_size, length_penalty=length_penalty))
+    seconds = time.perf_counter() - t0
+    lang = target_lang or translator.config.get("data", {}).get("tgt_lang") or ref_path.suffix.lstrip(".")
+    scores = score(hyps, [references], (str(src_path), [str(ref_path)]), tokenize=tokenize, lowercase=lowercase,
+                   target_lang=lang)
+    result = {"src": str(src_path), "ref": str(ref_path), "sha256": {"src": file_sha256(src_path), "ref": file_sha256(ref_path)},
+              "beam": beam, "length_penalty": length_penalty, "sentences": len(sources),
+              "seconds": round(seconds, 2), "scores": scores}
+    if record:
+        from nmtkit.files import write_json
+
+        run_file = Path(run_dir) / checkpoint.RUN_RECORD
+        run = read_json(run_file) if run_file.is_file() else {}
+        run.setdefault("evaluations", []).append(result)
+        write_json(run_file, run)
+    return result
+
+
+def average_checkpoints(run_dir: str | Path, last: int, output: str | Path) -> dict[str, Any]:
+    """Average the weights of the last N step checkpoints into a new run folder (config and tokenizer copied)."""
+    import shutil
+
+    import torch
+
+    from nmtkit.training import STEPS_DIR
+
+    run_dir, output = Path(run_dir), Path(output)
+    checkpoint.read_config(run_dir)
+    files = sorted((run_dir / STEPS_DIR).glob("step-*.safetensors"))[-last:]
+    if len(files) < 2:
+        raise CheckpointError(f"{run_dir}: needs at least 2 step checkpoints to average, found {len(files)} in {STEPS_DIR}/")
+    total: dict[str, torch.Tensor] = {}
+    for f in files:
+        for k, v in checkpoint.load_weights(f).items():
+            total[k] = total.get(k, 0) + v.double()
+    averaged = {k: (v / len(files)).to(torch.float32) for k, v in total.items()}
+    output.mkdir(parents=True, exist_ok=True)
+    for name in (checkpoint.CONFIG,):
+        shutil.copyfile(run_dir / name, output / name)
+    for sub in (checkpoint.TOKENIZER_DIR, "tgt_tokenizer"):
+        if (run_dir / sub).is_dir():
+            shutil.copytree(run_dir / sub, output / sub, dirs_exist_ok=True)
+    checkpoint.save_weights(output / checkpoint.WEIGHTS, averaged)
+    from nmtkit.files import write_json
+
+    write_json(output / checkpoint.RUN_RECORD, {"averaged_from": str(run_dir), "checkpoints": [f.name for f in files]})
+    return {"output": str(output), "checkpoints": [f.name for f in files]}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Translators: training
+
+
+def train_translator(
+    *,
+    run_dir: str | Path,
+    arch: str = "transformer",
+    train_spec: dict[str, Any] | None = None,
+    valid_spec: dict[str, Any] | None = None,
+    model_settings: dict[str, Any] | None = None,
+    train_settings: dict[str, Any] | None = None,
+    tokenizer: str | None = None,
+    tokenizer_cfg: TokenizerConfig | None = None,
+    device: str = "auto",
+    resume: bool = False,
+    on_bad_line: corpora.OnBadLine = "error",
+    progress=None,
+    command: list[str] | None = None,
+) -> dict[str, Any]:
+    """Train a translator into `run_dir` (or continue one with `resume=True`). Returns the run's summary."""
+    import datetime
+
+    from nmtkit.config import from_dict, to_dict
+    from nmtkit.data.datasets import encode_parallel
+    from nmtkit.files import write_json
+    from nmtkit.models import build_translator, translator_config
+    from nmtkit.objectives import seq2seq_loss
+    from nmtkit.runtime import init_distributed, pick_device, seed_everything
+    from nmtkit.training import TrainConfig, train
+
+    run_dir = Path(run_dir)
+    dev = pick_device(device)
+    dist = init_distributed(dev)
+    if resume:
+        saved = checkpoint.read_config(run_dir, ("translator",))
+        arch, model_settings, data = saved["arch"], saved["model"], saved["data"]
+        train_spec, valid_spec = data["train"], data.get("valid")
+        train_settings = {**saved["train"], **(train_settings or {})}
+    else:
+        if (run_dir / checkpoint.CONFIG).exists():
+            raise CheckpointError(f"{run_dir}: already holds a run; continue it with --resume, or choose another --output")
+        if not train_spec:
+            raise DataError("no training data: give --src/--tgt files, --corpus NAME, or --dataset NAME")
+    train_cfg = from_dict(TrainConfig, train_settings or {}, "train settings")
+    translator_config(arch, {k: v for k, v in (model_settings or {}).items() if k not in ("src_vocab", "tgt_vocab")},
+                      "model settings")  # fail fast on bad model settings, before any data is read
+
+    # tokenizer: given, trained on the training pairs, or (resume) the one in the run folder
+    tok_dir = run_dir / checkpoint.TOKENIZER_DIR
+    pairs = list(parallel_pairs(train_spec, on_bad_line))
+    if not resume:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if dist.is_main:
+            if tokenizer:
+                Tokenizer(_tokenizer_folder(Path(tokenizer))).copy_to(tok_dir)
+            else:
+                cfg = tokenizer_cfg or TokenizerConfig()
+                log.info("training a joint %s tokenizer with %d pieces", cfg.model_type, cfg.vocab_size)
+                _train_tokenizer(corpora.nonempty((x for pair in pairs for x in pair), "training data"), tok_dir, cfg,
+                                 {"files": describe_files(data_files_of(train_spec))})
+        _barrier(dist)
+    tok = Tokenizer(tok_dir)
+    model_settings = {**(model_settings or {}), "src_vocab": len(tok), "tgt_vocab": len(tok)}
+    model_cfg = translator_config(arch, model_settings, "model settings")
+
+    train_data = encode_parallel(pairs, tok, tok, train_cfg.max_len, "training data")
+    valid_data = None
+    if valid_spec:
+        valid_data = encode_parallel(parallel_pairs(valid_spec, on_bad_line), tok, tok, train_cfg.max_len,
+                                     "validation data", drop_long=False)
+    log.info("%d training pairs%s; %s on %s%s", len(train_data),
+             f", {len(valid_data)} validation pairs" if valid_data else "", arch, dev,
+             f" x {dist.world_size} processes" if dist.enabled else "")
+
+    if not resume and dist.is_main:
+        checkpoint.write_config(run_dir, "translator", arch=arch, model=to_dict(model_cfg), train=to_dict(train_cfg),
+                                data={"train": train_spec, "valid": valid_spec,
+                                      "src_lang": train_spec.get("src_lang"), "tgt_lang": train_spec.get("tgt_lang")})
+        write_json(run_dir / checkpoint.RUN_RECORD, {
+            "command": command or sys.argv, "versions": _versions(), "seed": train_cfg.seed, "device": str(dev),
+            "world_size": dist.world_size, "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "data": {"train": describe_files(data_files_of(train_spec)),
+                     "valid": describe_files(data_files_of(valid_spec)) if valid_spec else []},
+        })
+    elif dist.is_main:
+        write_json(run_dir / checkpoint.CONFIG, {**checkpoint.read_config(run_dir), "train": to_dict(train_cfg)})
+
+    from nmtkit.data.batching import LazyBatches, collate_pairs, token_batches
+
+    lengths = train_data.lengths()
+
+    def batches(epoch: int):
+        index = token_batches(lengths, train_cfg.max_tokens, shuffle=True, seed=train_cfg.seed, epoch=epoch)
+        return LazyBatches(index, lambda ids: collate_pairs([train_data.src[i] for i in ids], [train_data.tgt[i] for i in ids]))
+
+    tgt_lang = train_spec.get("tgt_lang")
+    evaluate = (lambda model: evaluate_on(model, dev, valid_data, tok, train_cfg, tgt_lang)) if valid_data else None
+    seed_everything(train_cfg.seed)  # the initial weights depend on the seed alone
+    model = build_translator(arch, model_cfg)
+    objective = seq2seq_loss(train_cfg.label_smoothing, train_cfg.teacher_forcing)
+    result = train(model, objective, batches, cfg=train_cfg, run_dir=run_dir, device=dev, evaluate=evaluate,
+                   dist=dist, resume=resume, progress=progress)
+    summary = {"run": str(run_dir), "arch": arch, "steps": result.steps, "best_step": result.best_step,
+               "best": result.best, "stopped_early": result.stopped_early, "seconds": round(result.seconds, 1),
+               "parameters": sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())}
+    if dist.is_main:
+        run = read_json(run_dir / checkpoint.RUN_RECORD)
+        run.setdefault("training", []).append(summary)
+        write_json(run_dir / checkpoint.RUN_RECORD, run)
+    return summary
+
+
+def evaluate_on(model, device, data, tok: Tokenizer, cfg, tgt_lang: str | None, batch_size: int = 128) -> dict[str, float]:
+    """Validation: loss and perplexity under teacher forcing, and greedy BLEU/chrF against the references."""
+    import math
+
+    import torch
+    import torch.nn.functional as F
+
+    from nmtkit import evaluation
+    from nmtkit.data.batching import collate_pairs, token_batches
+    from nmtkit.tokenization import PAD_ID
+
+    total, items = 0.0, 0
+    with torch.inference_mode():
+        for ids in token_batches(data.lengths(), cfg.max_tokens, shuffle=False):
+            batch = collate_pairs([data.src[i] for i in ids], [data.tgt[i] for i in ids]).to(device)
+            logits = model(batch.src, batch.src_mask, batch.tgt_in)
+            total += F.cross_entropy(logits.float().flatten(0, 1), batch.tgt_out.flatten(), ignore_index=PAD_ID,
+                                     reduction="sum").item()
+            items += batch.target_tokens
+    order = sorted(range(len(data)), key=lambda i: len(data.src[i]))
+    hyps: dict[int, str] = {}
+    max_src = getattr(model.cfg, "max_positions", 1024) - 1
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        outs = decode_batch(model, device, [data.src[i] for i in idx], max_src, beam=1)
+        hyps.update(zip(idx, tok.decode([o[0][0] for o in outs])))
+    scores = evaluation.score([hyps[i] for i in range(len(data))], [data.tgt_text], ("bleu", "chrf"), target_lang=tgt_lang)
+    loss = total / max(items, 1)
+    return {"valid_loss": round(loss, 4), "valid_ppl": round(math.exp(min(loss, 50)), 2),
+            "bleu": scores["bleu"]["score"], "chrf": scores["chrf"]["score"]}
+
+
+def _barrier(dist) -> None:
+    if dist.enabled:
+        import torch.distributed
+
+        torch.distributed.barrier()
+
+
+def _tokenizer_folder(path: Path) -> Path:
+    """A tokenizer folder, or the tokenizer inside a run folder."""
+    return path / checkpoint.TOKENIZER_DIR if (path / checkpoint.TOKENIZER_DIR).is_dir() else path

@@ -1,0 +1,95 @@
+"""Batches: padding, masks, and token-based batches from length buckets (so padding stays small).
+
+What is *not* here: what the ids mean (datasets.py) or what a model does with them.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from nmtkit.tokenization import PAD_ID
+
+
+def pad(seqs: Sequence[Sequence[int]], pad_id: int = PAD_ID) -> Tensor:
+    """Right-pad a list of id lists into a (B, L) long tensor."""
+    out = torch.full((len(seqs), max((len(s) for s in seqs), default=0)), pad_id, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        out[i, : len(s)] = torch.as_tensor(s, dtype=torch.long)
+    return out
+
+
+@dataclass
+class Seq2SeqBatch:
+    """src (B, S) with src_mask (B, S) True on real tokens; tgt_in = <s> y (B, T); tgt_out = y </s> (B, T)."""
+
+    src: Tensor
+    src_mask: Tensor
+    tgt_in: Tensor
+    tgt_out: Tensor
+
+    @property
+    def target_tokens(self) -> int:
+        return int((self.tgt_out != PAD_ID).sum())
+
+    @property
+    def tokens(self) -> int:
+        """Real (non-pad) source + target tokens, for throughput figures."""
+        return int(self.src_mask.sum()) + self.target_tokens
+
+    def to(self, device) -> "Seq2SeqBatch":
+        nb = device.type == "cuda"
+        return Seq2SeqBatch(*(t.to(device, non_blocking=nb) for t in (self.src, self.src_mask, self.tgt_in, self.tgt_out)))
+
+
+def collate_pairs(src: Sequence[Sequence[int]], tgt: Sequence[Sequence[int]]) -> Seq2SeqBatch:
+    """src: ids + </s>; tgt: <s> + ids + </s>."""
+    s = pad(src)
+    t = pad(tgt)
+    return Seq2SeqBatch(s, s != PAD_ID, t[:, :-1], t[:, 1:])
+
+
+def token_batches(
+    lengths: Sequence[int], max_tokens: int, *, shuffle: bool, seed: int = 0, epoch: int = 0
+) -> list[list[int]]:
+    """Group example indices into batches whose padded size (count x longest) stays within `max_tokens`.
+
+    Examples are sorted by length (ties broken at random when shuffling) so each batch holds similar
+    lengths; the batch order is then shuffled. Deterministic for a given (seed, epoch), which is what makes
+    `--resume` continue with exactly the batches an uninterrupted run would have seen.
+    """
+    order = list(range(len(lengths)))
+    rng = random.Random(seed * 1_000_003 + epoch)
+    if shuffle:
+        rng.shuffle(order)
+    order.sort(key=lambda i: lengths[i])  # stable: the shuffle breaks ties
+    batches, current, longest = [], [], 0
+    for i in order:
+        longest_if_added = max(longest, lengths[i])
+        if current and longest_if_added * (len(current) + 1) > max_tokens:
+            batches.append(current)
+            current, longest_if_added = [], lengths[i]
+        current.append(i)
+        longest = longest_if_added
+    if current:
+        batches.append(current)
+    if shuffle:
+        rng.shuffle(batches)
+    return batches
+
+
+class LazyBatches(Sequence):
+    """A list of index batches that collates each one only when it is asked for."""
+
+    def __init__(self, index_batches: list[list[int]], collate: Callable[[list[int]], object]):
+        self.index_batches, self.collate = index_batches, collate
+
+    def __len__(self) -> int:
+        return len(self.index_batches)
+
+    def __getitem__(self, i):  # type: ignore[override]
+        return self.collate(self.index_batches[i])

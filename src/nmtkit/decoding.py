@@ -1,0 +1,116 @@
+"""Search, written once against the translator interface (`encode` and a one-step `decode_step` with a
+cache), never against a model class: greedy decoding and batched beam search with a length penalty.
+
+A cache is a pytree (dicts, lists, tuples) of tensors with the batch first, so beam search reorders any
+model's state the same way. What is *not* here: turning ids into text (the caller's tokenizer).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from torch import Tensor
+
+
+def tree_map(fn: Callable[[Tensor], Tensor], tree: Any) -> Any:
+    if isinstance(tree, Tensor):
+        return fn(tree)
+    if isinstance(tree, dict):
+        return {k: tree_map(fn, v) for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return type(tree)(tree_map(fn, v) for v in tree)
+    return tree
+
+
+def max_lengths(src_mask: Tensor, ratio: float, extra: int, cap: int) -> Tensor:
+    """Per-sentence output limit: ratio x source length + extra, at most `cap`. (B,)"""
+    return (src_mask.sum(1).float() * ratio + extra).long().clamp(1, cap)
+
+
+@torch.inference_mode()
+def greedy(model, src: Tensor, src_mask: Tensor, *, bos: int, eos: int, max_len: Tensor) -> list[list[int]]:
+    """The most likely next token at every step. Returns ids without <s> and </s>, one list per sentence."""
+    B = src.size(0)
+    memory = model.encode(src, src_mask)
+    prev = torch.full((B, 1), bos, dtype=torch.long, device=src.device)
+    done = torch.zeros(B, dtype=torch.bool, device=src.device)
+    cache, out = None, []
+    for t in range(int(max_len.max())):
+        logits, cache = model.decode_step(prev, memory, cache)
+        token = logits.argmax(-1)
+        token = torch.where(t + 1 >= max_len, torch.full_like(token, eos), token)  # at the limit: end
+        token = token.masked_fill(done, eos)
+        out.append(token)
+        done |= token == eos
+        if bool(done.all()):
+            break
+        prev = token[:, None]
+    rows = torch.stack(out, 1).tolist() if out else [[] for _ in range(B)]
+    return [row[: row.index(eos)] if eos in row else row for row in rows]
+
+
+@dataclass
+class Hypothesis:
+    tokens: list[int]  # without <s> and </s>
+    score: float  # sum of log-probabilities / length ** length_penalty
+    logprob: float
+
+
+@torch.inference_mode()
+def beam_search(
+    model, src: Tensor, src_mask: Tensor, *, bos: int, eos: int, max_len: Tensor, beam: int = 5,
+    length_penalty: float = 1.0, n_best: int = 1,
+) -> list[list[Hypothesis]]:
+    """Batched beam search. A hypothesis is finished when it emits </s> among the top `beam` candidates; a
+    sentence is done when it has `beam` finished hypotheses that its best live beam can no longer beat.
+    Scores are normalised by length ** length_penalty (0: raw log-probability, 1: average per token; the
+    length counts </s>). Returns the n_best finished hypotheses of each sentence, best first.
+    """
+    B, K, device = src.size(0), beam, src.device
+    memory = tree_map(lambda t: t.repeat_interleave(K, 0), model.encode(src, src_mask))  # (B, ...) -> (B*K, ...)
+    limit = max_len.repeat_interleave(K)  # (B*K,)
+    tokens = torch.full((B * K, 1), bos, dtype=torch.long, device=device)
+    scores = torch.full((B, K), float("-inf"), device=device)
+    scores[:, 0] = 0.0  # all beams start identical: expand only the first
+    finished: list[list[Hypothesis]] = [[] for _ in range(B)]
+    done = [False] * B
+    cache = None
+    for t in range(int(max_len.max())):
+        logits, cache = model.decode_step(tokens, memory, cache)
+        logp = torch.log_softmax(logits.float(), -1)  # (B*K, V)
+        V = logp.size(-1)
+        at_limit = t + 1 >= limit
+        if bool(at_limit.any()):  # sentences at their length limit may only end
+            forced = torch.full_like(logp, float("-inf"))
+            forced[:, eos] = 0.0
+            logp = torch.where(at_limit[:, None], forced, logp)
+        cand = (scores.view(B * K, 1) + logp).view(B, K * V)
+        top_scores, top_idx = cand.topk(min(2 * K, K * V), dim=1)  # (B, 2K)
+        beam_idx, token = top_idx // V, top_idx % V
+        is_eos = token == eos
+        # finished hypotheses: </s> among the top K candidates of a sentence that is still open
+        for b, k in (is_eos[:, :K]).nonzero().tolist():
+            if done[b] or top_scores[b, k].item() == float("-inf"):
+                continue
+            seq = tokens[b * K + beam_idx[b, k].item(), 1:].tolist()
+            lp = top_scores[b, k].item()
+            finished[b].append(Hypothesis(seq, lp / max(len(seq) + 1, 1) ** length_penalty, lp))
+        # the K best candidates that do not end continue (there are always at least K of them among 2K)
+        order = torch.sort(is_eos.int(), dim=1, stable=True).indices[:, :K]  # non-</s> first, in score order
+        scores = top_scores.gather(1, order)
+        rows = (torch.arange(B, device=device)[:, None] * K + beam_idx.gather(1, order)).view(-1)
+        # a sentence is done when its K best finished hypotheses cannot be beaten by its best live beam
+        # (the live beam's score so far, normalised at its current length: Hugging Face's criterion)
+        best_alive = (scores.max(1).values / (t + 1) ** length_penalty).tolist()
+        for b in range(B):
+            if not done[b] and len(finished[b]) >= K:
+                finished[b] = sorted(finished[b], key=lambda h: -h.score)[:K]
+                done[b] = best_alive[b] <= finished[b][-1].score
+        if all(done):
+            break
+        scores = scores.masked_fill(torch.tensor(done, device=device)[:, None], float("-inf"))
+        tokens = torch.cat([tokens[rows], token.gather(1, order).view(-1, 1)], 1)
+        cache = tree_map(lambda x: x.index_select(0, rows), cache)
+    return [sorted(f, key=lambda h: -h.score)[:n_best] for f in finished]

@@ -1,0 +1,126 @@
+"""Transformer building blocks shared by the translator and the GPT: attention, feed-forward, positions.
+
+Attention goes through `F.scaled_dot_product_attention` (flash / memory-efficient kernels where available)
+and keeps a key/value cache for incremental decoding. Shapes use B batch, S source, T target, D model,
+H heads, K = D / H per head, V vocab. What is *not* here: whole models (transformer.py, rnn.py).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+KV = tuple[Tensor, Tensor]  # keys and values, each (B, H, t, K)
+
+
+def pad_vocab(n: int, multiple: int = 64) -> int:
+    """Embedding tables are padded to a multiple of 64 rows (faster matrix multiplies); logits are cut back."""
+    return (n + multiple - 1) // multiple * multiple
+
+
+class MultiHeadAttention(nn.Module):
+    """Multi-head attention: self-attention (`context=None`) or cross-attention over `context`."""
+
+    def __init__(self, d_model: int, heads: int, dropout: float = 0.0, cross: bool = False):
+        super().__init__()
+        if d_model % heads:
+            raise ValueError(f"d_model {d_model} is not divisible by heads {heads}")
+        self.heads, self.dropout, self.cross = heads, dropout, cross
+        if cross:
+            self.q = nn.Linear(d_model, d_model)
+            self.kv = nn.Linear(d_model, 2 * d_model)
+        else:
+            self.qkv = nn.Linear(d_model, 3 * d_model)
+        self.out = nn.Linear(d_model, d_model)
+
+    def split(self, x: Tensor) -> Tensor:
+        B, T, D = x.shape
+        return x.view(B, T, self.heads, D // self.heads).transpose(1, 2)  # (B, T, D) -> (B, H, T, K)
+
+    def project_kv(self, context: Tensor) -> KV:
+        k, v = self.kv(context).chunk(2, dim=-1)
+        return self.split(k), self.split(v)
+
+    def forward(
+        self,
+        x: Tensor,
+        mask: Tensor | None = None,
+        causal: bool = False,
+        context: Tensor | None = None,
+        cache: KV | None = None,
+        need_weights: bool = False,
+    ) -> tuple[Tensor, KV, Tensor | None]:
+        """x (B, T, D); mask (B, 1, 1|T, S) True where attending is allowed. Returns output, new cache, weights.
+
+        Self-attention with a cache appends this step's keys and values to it; cross-attention with a cache
+        reuses the projected context (computed once per sentence).
+        """
+        if self.cross:
+            q = self.split(self.q(x))
+            k, v = cache if cache is not None else self.project_kv(context)
+        else:
+            q, k, v = map(self.split, self.qkv(x).chunk(3, dim=-1))
+            if cache is not None:
+                k, v = torch.cat([cache[0], k], dim=2), torch.cat([cache[1], v], dim=2)
+                causal = False  # one new query position sees every cached key
+        p = self.dropout if self.training else 0.0
+        if need_weights:
+            scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))  # (B, H, T, S)
+            if causal:
+                T, S = scores.shape[-2:]
+                scores = scores.masked_fill(~torch.ones(T, S, dtype=torch.bool, device=x.device).tril(S - T), float("-inf"))
+            if mask is not None:
+                scores = scores.masked_fill(~mask, float("-inf"))
+            weights = scores.softmax(-1)
+            y = F.dropout(weights, p) @ v
+        else:
+            weights = None
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=causal and mask is None)
+        B, H, T, K = y.shape
+        return self.out(y.transpose(1, 2).reshape(B, T, H * K)), (k, v), weights  # (B, H, T, K) -> (B, T, D)
+
+
+class FeedForward(nn.Module):
+    def __init__(self, d_model: int, ff_dim: int, dropout: float, activation: str = "relu"):
+        super().__init__()
+        self.up = nn.Linear(d_model, ff_dim)
+        self.down = nn.Linear(ff_dim, d_model)
+        self.act = nn.GELU() if activation == "gelu" else nn.ReLU()
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.down(self.drop(self.act(self.up(x))))
+
+
+def sinusoidal_table(n: int, d: int) -> Tensor:
+    """The fixed positional encodings of Vaswani et al.: sin on even, cos on odd dimensions. (n, d)"""
+    pos = torch.arange(n, dtype=torch.float32).unsqueeze(1)
+    freq = torch.exp(torch.arange(0, d, 2, dtype=torch.float32) * (-math.log(10000.0) / d))
+    table = torch.zeros(n, d)
+    table[:, 0::2] = torch.sin(pos * freq)
+    table[:, 1::2] = torch.cos(pos * freq[: d // 2])
+    return table
+
+
+class Positions(nn.Module):
+    """Adds sinusoidal or learned position vectors, starting at `offset` (the cached length when decoding)."""
+
+    def __init__(self, kind: str, max_positions: int, d_model: int):
+        super().__init__()
+        self.kind, self.max_positions = kind, max_positions
+        if kind == "learned":
+            self.table = nn.Embedding(max_positions, d_model)
+            nn.init.normal_(self.table.weight, std=0.02)
+        else:
+            self.register_buffer("table_", sinusoidal_table(max_positions, d_model), persistent=False)
+
+    def forward(self, x: Tensor, offset: int = 0) -> Tensor:
+        T = x.size(1)
+        if offset + T > self.max_positions:
+            raise ValueError(f"sequence of {offset + T} positions is longer than max_positions={self.max_positions}")
+        if self.kind == "learned":
+            return x + self.table(torch.arange(offset, offset + T, device=x.device))
+        return x + self.table_[offset : offset + T]

@@ -1,0 +1,143 @@
+"""The Transformer encoder-decoder of Vaswani et al. (2017) for translation.
+
+Sinusoidal or learned positions, pre- or post-norm, shared source/target/output embeddings when the
+vocabulary is joint, attention through `F.scaled_dot_product_attention`, and a key/value cache so decoding
+one token costs one position's work. The interface every translator offers (see `nmtkit.decoding`):
+
+    encode(src, src_mask) -> memory            src (B, S) -> {"out": (B, S, D), "mask": (B, S)}
+    decode(tgt_in, memory) -> logits           teacher forcing, all positions at once: (B, T) -> (B, T, V)
+    decode_step(prev, memory, cache) -> logits, cache      one step: (B, 1) -> (B, V)
+    forward(src, src_mask, tgt_in) -> logits   encode + decode
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from nmtkit.errors import ConfigError
+from nmtkit.models.layers import FeedForward, MultiHeadAttention, Positions, pad_vocab
+
+
+@dataclass(frozen=True)
+class TransformerConfig:
+    src_vocab: int = 8000  # real vocabulary sizes; tables are padded to a multiple of 64
+    tgt_vocab: int = 8000
+    d_model: int = 256  # width D
+    heads: int = 4  # H; D must be divisible by H
+    encoder_layers: int = 3
+    decoder_layers: int = 3
+    ff_dim: int = 1024  # feed-forward inner width
+    dropout: float = 0.1
+    attention_dropout: float = 0.0
+    activation: Literal["relu", "gelu"] = "relu"
+    positions: Literal["sinusoidal", "learned"] = "sinusoidal"
+    max_positions: int = 1024
+    norm: Literal["pre", "post"] = "pre"  # pre-norm trains stably without long warmup
+    share_embeddings: bool = True  # one table for source, target and output (needs a joint vocabulary)
+    tie_output: bool = True  # output projection = target embedding
+
+    def validate(self, where: str) -> None:
+        if self.d_model % self.heads:
+            raise ConfigError(f"{where}: d_model={self.d_model} must be divisible by heads={self.heads}")
+        if self.share_embeddings and self.src_vocab != self.tgt_vocab:
+            raise ConfigError(f"{where}: share_embeddings needs one joint vocabulary (got {self.src_vocab} and {self.tgt_vocab})")
+
+
+class Block(nn.Module):
+    """One encoder layer (self-attention, feed-forward) or decoder layer (+ cross-attention)."""
+
+    def __init__(self, cfg: TransformerConfig, decoder: bool):
+        super().__init__()
+        D = cfg.d_model
+        self.pre = cfg.norm == "pre"
+        self.self_attn = MultiHeadAttention(D, cfg.heads, cfg.attention_dropout)
+        self.cross_attn = MultiHeadAttention(D, cfg.heads, cfg.attention_dropout, cross=True) if decoder else None
+        self.ff = FeedForward(D, cfg.ff_dim, cfg.dropout, cfg.activation)
+        self.norms = nn.ModuleList(nn.LayerNorm(D) for _ in range(3 if decoder else 2))
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def sublayer(self, i: int, x: Tensor, fn) -> tuple[Tensor, object]:
+        """Residual connection around `fn`, with layer norm before (pre-norm) or after (post-norm)."""
+        y, extra = fn(self.norms[i](x) if self.pre else x)
+        x = x + self.drop(y)
+        return (x if self.pre else self.norms[i](x)), extra
+
+    def forward(self, x, self_mask=None, causal=False, memory=None, memory_mask=None, cache=None):
+        self_cache, cross_cache = cache if cache is not None else (None, None)
+        x, self_kv = self.sublayer(0, x, lambda h: self.self_attn(h, self_mask, causal, cache=self_cache)[:2])
+        cross_kv = None
+        if self.cross_attn is not None:
+            x, cross_kv = self.sublayer(
+                1, x, lambda h: self.cross_attn(h, memory_mask, context=memory, cache=cross_cache)[:2]
+            )
+        x, _ = self.sublayer(len(self.norms) - 1, x, lambda h: (self.ff(h), None))
+        return x, (self_kv, cross_kv)
+
+
+class Transformer(nn.Module):
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        self.cfg = cfg
+        D = cfg.d_model
+        self.tgt_embed = nn.Embedding(pad_vocab(cfg.tgt_vocab), D)
+        self.src_embed = self.tgt_embed if cfg.share_embeddings else nn.Embedding(pad_vocab(cfg.src_vocab), D)
+        self.src_pos = Positions(cfg.positions, cfg.max_positions, D)
+        self.tgt_pos = Positions(cfg.positions, cfg.max_positions, D)
+        self.encoder = nn.ModuleList(Block(cfg, decoder=False) for _ in range(cfg.encoder_layers))
+        self.decoder = nn.ModuleList(Block(cfg, decoder=True) for _ in range(cfg.decoder_layers))
+        self.enc_norm = nn.LayerNorm(D) if cfg.norm == "pre" else nn.Identity()
+        self.dec_norm = nn.LayerNorm(D) if cfg.norm == "pre" else nn.Identity()
+        self.out = nn.Linear(D, pad_vocab(cfg.tgt_vocab), bias=False)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.apply(self._init)
+        if cfg.tie_output:
+            self.out.weight = self.tgt_embed.weight
+
+    def _init(self, m: nn.Module) -> None:
+        if isinstance(m, nn.Linear):
+            nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Embedding):
+            nn.init.normal_(m.weight, std=self.cfg.d_model**-0.5)
+
+    def embed(self, table: nn.Embedding, pos: Positions, ids: Tensor, offset: int = 0) -> Tensor:
+        return self.drop(pos(table(ids) * math.sqrt(self.cfg.d_model), offset))  # (B, T) -> (B, T, D)
+
+    def encode(self, src: Tensor, src_mask: Tensor) -> dict[str, Tensor]:
+        x = self.embed(self.src_embed, self.src_pos, src)
+        attn_mask = src_mask[:, None, None, :]  # (B, S) -> (B, 1, 1, S)
+        for block in self.encoder:
+            x, _ = block(x, self_mask=attn_mask)
+        return {"out": self.enc_norm(x), "mask": src_mask}
+
+    def logits(self, x: Tensor) -> Tensor:
+        return self.out(self.dec_norm(x))[..., : self.cfg.tgt_vocab]  # (B, T, D) -> (B, T, V)
+
+    def decode(self, tgt_in: Tensor, memory: dict[str, Tensor]) -> Tensor:
+        x = self.embed(self.tgt_embed, self.tgt_pos, tgt_in)
+        mem_mask = memory["mask"][:, None, None, :]
+        for block in self.decoder:
+            x, _ = block(x, causal=True, memory=memory["out"], memory_mask=mem_mask)
+        return self.logits(x)
+
+    def decode_step(self, prev: Tensor, memory: dict[str, Tensor], cache: dict | None):
+        """prev (B, 1) -> logits (B, V); the cache holds each layer's self- and cross-attention keys/values."""
+        offset = 0 if cache is None else cache["self"][0][0].size(2)
+        x = self.embed(self.tgt_embed, self.tgt_pos, prev[:, -1:], offset)
+        mem_mask = memory["mask"][:, None, None, :]
+        new_self, new_cross = [], []
+        for i, block in enumerate(self.decoder):
+            layer_cache = None if cache is None else (cache["self"][i], cache["cross"][i])
+            x, (self_kv, cross_kv) = block(x, memory=memory["out"], memory_mask=mem_mask, cache=layer_cache)
+            new_self.append(self_kv)
+            new_cross.append(cross_kv)
+        return self.logits(x)[:, -1], {"self": new_self, "cross": new_cross}
+
+    def forward(self, src: Tensor, src_mask: Tensor, tgt_in: Tensor, teacher_forcing: float = 1.0) -> Tensor:
+        return self.decode(tgt_in, self.encode(src, src_mask))

@@ -1,0 +1,30 @@
+"""One loss per task. An objective maps (model, batch) to (summed loss, number of items it sums over), so
+the training loop can normalise over a whole accumulated (and distributed) batch exactly."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from nmtkit.tokenization import PAD_ID
+
+Objective = Callable[[nn.Module, object], tuple[Tensor, int]]
+
+
+def seq2seq_loss(label_smoothing: float = 0.0, teacher_forcing: float = 1.0) -> Objective:
+    """Token-level cross-entropy of a translator under teacher forcing (padding ignored)."""
+
+    def objective(model: nn.Module, batch) -> tuple[Tensor, int]:
+        if teacher_forcing < 1.0:
+            logits = model(batch.src, batch.src_mask, batch.tgt_in, teacher_forcing=teacher_forcing)
+        else:
+            logits = model(batch.src, batch.src_mask, batch.tgt_in)
+        loss = F.cross_entropy(
+            logits.float().flatten(0, 1), batch.tgt_out.flatten(), ignore_index=PAD_ID,
+            reduction="sum", label_smoothing=label_smoothing,
+        )  # (B, T, V) -> (B*T, V)
+        return loss, batch.target_tokens
+
+    return objective

@@ -1,0 +1,294 @@
+"""The one training loop, for every model and task: AdamW, warmup + inverse-sqrt or cosine schedule,
+gradient accumulation and clipping, bf16 autocast on GPU, `torch.compile`, periodic evaluation with early
+stopping, best and last checkpoints, exact `--resume`, and data parallelism under `torchrun` (DDP).
+
+The loop knows nothing about the task: it receives an objective (model, batch) -> (summed loss, items),
+a function giving the batches of an epoch, and an optional evaluation returning metrics (minGPT's habit).
+Only rank 0 writes. What is *not* here: building models or reading data (`nmtkit.workflows`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Literal, Sequence
+
+import torch
+from torch import nn
+
+from nmtkit import checkpoint
+from nmtkit.errors import ConfigError
+from nmtkit.files import append_jsonl
+from nmtkit.runtime import Distributed, autocast
+
+log = logging.getLogger("nmtkit")
+STEPS_DIR = "steps"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    max_steps: int = 10_000  # optimizer steps
+    max_epochs: int = 0  # 0: no limit (max_steps decides)
+    max_tokens: int = 4096  # per micro-batch: sentences x longest sentence (in pieces), padding included
+    accumulate: int = 1  # micro-batches per optimizer step (per process)
+    lr: float = 5e-4  # peak learning rate
+    schedule: Literal["inverse-sqrt", "cosine", "constant"] = "inverse-sqrt"
+    warmup_steps: int = 1000  # linear warmup from 0
+    min_lr_ratio: float = 0.0  # cosine: the floor, as a share of lr
+    weight_decay: float = 0.0
+    beta1: float = 0.9
+    beta2: float = 0.98
+    clip_norm: float = 1.0  # 0: no clipping
+    label_smoothing: float = 0.1
+    teacher_forcing: float = 1.0  # RNNs: the share of steps fed the reference token
+    eval_every: int = 500  # steps between evaluations and checkpoints
+    patience: int = 0  # stop after this many evaluations without improvement (0: never)
+    best_metric: str = "bleu"  # the metric that picks the best checkpoint: "bleu" (higher) or "valid_loss" (lower)
+    keep_checkpoints: int = 5  # step checkpoints kept (for `nmtkit average`)
+    log_every: int = 50
+    seed: int = 1
+    bf16: bool = True  # bf16 autocast on GPUs that support it (never on CPU)
+    compile: bool = False  # torch.compile the model
+    max_len: int = 256  # training pairs longer than this (in pieces) are left out, and reported
+
+    def validate(self, where: str) -> None:
+        for name in ("max_steps", "max_tokens", "accumulate", "eval_every", "log_every", "max_len"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{where}: {name} must be at least 1, got {getattr(self, name)}")
+        if not 0.0 <= self.teacher_forcing <= 1.0:
+            raise ConfigError(f"{where}: teacher_forcing must be between 0 and 1, got {self.teacher_forcing}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ConfigError(f"{where}: label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.lr <= 0:
+            raise ConfigError(f"{where}: lr must be positive, got {self.lr}")
+
+
+def learning_rate(step: int, cfg: TrainConfig) -> float:
+    """The learning rate for optimizer step `step` (from 1): linear warmup, then the schedule (pure function)."""
+    if cfg.warmup_steps and step <= cfg.warmup_steps:
+        return cfg.lr * step / cfg.warmup_steps
+    if cfg.schedule == "inverse-sqrt":
+        return cfg.lr * math.sqrt(max(cfg.warmup_steps, 1) / step)
+    if cfg.schedule == "cosine":
+        progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps))
+        return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+    return cfg.lr
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    best_step: int | None
+    best: dict[str, Any] | None
+    stopped_early: bool
+    seconds: float
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain module under DDP and torch.compile wrappers (whose state_dict keys would be prefixed)."""
+    while True:
+        if hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        elif isinstance(model, nn.parallel.DistributedDataParallel):
+            model = model.module
+        else:
+            return model
+
+
+def _better(metric: str, new: float, old: float | None) -> bool:
+    if old is None:
+        return True
+    return new < old if "loss" in metric else new > old
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1])}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate((3, tuple(state["python"]), None))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Weight decay on matrices only (not on biases, norms or embeddings' 1-d parameters)."""
+    seen, decay, no_decay = set(), [], []
+    for p in model.parameters():
+        if not p.requires_grad or id(p) in seen:
+            continue
+        seen.add(id(p))
+        (decay if p.dim() >= 2 else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def train(
+    model: nn.Module,
+    objective: Callable[[nn.Module, Any], tuple[torch.Tensor, int]],
+    batches: Callable[[int], Sequence[Any]],
+    *,
+    cfg: TrainConfig,
+    run_dir: str | Path,
+    device: torch.device,
+    evaluate: Callable[[nn.Module], dict[str, float]] | None = None,
+    dist: Distributed = Distributed(),
+    resume: bool = False,
+    progress: Callable[[dict[str, Any]], None] | None = None,
+) -> TrainResult:
+    """Train `model` until `cfg.max_steps` (or `max_epochs`, or early stopping). `batches(epoch)` must give
+    the same sequence for the same epoch every time it is called (that is what makes resuming exact)."""
+    run_dir = Path(run_dir)
+    model.to(device)
+    optimizer = torch.optim.AdamW(
+        _param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
+        fused=device.type == "cuda",
+    )
+    state: dict[str, Any] = {"step": 0, "epoch": 0, "group": 0, "best": None, "best_step": None,
+                             "bad_evals": 0, "last_saved": 0}
+    if resume:
+        saved = checkpoint.load_train_state(run_dir / checkpoint.TRAIN_STATE)
+        model.load_state_dict(checkpoint.load_weights(run_dir / saved["weights"], device="cpu"), strict=True)
+        model.to(device)
+        optimizer.load_state_dict(saved["optimizer"])
+        state.update(saved["loop"])
+        _set_rng_state(saved["rng"])
+        log.info("resuming at step %d (epoch %d)", state["step"], state["epoch"] + 1)
+    else:
+        torch.manual_seed(cfg.seed)
+        random.seed(cfg.seed)
+    ddp = None
+    net: nn.Module = model
+    if dist.enabled:
+        ddp = net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.compile:
+        net = torch.compile(net)
+    history: list[dict[str, Any]] = []
+    per_step = cfg.accumulate * dist.world_size
+    start, t_log, tokens_since = time.perf_counter(), time.perf_counter(), 0
+    rng_at_step_start = _rng_state()
+    stop = False
+
+    def save() -> None:
+        if not dist.is_main or state["last_saved"] == state["step"]:
+            return
+        name = f"{STEPS_DIR}/step-{state['step']:08d}.safetensors"
+        checkpoint.save_weights(run_dir / name, unwrap(model).state_dict())
+        checkpoint.save_train_state(run_dir / checkpoint.TRAIN_STATE, {
+            "weights": name, "optimizer": optimizer.state_dict(), "loop": dict(state, last_saved=state["step"]),
+            "rng": rng_at_step_start,
+        })
+        state["last_saved"] = state["step"]
+        for old in sorted((run_dir / STEPS_DIR).glob("step-*.safetensors"))[: -cfg.keep_checkpoints]:
+            old.unlink(missing_ok=True)
+
+    def run_evaluation() -> bool:
+        """Evaluate on rank 0, record, save; returns whether to stop early (agreed by every rank)."""
+        nonlocal stop
+        should_stop = torch.zeros(1)
+        if dist.is_main:
+            record: dict[str, Any] = {"step": state["step"], "epoch": state["epoch"] + 1,
+                                      "elapsed_s": round(time.perf_counter() - start, 1)}
+            if evaluate is not None:
+                model.eval()
+                with autocast(device, cfg.bf16):
+                    record.update(evaluate(unwrap(model)))
+                model.train()
+            history.append(record)
+            append_jsonl(run_dir / checkpoint.METRICS, {"kind": "eval", **record})
+            value = record.get(cfg.best_metric, record.get("valid_loss"))
+            metric = cfg.best_metric if cfg.best_metric in record else "valid_loss"
+            if value is None or _better(metric, value, state["best"]):
+                state.update(best=value, best_step=state["step"], bad_evals=0)
+                checkpoint.save_weights(run_dir / checkpoint.WEIGHTS, unwrap(model).state_dict())
+            else:
+                state["bad_evals"] += 1
+            save()
+            if progress:
+                progress({"event": "eval", **record, "best": state["best"], "best_step": state["best_step"]})
+            if cfg.patience and state["bad_evals"] >= cfg.patience:
+                log.info("early stopping: no improvement in %d evaluations (best %s at step %s)",
+                         cfg.patience, state["best"], state["best_step"])
+                should_stop[0] = 1
+        if dist.enabled:
+            torch.distributed.broadcast(should_stop, 0)
+        return bool(should_stop[0])
+
+    model.train()
+    try:
+        while state["step"] < cfg.max_steps and not stop and (not cfg.max_epochs or state["epoch"] < cfg.max_epochs):
+            epoch_batches = batches(state["epoch"])
+            groups = len(epoch_batches) // per_step
+            if groups == 0:
+                raise ConfigError(
+                    f"an epoch has {len(epoch_batches)} batch(es), fewer than one optimizer step needs "
+                    f"({cfg.accumulate} x {dist.world_size} processes); lower --max-tokens or --accumulate"
+                )
+            while state["group"] < groups and state["step"] < cfg.max_steps:
+                g = state["group"]
+                micro = [epoch_batches[g * per_step + a * dist.world_size + dist.rank].to(device)
+                         for a in range(cfg.accumulate)]
+                items = torch.tensor([float(sum(b.target_tokens for b in micro))], device=device)
+                if dist.enabled:
+                    torch.distributed.all_reduce(items)
+                total_loss = torch.zeros((), device=device)
+                for i, batch in enumerate(micro):
+                    last = i == len(micro) - 1
+                    ctx = ddp.no_sync() if ddp is not None and not last else contextlib.nullcontext()
+                    with ctx, autocast(device, cfg.bf16):
+                        loss, _ = objective(net, batch)
+                        (loss * dist.world_size / items[0]).backward()
+                    total_loss += loss.detach()
+                if cfg.clip_norm:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_norm)
+                lr = learning_rate(state["step"] + 1, cfg)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                state["step"] += 1
+                state["group"] = g + 1
+                rng_at_step_start = _rng_state()
+                tokens_since += sum(b.tokens for b in micro)
+                if state["step"] % cfg.log_every == 0 or state["step"] == 1:
+                    if dist.enabled:
+                        torch.distributed.all_reduce(total_loss)
+                    now = time.perf_counter()
+                    record = {"step": state["step"], "epoch": state["epoch"] + 1,
+                              "train_loss": round(total_loss.item() / items.item(), 4), "lr": lr,
+                              "tokens_per_s": round(tokens_since * dist.world_size / max(now - t_log, 1e-9))}
+                    t_log, tokens_since = now, 0
+                    if dist.is_main:
+                        append_jsonl(run_dir / checkpoint.METRICS, {"kind": "train", **record})
+                        if progress:
+                            progress({"event": "train", "max_steps": cfg.max_steps, **record})
+                if state["step"] % cfg.eval_every == 0:
+                    if run_evaluation():
+                        stop = True
+                        break
+            if not stop and state["group"] >= groups:
+                state["epoch"] += 1
+                state["group"] = 0
+        if state["last_saved"] != state["step"] and not stop:
+            run_evaluation()
+    except KeyboardInterrupt:
+        # keep the work since the last checkpoint: save the last completed step, then let the CLI exit 130
+        save()
+        log.warning("interrupted: saved step %d in %s; continue with --resume", state["step"], run_dir)
+        raise
+    return TrainResult(state["step"], state["best_step"], _best_record(history, state["best_step"]),
+                       stop, time.perf_counter() - start, history)
+
+
+def _best_record(history: list[dict[str, Any]], step: int | None) -> dict[str, Any] | None:
+    return next((h for h in history if h["step"] == step), None)
+
