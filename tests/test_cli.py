@@ -137,3 +137,11 @@ def test_python_dash_m(tok):
     out = subprocess.run([sys.executable, "-m", "nmtkit", "tokenize", "-t", str(tok)], input="I am a student.\n",
                          capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.startswith("▁I")
+
+
+def test_command_line_that_does_not_parse_gets_one_line():
+    for args, expected in [(["tokenize"], "error: Missing option '--tokenizer' / '-t'; see nmtkit tokenize --help"),
+                           (["frobnicate"], "error: No such command 'frobnicate'; see nmtkit --help")]:
+        out = subprocess.run([sys.executable, "-m", "nmtkit", *args], capture_output=True, text=True)
+        assert out.returncode == 2 and out.stdout == ""
+        assert out.stderr.strip() == expected

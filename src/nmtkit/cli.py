@@ -330,6 +330,7 @@ def train_translator_cmd(
     clip_norm: Optional[float] = typer.Option(None, "--clip-norm", help="Gradient clipping norm (0: off)."),
     weight_decay: Optional[float] = typer.Option(None, "--weight-decay", help="AdamW weight decay."),
     eval_every: Optional[int] = typer.Option(None, "--eval-every", help="Steps between validations and checkpoints."),
+    log_every: Optional[int] = typer.Option(None, "--log-every", help="Steps between training-loss lines in metrics.jsonl."),
     patience: Optional[int] = typer.Option(None, "--patience", help="Early stopping after this many validations without a better BLEU."),
     max_len: Optional[int] = typer.Option(None, "--max-len", help="Leave out training pairs longer than this (pieces)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Random seed."),
@@ -359,7 +360,7 @@ def train_translator_cmd(
     train_settings = {**file_settings.get("train", {}), **_given(
         max_steps=max_steps, max_epochs=max_epochs, max_tokens=max_tokens, accumulate=accumulate, lr=lr,
         schedule=schedule, warmup_steps=warmup, label_smoothing=label_smoothing, teacher_forcing=teacher_forcing,
-        clip_norm=clip_norm, weight_decay=weight_decay, eval_every=eval_every, patience=patience, max_len=max_len,
+        clip_norm=clip_norm, weight_decay=weight_decay, eval_every=eval_every, log_every=log_every, patience=patience, max_len=max_len,
         seed=seed, compile=compile_, bf16=bf16)}
     train_spec = valid_spec = None
     if src or tgt:
@@ -518,4 +519,19 @@ def average_cmd(
 
 
 def main() -> None:
-    app()
+    """Entry point: like `app()`, but a command line that does not parse also gets one line (and exit 2)."""
+    # typer may vendor its own click: find its UsageError through a class it exports
+    usage_error = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
+    try:
+        rc = app(standalone_mode=False, prog_name="nmtkit")
+    except usage_error as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":  # plain `nmtkit`: show the help
+            print(exc.ctx.get_help() if exc.ctx else exc)
+            sys.exit(0)
+        where = f"; see {exc.ctx.command_path} --help" if exc.ctx else ""
+        err.print(f"error: {exc.format_message().rstrip('.')}{where}", markup=False, highlight=False, soft_wrap=True)
+        rc = 2
+    except typer.Abort:
+        err.print("interrupted")
+        rc = 130
+    sys.exit(rc if isinstance(rc, int) else 0)
