@@ -52,9 +52,9 @@ def test_one_output_line_per_input_line_with_skipped_lines(demo_tokenizer):
 
 
 def test_decode_rejects_bad_ids(demo_tokenizer):
-    with pytest.raises(DataError, match="not a line of integer ids"):
+    with pytest.raises(DataError, match="input line 1: .* is not a line of integer ids"):
         list(tokenize(demo_tokenizer, ["1 2 x"], ids=True, decode=True))
-    with pytest.raises(DataError, match="outside the vocabulary"):
+    with pytest.raises(DataError, match="input line 1: id 99999 is outside the vocabulary"):
         list(tokenize(demo_tokenizer, ["99999"], ids=True, decode=True))
 
 

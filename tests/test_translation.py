@@ -318,3 +318,42 @@ def test_translator_commands_fail_with_one_line(tmp_path, args, message):
     assert lines[-1].startswith("error: ") and message.replace("\\", "") in lines[-1].replace("\\", "") or \
         __import__("re").search(message, lines[-1]), result.stderr
     assert "Traceback" not in result.output
+
+
+def test_hugging_face_dataset_settings_file_teacher_forcing_and_early_stopping(tiny, tmp_path):
+    """The data and settings paths of train-translator, with the RNN's teacher-forcing ratio below 1."""
+    records = [{"translation": {"en": e, "ko": k}} for e, k in zip(tiny["en"], tiny["ko"])]
+    data = write(tmp_path / "pairs.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    settings = write(tmp_path / "rnn.toml", 'arch = "rnn"\n[model]\nembed_dim = 16\nhidden_dim = 32\ncell = "lstm"\n'
+                                            '[train]\nmax_steps = 400\nteacher_forcing = 0.5\nlr = 0.003\nwarmup_steps = 5\n')
+    result = runner.invoke(app, [
+        "train-translator", "--dataset", "json", "--data-files", str(data), "--src-lang", "en", "--tgt-lang", "ko",
+        "--valid-split", "train", "--settings", str(settings), "--max-tokens", "1000", "--eval-every", "5",
+        "--patience", "2", "--lr", "1e-6", "--vocab-size", "150", "--tokenizer-type", "bpe", "-o", str(tmp_path / "run"),
+    ])
+    assert result.exit_code == 0, result.output
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["arch"] == "rnn" and config["model"]["cell"] == "lstm" and config["model"]["hidden_dim"] == 32
+    assert config["train"]["teacher_forcing"] == 0.5 and config["train"]["lr"] == 1e-6  # the flag overrides the file
+    evals = [m for m in map(json.loads, (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) if m["kind"] == "eval"]
+    assert len(evals) == 3 and evals[-1]["step"] == 15  # lr 1e-6 learns nothing: stopped after 2 evaluations without gain
+    assert "early stopping" in result.stderr
+
+
+def test_translate_stops_quietly_when_the_pipe_closes(runs, tmp_path):
+    many = write(tmp_path / "many.txt", "I am a student.\n" * 3000)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent / "src")}
+    cmd = (f"{sys.executable} -m nmtkit translate -m {runs['transformer'][1]} --beam 1 --batch-size 16 --device cpu "
+           f"{many} | head -2")
+    out = subprocess.run(["bash", "-c", f"set -o pipefail; {cmd}"], env=env, capture_output=True, text=True)
+    assert out.stdout == "저는 학생입니다.\n저는 학생입니다.\n"
+    assert "Traceback" not in out.stderr and "Broken pipe" not in out.stderr
+    assert out.returncode in (0, 141)
+
+
+def test_known_corpus_names_work_where_files_do(runs):
+    tok = runs["transformer"][1]
+    result = runner.invoke(app, ["tokenize", "-t", str(tok), "demo/test.en"])
+    assert result.exit_code == 0 and len(result.stdout.splitlines()) == 100
+    result = runner.invoke(app, ["score", "--ref", "demo/test.ko", "--input", "demo/test.ko", "--metrics", "bleu"])
+    assert result.exit_code == 0 and result.stdout.startswith("BLEU  100.00")

@@ -151,7 +151,7 @@ def train_tokenizer_cmd(
 
 @command("tokenize")
 def tokenize_cmd(
-    files: List[Path] = typer.Argument(None, help="Input files (.gz too); stdin when none."),
+    files: List[str] = typer.Argument(None, help="Input files (.gz too, or known corpus files such as demo/test.en); stdin when none."),
     tokenizer: Path = typer.Option(..., "--tokenizer", "-t", help="A tokenizer folder, or a run folder holding one."),
     ids: bool = typer.Option(False, "--ids", help="Write (or, with --decode, read) token ids instead of pieces."),
     decode: bool = typer.Option(False, "--decode", "-d", help="Turn pieces (or ids) back into text."),
@@ -160,20 +160,11 @@ def tokenize_cmd(
 ) -> None:
     """Text to pieces or ids (or back with --decode): exactly one output line per input line."""
     from nmtkit import workflows
-    from nmtkit.data.corpora import decode_lines, open_binary
     from nmtkit.tokenization import Tokenizer
 
-    tok = Tokenizer(workflows._tokenizer_folder(tokenizer))
-    mode = _check_on_bad_line(on_bad_line)
-
-    def lines():
-        if not files:
-            yield from decode_lines(sys.stdin.buffer, "<stdin>", mode)
-        for path in files or []:
-            with open_binary(path) as stream:
-                yield from decode_lines(stream, str(path), mode)
-
-    _write_lines(workflows.tokenize(tok, lines(), ids=ids, decode=decode), output)
+    tok = Tokenizer(workflows.tokenizer_folder(tokenizer))
+    lines = workflows.input_lines(files, sys.stdin.buffer, _check_on_bad_line(on_bad_line))
+    _write_lines(workflows.tokenize(tok, lines, ids=ids, decode=decode), output)
 
 
 def _write_lines(lines, output: Optional[Path]) -> None:
@@ -299,6 +290,7 @@ def train_translator_cmd(
     dataset_config: Optional[str] = typer.Option(None, "--config", help="The dataset's configuration name."),
     split: str = typer.Option("train", "--split", help="The dataset's training split."),
     valid_split: Optional[str] = typer.Option(None, "--valid-split", help="The dataset's validation split."),
+    data_files: Optional[List[str]] = typer.Option(None, "--data-files", help="Local files for --dataset json/csv."),
     src_column: Optional[str] = typer.Option(None, "--src-column", help="Dataset column holding source text."),
     tgt_column: Optional[str] = typer.Option(None, "--tgt-column", help="Dataset column holding target text."),
     tokenizer: Optional[Path] = typer.Option(None, "--tokenizer", "-t", help="Use this tokenizer (else train a joint one on the training data)."),
@@ -376,8 +368,8 @@ def train_translator_cmd(
         train_spec = {"corpus": corpus, "src_lang": src_lang, "tgt_lang": tgt_lang, "split": "train"}
         valid_spec = {**train_spec, "split": "valid"}
     elif dataset:
-        base = {"dataset": dataset, "config": dataset_config, "src_lang": src_lang, "tgt_lang": tgt_lang,
-                "src_column": src_column, "tgt_column": tgt_column}
+        base = {"dataset": dataset, "config": dataset_config, "data_files": data_files, "src_lang": src_lang,
+                "tgt_lang": tgt_lang, "src_column": src_column, "tgt_column": tgt_column}
         train_spec = {**base, "split": split}
         valid_spec = {**base, "split": valid_split} if valid_split else None
     elif not resume:
@@ -401,23 +393,11 @@ def train_translator_cmd(
     print(output)
 
 
-def _input_lines(files: Optional[List[Path]], on_bad_line: str):
-    """Decoded lines of the input files, or of stdin when there are none (None for a skipped line)."""
-    from nmtkit.data.corpora import decode_lines, open_binary
-
-    mode = _check_on_bad_line(on_bad_line)
-    if not files:
-        yield from decode_lines(sys.stdin.buffer, "<stdin>", mode)
-    for path in files or []:
-        with open_binary(path) as stream:
-            yield from decode_lines(stream, str(path), mode)
-
-
 @command("translate")
 def translate_cmd(
-    files: List[Path] = typer.Argument(None, help="Input files; stdin when none."),
+    files: List[str] = typer.Argument(None, help="Input files (or known corpus files); stdin when none."),
     model: Path = typer.Option(..., "--model", "-m", help="A translator run folder."),
-    input_: Optional[List[Path]] = typer.Option(None, "--input", "-i", help="Input file (repeatable); same as the arguments."),
+    input_: Optional[List[str]] = typer.Option(None, "--input", "-i", help="Input file (repeatable); same as the arguments."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write here instead of stdout."),
     beam: int = typer.Option(5, "--beam", "-b", help="Beam size (1: greedy)."),
     length_penalty: float = typer.Option(1.0, "--length-penalty", help="Scores divided by length ** this (0: raw log-probability)."),
@@ -434,7 +414,8 @@ def translate_cmd(
 
     translator = workflows.Translator(model, device)
     lines = workflows.translate(
-        translator, _input_lines(list(files or []) + list(input_ or []), on_bad_line), beam=beam,
+        translator, workflows.input_lines(list(files or []) + list(input_ or []), sys.stdin.buffer, _check_on_bad_line(on_bad_line)),
+        beam=beam,
         batch_size=batch_size, length_penalty=length_penalty, n_best=n_best, with_scores=with_scores,
         max_len_ratio=max_len_ratio, max_len_extra=max_len_extra, buffer_lines=max(batch_size * 8, 64),
     )
@@ -458,8 +439,8 @@ TOKENIZE_HELP = "sacrebleu tokenizer: 13a, intl, zh, char, ja-mecab, ko-mecab...
 
 @command("score")
 def score_cmd(
-    ref: List[Path] = typer.Option(..., "--ref", "-r", help="Reference file (repeat for several references)."),
-    input_: Optional[Path] = typer.Option(None, "--input", "-i", help="Hypotheses (default stdin)."),
+    ref: List[str] = typer.Option(..., "--ref", "-r", help="Reference file (repeat for several references)."),
+    input_: Optional[str] = typer.Option(None, "--input", "-i", help="Hypotheses (default stdin)."),
     metrics: str = typer.Option("bleu,chrf,ter", "--metrics", help="Comma-separated: bleu, chrf, ter."),
     tokenize: Optional[str] = typer.Option(None, "--tokenize", help=TOKENIZE_HELP),
     lowercase: bool = typer.Option(False, "--lowercase", "-lc", help="Case-insensitive scores."),
@@ -468,13 +449,12 @@ def score_cmd(
 ) -> None:
     """BLEU, chrF and TER with sacrebleu, printed with their signatures."""
     from nmtkit import workflows
-    from nmtkit.data.corpora import decode_lines, read_lines
 
-    hyps = list(read_lines(input_)) if input_ else [l or "" for l in decode_lines(sys.stdin.buffer, "<stdin>")]
-    refs = [list(read_lines(r)) for r in ref]
+    hyps = [line or "" for line in workflows.input_lines([input_] if input_ else [], sys.stdin.buffer)]
+    refs = [[line or "" for line in workflows.input_lines([r], None)] for r in ref]
     scores = workflows.score(hyps, refs, (str(input_ or "<stdin>"), [str(r) for r in ref]),
                              metrics=[m.strip() for m in metrics.split(",") if m.strip()], tokenize=tokenize,
-                             lowercase=lowercase, target_lang=lang or ref[0].suffix.lstrip("."))
+                             lowercase=lowercase, target_lang=lang or Path(ref[0]).suffix.lstrip("."))
     _print_scores(scores, as_json)
 
 

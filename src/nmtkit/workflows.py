@@ -43,6 +43,17 @@ def expand_inputs(inputs: Iterable[str]) -> list[Path]:
     return paths
 
 
+def input_lines(files: Iterable[str | Path] | None, stdin=None, on_bad_line: corpora.OnBadLine = "error") -> Iterator[str | None]:
+    """The decoded lines of the given files (known corpus names resolved), or of `stdin` when there are none.
+    `None` stands for a line skipped as invalid UTF-8, so line-by-line commands keep the line count."""
+    files = list(files or [])
+    if not files and stdin is not None:
+        yield from corpora.decode_lines(stdin, "<stdin>", on_bad_line)
+    for spec in files:
+        with corpora.open_binary(registry.resolve(spec)) as stream:
+            yield from corpora.decode_lines(stream, str(spec), on_bad_line)
+
+
 def describe_files(paths: Iterable[Path]) -> list[dict[str, Any]]:
     """Provenance for run records: each data file with its size and sha256."""
     return [{"path": str(p), "bytes": p.stat().st_size, "sha256": file_sha256(p)} for p in paths if p.is_file()]
@@ -94,30 +105,32 @@ def tokenize(
     space-separated pieces (or ids); decoding reads pieces (or ids) and gives text. An empty line stays empty.
     """
     it = iter(lines)
+    done = 0
     while True:
         batch = list(itertools.islice(it, batch_size))
         if not batch:
             return
         texts = [line or "" for line in batch]
         if decode:
-            yield from (_decode_line(tokenizer, line, ids) for line in texts)
+            yield from (_decode_line(tokenizer, line, ids, done + i + 1) for i, line in enumerate(texts))
         elif ids:
             yield from (" ".join(map(str, row)) for row in tokenizer.encode(texts))
         else:
             yield from (" ".join(row) for row in tokenizer.encode_pieces(texts))
+        done += len(batch)
 
 
-def _decode_line(tokenizer: Tokenizer, line: str, ids: bool) -> str:
+def _decode_line(tokenizer: Tokenizer, line: str, ids: bool, lineno: int) -> str:
     fields = line.split()
     if not ids:
         return tokenizer.decode_pieces([fields])[0]
     try:
         numbers = [int(f) for f in fields]
     except ValueError:
-        raise DataError(f"--decode --ids: {line[:40]!r} is not a line of integer ids") from None
+        raise DataError(f"input line {lineno}: {line[:40]!r} is not a line of integer ids (--decode --ids)") from None
     bad = [n for n in numbers if not 0 <= n < len(tokenizer)]
     if bad:
-        raise DataError(f"--decode --ids: id {bad[0]} is outside the vocabulary (0..{len(tokenizer) - 1})")
+        raise DataError(f"input line {lineno}: id {bad[0]} is outside the vocabulary (0..{len(tokenizer) - 1})")
     return tokenizer.decode([numbers])[0]
 
 
@@ -447,7 +460,7 @@ def train_translator(
         run_dir.mkdir(parents=True, exist_ok=True)
         if dist.is_main:
             if tokenizer:
-                Tokenizer(_tokenizer_folder(Path(tokenizer))).copy_to(tok_dir)
+                Tokenizer(tokenizer_folder(Path(tokenizer))).copy_to(tok_dir)
             else:
                 cfg = tokenizer_cfg or TokenizerConfig()
                 log.info("training a joint %s tokenizer with %d pieces", cfg.model_type, cfg.vocab_size)
@@ -544,6 +557,6 @@ def _barrier(dist) -> None:
         torch.distributed.barrier()
 
 
-def _tokenizer_folder(path: Path) -> Path:
+def tokenizer_folder(path: Path) -> Path:
     """A tokenizer folder, or the tokenizer inside a run folder."""
     return path / checkpoint.TOKENIZER_DIR if (path / checkpoint.TOKENIZER_DIR).is_dir() else path
