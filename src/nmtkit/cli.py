@@ -263,6 +263,8 @@ class TrainingDisplay:
     def __call__(self, event: dict) -> None:
         if event["event"] == "train":
             stats = f"loss {event['train_loss']:.3f}  lr {event['lr']:.2e}  {event['tokens_per_s']:,} tok/s"
+            if "mfu" in event:
+                stats += f"  MFU {event['mfu']:.1%}"
             if self.task is None:
                 self.task = self.progress.add_task("train", total=event["max_steps"], completed=event["step"], stats=stats)
             self.progress.update(self.task, completed=event["step"], stats=stats)
@@ -496,6 +498,119 @@ def average_cmd(
     result = workflows.average_checkpoints(model, last, output)
     log.info("averaged %s", ", ".join(result["checkpoints"]))
     print(output)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Upstream: GPT
+
+
+@command("pretrain")
+def pretrain_cmd(
+    inputs: List[str] = typer.Argument(None, help="Text files (one document each), TSV/CSV/JSON(L) with --column, or known corpora (tinyshakespeare)."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Run folder (default checkpoints/gpt-DATE-TIME)."),
+    column: Optional[str] = typer.Option(None, "--column", "-c", help="Column or field holding the text (tables, JSON, datasets)."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", help="A Hugging Face dataset (or json/csv/text with --data-files)."),
+    dataset_config: Optional[str] = typer.Option(None, "--config", help="The dataset's configuration name."),
+    split: str = typer.Option("train", "--split", help="The dataset split."),
+    data_files: Optional[List[str]] = typer.Option(None, "--data-files", help="Local files for --dataset json/csv/text."),
+    valid_fraction: float = typer.Option(0.1, "--valid-fraction", help="The last share of the text (in characters) kept for validation."),
+    tokenizer: Optional[Path] = typer.Option(None, "--tokenizer", "-t", help="Use this tokenizer (else train one on the text)."),
+    vocab_size: int = typer.Option(8000, "--vocab-size", help="Pieces of the tokenizer trained on the fly."),
+    tokenizer_type: str = typer.Option("unigram", "--tokenizer-type", help="bpe, unigram or char, for the tokenizer trained on the fly."),
+    block_size: Optional[int] = typer.Option(None, "--block-size", help="Context length in tokens (default 256)."),
+    d_model: Optional[int] = typer.Option(None, "--d-model", help="Width (default 384)."),
+    heads: Optional[int] = typer.Option(None, "--heads", help="Attention heads (default 6)."),
+    layers: Optional[int] = typer.Option(None, "--layers", help="Layers (default 6)."),
+    dropout: Optional[float] = typer.Option(None, "--dropout", help="Dropout (default 0.2)."),
+    batch_size: int = typer.Option(64, "--batch-size", help="Windows per micro-batch."),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Optimizer steps (default 5000)."),
+    accumulate: Optional[int] = typer.Option(None, "--accumulate", help="Micro-batches per optimizer step."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate (default 1e-3)."),
+    schedule: Optional[str] = typer.Option(None, "--schedule", help="cosine (default), inverse-sqrt or constant."),
+    warmup: Optional[int] = typer.Option(None, "--warmup", help="Warmup steps (default 100)."),
+    weight_decay: Optional[float] = typer.Option(None, "--weight-decay", help="AdamW weight decay on matrices (default 0.1)."),
+    eval_every: Optional[int] = typer.Option(None, "--eval-every", help="Steps between validations and checkpoints (default 250)."),
+    log_every: Optional[int] = typer.Option(None, "--log-every", help="Steps between training-loss lines."),
+    patience: Optional[int] = typer.Option(None, "--patience", help="Early stopping after this many validations without a lower loss."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Random seed."),
+    compile_: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile the model."),
+    bf16: Optional[bool] = typer.Option(None, "--bf16/--no-bf16", help="bf16 autocast on GPU (default on)."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --output exactly where it stopped."),
+    settings_file: Optional[Path] = typer.Option(None, "--settings", help="TOML/YAML with [model] and [train] tables; flags override it."),
+) -> None:
+    """Pretrain a GPT-style decoder on raw text: next-token prediction (upstream)."""
+    import datetime
+
+    from nmtkit import workflows
+    from nmtkit.config import TokenizerConfig, from_dict, load_settings_file
+
+    file_settings = load_settings_file(settings_file) if settings_file else {}
+    unknown = sorted(set(file_settings) - {"model", "train"})
+    if unknown:
+        raise NmtkitError(f"{settings_file}: unknown table(s) {', '.join(unknown)}; valid: model, train")
+    model_settings = {**file_settings.get("model", {}), **_given(block_size=block_size, d_model=d_model, heads=heads,
+                                                                  layers=layers, dropout=dropout)}
+    train_settings = {**file_settings.get("train", {}), **_given(
+        max_steps=max_steps, accumulate=accumulate, lr=lr, schedule=schedule, warmup_steps=warmup,
+        weight_decay=weight_decay, eval_every=eval_every, log_every=log_every, patience=patience, seed=seed,
+        compile=compile_, bf16=bf16)}
+    if resume and output is None:
+        raise NmtkitError("--resume needs --output, the run folder to continue")
+    output = output or Path("checkpoints") / f"gpt-{datetime.datetime.now():%Y%m%d-%H%M%S}"
+    tok_cfg = from_dict(TokenizerConfig, {"model_type": tokenizer_type, "vocab_size": vocab_size}, "tokenizer")
+    ds = {"name": dataset, "config": dataset_config, "split": split, "data_files": data_files} if dataset else None
+    with TrainingDisplay() as display:
+        summary = workflows.pretrain(
+            run_dir=output, inputs=list(inputs or []), column=column, dataset=ds, valid_fraction=valid_fraction,
+            model_settings=model_settings, train_settings=train_settings if not resume else _given(max_steps=max_steps),
+            batch_size=batch_size, tokenizer=str(tokenizer) if tokenizer else None, tokenizer_cfg=tok_cfg,
+            device=device, resume=resume, progress=display, command=["nmtkit", *sys.argv[1:]],
+        )
+    best = summary["best"] or {}
+    log.info("pretrained a GPT (%s parameters) for %d steps in %.0f s; best %s at step %s", f"{summary['parameters']:,}",
+             summary["steps"], summary["seconds"],
+             ", ".join(f"{k} {best[k]}" for k in ("valid_loss", "bits_per_char", "valid_ppl") if k in best) or "-",
+             summary["best_step"])
+    print(output)
+
+
+@command("generate")
+def generate_cmd(
+    prompts: List[str] = typer.Argument(None, help="Prompts; with none, one prompt per line of --input or stdin."),
+    model: Path = typer.Option(..., "--model", "-m", help="A GPT run folder (from nmtkit pretrain)."),
+    input_: Optional[str] = typer.Option(None, "--input", "-i", help="A file of prompts, one per line."),
+    max_new_tokens: int = typer.Option(200, "--max-new-tokens", "-n", help="Tokens to generate at most."),
+    temperature: float = typer.Option(1.0, "--temperature", help="Sampling temperature; 0 means greedy."),
+    top_k: int = typer.Option(0, "--top-k", help="Sample among the k most likely tokens (0: all)."),
+    top_p: float = typer.Option(1.0, "--top-p", help="Sample from the smallest set of tokens whose probability reaches p."),
+    seed: int = typer.Option(0, "--seed", help="Random seed."),
+    num_samples: int = typer.Option(1, "--num-samples", help="Samples per prompt."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per prompt and sample: prompt, sample, text."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
+) -> None:
+    """Continue prompts with a pretrained decoder: sampling with temperature, top-k and top-p, and a KV cache."""
+    from nmtkit import workflows
+
+    lm = workflows.LanguageModel(model, device)
+    if prompts:
+        texts = [p.replace("\\n", "\n") for p in prompts]
+    else:
+        texts = [line or "" for line in workflows.input_lines([input_] if input_ else [], sys.stdin.buffer)]
+    options = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+    if len(texts) == 1 and num_samples == 1 and not as_json:  # one prompt: stream tokens as they come
+        sys.stdout.write(texts[0])
+        for piece in workflows.generate_stream(lm, texts[0], **options):
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+        return
+    for i, record in enumerate(workflows.generate(lm, texts, num_samples=num_samples, **options)):
+        if as_json:
+            print(json.dumps(record, ensure_ascii=False), flush=True)
+        else:
+            print(("\n" if i else "") + f"--- prompt {record['index']}, sample {record['sample']}\n"
+                  + record["prompt"] + record["text"], flush=True)
 
 
 def main() -> None:

@@ -114,3 +114,44 @@ def beam_search(
         tokens = torch.cat([tokens[rows], token.gather(1, order).view(-1, 1)], 1)
         cache = tree_map(lambda x: x.index_select(0, rows), cache)
     return [sorted(f, key=lambda h: -h.score)[:n_best] for f in finished]
+
+
+def sample_stream(
+    model, prompt: Tensor, *, max_new_tokens: int, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+    eos: int | None = None, generator: torch.Generator | None = None,
+):
+    """Sample continuations of `prompt` (B, T) one token at a time, yielding each step's tokens (B,).
+
+    temperature 0 is greedy; top_k keeps the k most likely tokens; top_p keeps the smallest set whose
+    probability reaches p (nucleus sampling). Rows that produced `eos` keep producing it; the stream ends when
+    every row has, or after max_new_tokens. Uses the model's cache: the prompt is fed once.
+    """
+    with torch.inference_mode():
+        done = torch.zeros(prompt.size(0), dtype=torch.bool, device=prompt.device)
+        prev, cache = prompt, None
+        for _ in range(max_new_tokens):
+            logits, cache = model.decode_step(prev, None, cache)
+            token = pick(logits.float(), temperature, top_k, top_p, generator)
+            if eos is not None:
+                token = token.masked_fill(done, eos)
+                done |= token == eos
+            yield token
+            if eos is not None and bool(done.all()):
+                return
+            prev = token[:, None]
+
+
+def pick(logits: Tensor, temperature: float, top_k: int, top_p: float, generator=None) -> Tensor:
+    """Choose one token per row from logits (B, V)."""
+    if temperature <= 0:
+        return logits.argmax(-1)
+    logits = logits / temperature
+    if top_k and top_k < logits.size(-1):
+        kth = logits.topk(top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        cumulative = sorted_logits.softmax(-1).cumsum(-1)
+        drop = cumulative - sorted_logits.softmax(-1) >= top_p  # the tokens after the nucleus is full
+        logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+    return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(-1)

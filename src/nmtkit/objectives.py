@@ -28,3 +28,14 @@ def seq2seq_loss(label_smoothing: float = 0.0, teacher_forcing: float = 1.0) -> 
         return loss, batch.target_tokens
 
     return objective
+
+
+def lm_loss() -> Objective:
+    """Next-token cross-entropy of a decoder over every position."""
+
+    def objective(model: nn.Module, batch) -> tuple[Tensor, int]:
+        logits = model(batch.ids)
+        loss = F.cross_entropy(logits.float().flatten(0, 1), batch.targets.flatten(), reduction="sum")
+        return loss, batch.target_tokens
+
+    return objective

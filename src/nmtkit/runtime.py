@@ -75,3 +75,23 @@ def init_distributed(device) -> Distributed:
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return Distributed(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def measured_peak_flops(device) -> float | None:
+    """The device's bf16 matrix-multiply FLOP/s, measured (what MFU is reported against); None off CUDA."""
+    import time
+
+    import torch
+
+    if device.type != "cuda":
+        return None
+    a = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
+    b = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    torch.cuda.synchronize(device)
+    t, n = time.perf_counter(), 20
+    for _ in range(n):
+        a @ b
+    torch.cuda.synchronize(device)
+    return 2 * 8192**3 * n / (time.perf_counter() - t)

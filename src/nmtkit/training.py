@@ -24,7 +24,7 @@ from torch import nn
 from nmtkit import checkpoint
 from nmtkit.errors import ConfigError
 from nmtkit.files import append_jsonl
-from nmtkit.runtime import Distributed, autocast
+from nmtkit.runtime import Distributed, autocast, measured_peak_flops
 
 log = logging.getLogger("nmtkit")
 STEPS_DIR = "steps"
@@ -144,6 +144,7 @@ def train(
     dist: Distributed = Distributed(),
     resume: bool = False,
     progress: Callable[[dict[str, Any]], None] | None = None,
+    flops_per_token: float | None = None,
 ) -> TrainResult:
     """Train `model` until `cfg.max_steps` (or `max_epochs`, or early stopping). `batches(epoch)` must give
     the same sequence for the same epoch every time it is called (that is what makes resuming exact)."""
@@ -173,6 +174,7 @@ def train(
     if cfg.compile:
         net = torch.compile(net)
     history: list[dict[str, Any]] = []
+    peak = measured_peak_flops(device) if flops_per_token else None
     per_step = cfg.accumulate * dist.world_size
     start, t_log, tokens_since = time.perf_counter(), time.perf_counter(), 0
     rng_at_step_start = _rng_state()
@@ -266,6 +268,8 @@ def train(
                     record = {"step": state["step"], "epoch": state["epoch"] + 1,
                               "train_loss": round(total_loss.item() / items.item(), 4), "lr": lr,
                               "tokens_per_s": round(tokens_since * dist.world_size / max(now - t_log, 1e-9))}
+                    if peak:  # model FLOPs utilisation of this device (PaLM appendix B FLOPs)
+                        record["mfu"] = round(record["tokens_per_s"] / dist.world_size * flops_per_token / peak, 4)
                     t_log, tokens_since = now, 0
                     if dist.is_main:
                         append_jsonl(run_dir / checkpoint.METRICS, {"kind": "train", **record})
@@ -275,6 +279,7 @@ def train(
                     if run_evaluation():
                         stop = True
                         break
+                    t_log, tokens_since = time.perf_counter(), 0  # tokens/s counts training time only
             if not stop and state["group"] >= groups:
                 state["epoch"] += 1
                 state["group"] = 0

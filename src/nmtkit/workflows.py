@@ -560,3 +560,297 @@ def _barrier(dist) -> None:
 def tokenizer_folder(path: Path) -> Path:
     """A tokenizer folder, or the tokenizer inside a run folder."""
     return path / checkpoint.TOKENIZER_DIR if (path / checkpoint.TOKENIZER_DIR).is_dir() else path
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Upstream: GPT pretraining and generation
+
+GPT_TRAIN_DEFAULTS = {"schedule": "cosine", "lr": 1e-3, "warmup_steps": 100, "label_smoothing": 0.0,
+                      "weight_decay": 0.1, "beta2": 0.99, "best_metric": "valid_loss", "max_steps": 5000,
+                      "eval_every": 250}
+
+
+def lm_documents(inputs: list[str], column: str | None = None, dataset: dict[str, Any] | None = None,
+                 on_bad_line: corpora.OnBadLine = "error") -> Iterator[str]:
+    """Documents for language modelling: a plain text file is one document (its lines joined by newlines);
+    each row or record of a table, JSON file or Hugging Face dataset column is one."""
+    for path in expand_inputs(inputs):
+        if corpora.base_suffix(path) in corpora.TABLE_SUFFIXES + corpora.JSON_SUFFIXES:
+            yield from corpora.read_texts(path, column, on_bad_line=on_bad_line)
+        else:
+            yield "\n".join(corpora.read_lines(path, on_bad_line))
+    if dataset:
+        ds = corpora.load_hf_dataset(dataset["name"], dataset.get("config"), dataset.get("split", "train"),
+                                     dataset.get("data_files"))
+        yield from corpora.hf_column(ds, column or "text", dataset["name"])
+
+
+def prepare_lm_data(run_dir: Path, spec: dict[str, Any], tok: Tokenizer, valid_fraction: float) -> dict[str, Any]:
+    """Tokenize the text once into run_dir/data/{train,valid}.bin; reuse them while text and tokenizer are
+    unchanged (the key hashes the input files, the settings and the tokenizer model)."""
+    import hashlib
+    import json
+
+    from nmtkit.data.datasets import encode_stream, split_documents
+    from nmtkit.files import write_json
+    from nmtkit.tokenization import MODEL_FILE
+
+    folder = run_dir / "data"
+    files = expand_inputs(spec.get("inputs", []))
+    key_source = {"files": [file_sha256(p) for p in files], "spec": spec, "valid_fraction": valid_fraction,
+                  "tokenizer": file_sha256(tok.folder / MODEL_FILE)}
+    key = hashlib.sha256(json.dumps(key_source, sort_keys=True).encode()).hexdigest()
+    meta_file = folder / "meta.json"
+    if meta_file.is_file() and read_json(meta_file).get("key") == key:
+        log.info("reusing the tokenized text in %s", folder)
+        return read_json(meta_file)
+    documents = lambda: lm_documents(spec.get("inputs", []), spec.get("column"), spec.get("dataset"))  # noqa: E731
+    total = sum(len(d) for d in corpora.nonempty(documents(), ", ".join(map(str, files)) or "the dataset"))
+    valid_chars = total - int(total * (1 - valid_fraction))  # the split nanoGPT uses: text[int(n * 0.9):]
+    newline = tok.piece_to_id("\n")
+    newline_id = newline if newline != tok.sp.unk_id() else None
+    if newline_id is None:
+        log.warning("the tokenizer has no newline piece: line breaks become spaces")
+    log.info("tokenizing %s characters", f"{total:,}")
+    counts = encode_stream(split_documents(documents(), valid_chars, total), tok, folder, newline_id)
+    meta = {"key": key, "characters": total, "valid_fraction": valid_fraction, **counts}
+    write_json(meta_file, meta)
+    return meta
+
+
+def pretrain(
+    *,
+    run_dir: str | Path,
+    inputs: list[str] | None = None,
+    column: str | None = None,
+    dataset: dict[str, Any] | None = None,
+    valid_fraction: float = 0.1,
+    model_settings: dict[str, Any] | None = None,
+    train_settings: dict[str, Any] | None = None,
+    batch_size: int = 64,
+    tokenizer: str | None = None,
+    tokenizer_cfg: TokenizerConfig | None = None,
+    device: str = "auto",
+    resume: bool = False,
+    progress=None,
+    command: list[str] | None = None,
+) -> dict[str, Any]:
+    """Pretrain a GPT-style decoder on raw text (next-token prediction). Returns the run's summary."""
+    import dataclasses
+    import datetime
+
+    from nmtkit.config import from_dict, to_dict
+    from nmtkit.data.batching import random_windows
+    from nmtkit.data.datasets import load_stream
+    from nmtkit.files import write_json
+    from nmtkit.models.gpt import GPT, GPTConfig
+    from nmtkit.objectives import lm_loss
+    from nmtkit.runtime import init_distributed, pick_device, seed_everything
+    from nmtkit.training import TrainConfig, train
+
+    run_dir = Path(run_dir)
+    dev = pick_device(device)
+    dist = init_distributed(dev)
+    if resume:
+        saved = checkpoint.read_config(run_dir, ("gpt",))
+        model_settings, data = saved["model"], saved["data"]
+        inputs, column, dataset, valid_fraction, batch_size = (data["inputs"], data["column"], data["dataset"],
+                                                               data["valid_fraction"], data["batch_size"])
+        train_settings = {**saved["train"], **(train_settings or {})}
+    else:
+        if (run_dir / checkpoint.CONFIG).exists():
+            raise CheckpointError(f"{run_dir}: already holds a run; continue it with --resume, or choose another --output")
+        if not inputs and not dataset:
+            raise DataError("no training text: give files, a known corpus (tinyshakespeare), or --dataset")
+    if not 0.0 < valid_fraction < 1.0:
+        raise DataError(f"--valid-fraction must be between 0 and 1, got {valid_fraction}")
+    train_cfg = from_dict(TrainConfig, {**GPT_TRAIN_DEFAULTS, **(train_settings or {})}, "train settings")
+    from_dict(GPTConfig, {k: v for k, v in (model_settings or {}).items() if k != "vocab_size"}, "model settings")
+    spec = {"inputs": list(inputs or []), "column": column, "dataset": dataset}
+
+    tok_dir = run_dir / checkpoint.TOKENIZER_DIR
+    if not resume:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if dist.is_main:
+            if tokenizer:
+                Tokenizer(tokenizer_folder(Path(tokenizer))).copy_to(tok_dir)
+            else:
+                cfg = tokenizer_cfg or TokenizerConfig()
+                cfg = dataclasses.replace(cfg, user_defined_symbols=tuple(dict.fromkeys(("\n", *cfg.user_defined_symbols))))
+                log.info("training a %s tokenizer with %d pieces (newline kept as a piece)", cfg.model_type, cfg.vocab_size)
+                lines = (line for doc in lm_documents(spec["inputs"], column, dataset) for line in doc.split("\n"))
+                _train_tokenizer(corpora.nonempty(lines, "training text"), tok_dir, cfg, {"files": describe_files(expand_inputs(spec["inputs"]))})
+        _barrier(dist)
+    tok = Tokenizer(tok_dir)
+    meta = prepare_lm_data(run_dir, spec, tok, valid_fraction) if dist.is_main else None
+    _barrier(dist)
+    meta = meta or read_json(run_dir / "data" / "meta.json")
+    train_ids = load_stream(run_dir / "data", "train", meta["dtype"])
+    valid_ids = load_stream(run_dir / "data", "valid", meta["dtype"])
+    model_cfg = from_dict(GPTConfig, {**(model_settings or {}), "vocab_size": len(tok)}, "model settings")
+    block = model_cfg.block_size
+    train_cfg = from_dict(TrainConfig, {**to_dict(train_cfg), "max_tokens": batch_size * block}, "train settings")
+    log.info("%s training tokens, %s validation tokens (%s characters); GPT on %s%s", f"{len(train_ids):,}",
+             f"{len(valid_ids):,}", f"{meta['valid']['chars']:,}", dev, f" x {dist.world_size}" if dist.enabled else "")
+    if not resume and dist.is_main:
+        checkpoint.write_config(run_dir, "gpt", model=to_dict(model_cfg), train=to_dict(train_cfg),
+                                data={**spec, "valid_fraction": valid_fraction, "batch_size": batch_size})
+        write_json(run_dir / checkpoint.RUN_RECORD, {
+            "command": command or sys.argv, "versions": _versions(), "seed": train_cfg.seed, "device": str(dev),
+            "world_size": dist.world_size,
+            "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "data": {"files": describe_files(expand_inputs(spec["inputs"])), "tokens": meta},
+        })
+    elif dist.is_main:
+        write_json(run_dir / checkpoint.CONFIG, {**checkpoint.read_config(run_dir), "train": to_dict(train_cfg)})
+
+    def batches(epoch: int):
+        try:
+            return random_windows(train_ids, block, batch_size, seed=train_cfg.seed, epoch=epoch)
+        except ValueError as exc:
+            raise DataError(str(exc)) from None
+
+    seed_everything(train_cfg.seed)
+    model = GPT(model_cfg)
+    evaluate = (lambda m: evaluate_lm(m, dev, valid_ids, block, meta["valid"]["chars"], batch_size)) if len(valid_ids) > block else None
+    result = train(model, lm_loss(), batches, cfg=train_cfg, run_dir=run_dir, device=dev, evaluate=evaluate,
+                   dist=dist, resume=resume, progress=progress, flops_per_token=model.flops_per_token())
+    summary = {"run": str(run_dir), "arch": "gpt", "steps": result.steps, "best_step": result.best_step,
+               "best": result.best, "stopped_early": result.stopped_early, "seconds": round(result.seconds, 1),
+               "parameters": sum(p.numel() for p in model.parameters())}
+    if dist.is_main:
+        run = read_json(run_dir / checkpoint.RUN_RECORD)
+        run.setdefault("training", []).append(summary)
+        write_json(run_dir / checkpoint.RUN_RECORD, run)
+    return summary
+
+
+def evaluate_lm(model, device, ids, block: int, characters: int, batch_size: int) -> dict[str, float]:
+    """Loss over the whole validation stream in consecutive windows: per token (nats), perplexity, and bits
+    per character (so runs with different tokenizers compare)."""
+    import math
+
+    import torch
+    import torch.nn.functional as F
+
+    from nmtkit.data.batching import lm_windows
+
+    starts = list(range(0, len(ids) - 1 - block + 1, block))
+    total, count = 0.0, 0
+    with torch.inference_mode():
+        for i in range(0, len(starts), batch_size):
+            batch = lm_windows(ids, starts[i : i + batch_size], block).to(device)
+            logits = model(batch.ids)
+            total += F.cross_entropy(logits.float().flatten(0, 1), batch.targets.flatten(), reduction="sum").item()
+            count += batch.target_tokens
+    covered_chars = characters * count / max(len(ids) - 1, 1)  # the windows cover all but a tail of < block tokens
+    loss = total / max(count, 1)
+    return {"valid_loss": round(loss, 4), "valid_ppl": round(math.exp(min(loss, 50)), 2),
+            "bits_per_char": round(total / max(covered_chars, 1) / math.log(2), 4)}
+
+
+class LanguageModel:
+    """A GPT run folder loaded for generation."""
+
+    def __init__(self, run_dir: str | Path, device: str = "auto"):
+        from nmtkit.config import from_dict
+        from nmtkit.models.gpt import GPT, GPTConfig
+        from nmtkit.runtime import pick_device
+
+        self.run_dir = Path(run_dir)
+        config = checkpoint.read_config(self.run_dir, ("gpt",))
+        self.cfg = from_dict(GPTConfig, config["model"], str(self.run_dir / checkpoint.CONFIG))
+        self.tok = Tokenizer(self.run_dir / checkpoint.TOKENIZER_DIR)
+        self.device = pick_device(device)
+        model = GPT(self.cfg)
+        try:
+            model.load_state_dict(checkpoint.load_weights(self.run_dir / checkpoint.WEIGHTS), strict=True)
+        except RuntimeError as exc:
+            raise CheckpointError(f"{self.run_dir / checkpoint.WEIGHTS}: weights do not match config.json "
+                                  f"({str(exc).strip().splitlines()[0]})") from None
+        self.model = model.to(self.device).eval()
+
+    def encode_prompt(self, text: str) -> list[int]:
+        """Prompt ids, line breaks as the newline piece; an empty prompt starts a new document (</s>)."""
+        from nmtkit.tokenization import EOS_ID
+
+        return self.tok.encode([text])[0] if text else [EOS_ID]
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tok.decode([ids])[0]
+
+
+def generate(
+    lm: LanguageModel,
+    prompts: list[str],
+    *,
+    max_new_tokens: int = 200,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    seed: int = 0,
+    num_samples: int = 1,
+) -> Iterator[dict[str, Any]]:
+    """Continue each prompt; yields one record per prompt and sample, in order: {"index", "prompt", "sample", "text"}.
+    Prompts of the same token length are sampled together as one batch."""
+    import torch
+
+    from nmtkit import decoding
+    from nmtkit.runtime import autocast
+    from nmtkit.tokenization import EOS_ID
+
+    if max_new_tokens >= lm.cfg.block_size:
+        raise DataError(f"--max-new-tokens {max_new_tokens} must be below the model's context of {lm.cfg.block_size} tokens")
+    generator = torch.Generator(device=lm.device).manual_seed(seed)
+    jobs = [(i, s, _crop(lm, lm.encode_prompt(p), max_new_tokens, i)) for i, p in enumerate(prompts) for s in range(num_samples)]
+    results: dict[tuple[int, int], str] = {}
+    by_length: dict[int, list] = {}
+    for job in jobs:
+        by_length.setdefault(len(job[2]), []).append(job)
+    for group in by_length.values():
+        prompt = torch.tensor([ids for _, _, ids in group], device=lm.device)
+        with autocast(lm.device):
+            steps = list(decoding.sample_stream(lm.model, prompt, max_new_tokens=max_new_tokens, temperature=temperature,
+                                                top_k=top_k, top_p=top_p, eos=EOS_ID, generator=generator))
+        rows = torch.stack(steps, 1).tolist() if steps else [[] for _ in group]
+        for (i, s, _), row in zip(group, rows):
+            results[(i, s)] = lm.decode(row[: row.index(EOS_ID)] if EOS_ID in row else row)
+    for i, p in enumerate(prompts):
+        for s in range(num_samples):
+            yield {"index": i + 1, "prompt": p, "sample": s + 1, "text": results[(i, s)]}
+
+
+def generate_stream(lm: LanguageModel, prompt: str, *, max_new_tokens: int = 200, temperature: float = 1.0,
+                    top_k: int = 0, top_p: float = 1.0, seed: int = 0) -> Iterator[str]:
+    """Continue one prompt, yielding the new text as soon as each token is produced."""
+    import torch
+
+    from nmtkit import decoding
+    from nmtkit.runtime import autocast
+    from nmtkit.tokenization import EOS_ID
+
+    if max_new_tokens >= lm.cfg.block_size:
+        raise DataError(f"--max-new-tokens {max_new_tokens} must be below the model's context of {lm.cfg.block_size} tokens")
+    generator = torch.Generator(device=lm.device).manual_seed(seed)
+    prompt = torch.tensor([_crop(lm, lm.encode_prompt(prompt), max_new_tokens, 0)], device=lm.device)
+    ids: list[int] = []
+    shown = ""
+    with autocast(lm.device):
+        for token in decoding.sample_stream(lm.model, prompt, max_new_tokens=max_new_tokens, temperature=temperature,
+                                            top_k=top_k, top_p=top_p, eos=EOS_ID, generator=generator):
+            if int(token[0]) == EOS_ID:
+                return
+            ids.append(int(token[0]))
+            text = lm.decode(ids)
+            if text.startswith(shown):
+                yield text[len(shown):]
+                shown = text
+
+
+def _crop(lm: LanguageModel, ids: list[int], max_new_tokens: int, index: int) -> list[int]:
+    room = lm.cfg.block_size - max_new_tokens
+    if len(ids) > room:
+        log.warning("prompt %d: %d tokens, only the last %d fit the context with --max-new-tokens %d",
+                    index + 1, len(ids), room, max_new_tokens)
+        return ids[-room:]
+    return ids

@@ -93,3 +93,47 @@ class LazyBatches(Sequence):
 
     def __getitem__(self, i):  # type: ignore[override]
         return self.collate(self.index_batches[i])
+
+
+@dataclass
+class LMBatch:
+    """ids (B, T) and the next tokens as targets (B, T)."""
+
+    ids: Tensor
+    targets: Tensor
+
+    @property
+    def target_tokens(self) -> int:
+        return self.targets.numel()
+
+    @property
+    def tokens(self) -> int:
+        return self.ids.numel()
+
+    def to(self, device) -> "LMBatch":
+        nb = device.type == "cuda"
+        return LMBatch(self.ids.to(device, non_blocking=nb), self.targets.to(device, non_blocking=nb))
+
+
+def lm_windows(stream, starts: Sequence[int], block: int) -> LMBatch:
+    """Windows of `block` ids starting at `starts`, with targets shifted by one."""
+    import numpy as np
+
+    rows = np.stack([np.asarray(stream[s : s + block + 1], dtype=np.int64) for s in starts])
+    x = torch.from_numpy(rows)
+    return LMBatch(x[:, :-1].contiguous(), x[:, 1:].contiguous())
+
+
+def random_windows(stream, block: int, batch_size: int, *, seed: int, epoch: int) -> LazyBatches:
+    """One epoch of random windows: as many batches as the stream has `batch_size x block` tokens. Each batch's
+    starts come from (seed, epoch, index), so the same epoch always gives the same batches (exact resume)."""
+    n = len(stream) - block - 1
+    if n < 1:
+        raise ValueError(f"the training text has {len(stream)} tokens, fewer than one window of {block + 1}")
+    per_epoch = max(1, len(stream) // (batch_size * block))
+
+    def collate(i: list[int]) -> LMBatch:
+        g = torch.Generator().manual_seed(seed * 1_000_003 + epoch * 10_007 + i[0])
+        return lm_windows(stream, torch.randint(0, n, (batch_size,), generator=g).tolist(), block)
+
+    return LazyBatches([[i] for i in range(per_epoch)], collate)

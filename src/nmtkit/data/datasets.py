@@ -63,3 +63,71 @@ def encode_parallel(
         src_ids = [s[: max_len - 1] + [EOS_ID] if len(s) > max_len else s for s in src_ids]
         tgt_ids = [t[:max_len] + [EOS_ID] if len(t) > max_len + 1 else t for t in tgt_ids]
     return ParallelData(src_ids, tgt_ids, src_text, tgt_text)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Language modelling: one stream of ids, memory-mapped
+
+
+def split_documents(documents: Iterable[str], valid_chars: int, total_chars: int):
+    """Yield (part, text) with part "train" or "valid": the last `valid_chars` characters are validation text,
+    cut at the exact character (as nanoGPT splits tinyshakespeare)."""
+    boundary = total_chars - valid_chars
+    seen = 0
+    for doc in documents:
+        if seen + len(doc) <= boundary:
+            yield "train", doc
+        elif seen >= boundary:
+            yield "valid", doc
+        else:
+            cut = boundary - seen
+            yield "train", doc[:cut]
+            yield "valid", doc[cut:]
+        seen += len(doc)
+
+
+def encode_stream(
+    parts: Iterable[tuple[str, str]], tokenizer: Tokenizer, folder, newline_id: int | None, chunk_chars: int = 1 << 16
+) -> dict:
+    """Tokenize documents into `folder/train.bin` and `folder/valid.bin` (uint16 or uint32 ids), documents
+    separated by </s>, line breaks as the tokenizer's newline piece. Returns token and character counts."""
+    import numpy as np
+    from pathlib import Path
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    dtype = np.uint16 if len(tokenizer) < 65536 else np.uint32
+    files = {name: open(folder / f"{name}.bin.tmp", "wb") for name in ("train", "valid")}
+    counts = {"train": {"tokens": 0, "chars": 0}, "valid": {"tokens": 0, "chars": 0}}
+    try:
+        for part, doc in parts:
+            lines = doc.split("\n")
+            ids: list[int] = []
+            for start in range(0, len(lines), 512):  # encode a few hundred lines at a time
+                block = lines[start : start + 512]
+                chunks = ["\n".join(block)] if newline_id is not None else block
+                for piece_ids in tokenizer.encode(chunks):
+                    if ids and newline_id is not None:
+                        ids.append(newline_id)
+                    ids.extend(piece_ids)
+            ids.append(EOS_ID)
+            files[part].write(np.asarray(ids, dtype=dtype).tobytes())
+            counts[part]["tokens"] += len(ids)
+            counts[part]["chars"] += len(doc)
+    finally:
+        for f in files.values():
+            f.close()
+    for name in files:
+        (folder / f"{name}.bin.tmp").replace(folder / f"{name}.bin")
+    return {"dtype": np.dtype(dtype).name, **counts}
+
+
+def load_stream(folder, part: str, dtype: str):
+    """The ids of one part as a read-only memory map (1-D numpy array)."""
+    import numpy as np
+    from pathlib import Path
+
+    path = Path(folder) / f"{part}.bin"
+    if path.stat().st_size == 0:
+        return np.zeros(0, dtype=dtype)
+    return np.memmap(path, dtype=dtype, mode="r")

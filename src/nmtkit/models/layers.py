@@ -1,4 +1,5 @@
-"""Transformer building blocks shared by the translator and the GPT: attention, feed-forward, positions.
+"""Transformer building blocks shared by the translator and the GPT: attention, feed-forward, the layer
+(`Block`), positions.
 
 Attention goes through `F.scaled_dot_product_attention` (flash / memory-efficient kernels where available)
 and keeps a key/value cache for incremental decoding. Shapes use B batch, S source, T target, D model,
@@ -93,6 +94,38 @@ class FeedForward(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.down(self.drop(self.act(self.up(x))))
+
+
+class Block(nn.Module):
+    """One Transformer layer: self-attention, optional cross-attention (a translator's decoder), feed-forward;
+    each wrapped in a residual connection with layer norm before (pre-norm) or after (post-norm)."""
+
+    def __init__(self, d_model: int, heads: int, ff_dim: int, dropout: float, attention_dropout: float = 0.0,
+                 activation: str = "relu", pre_norm: bool = True, cross: bool = False):
+        super().__init__()
+        self.pre = pre_norm
+        self.self_attn = MultiHeadAttention(d_model, heads, attention_dropout)
+        self.cross_attn = MultiHeadAttention(d_model, heads, attention_dropout, cross=True) if cross else None
+        self.ff = FeedForward(d_model, ff_dim, dropout, activation)
+        self.norms = nn.ModuleList(nn.LayerNorm(d_model) for _ in range(3 if cross else 2))
+        self.drop = nn.Dropout(dropout)
+
+    def sublayer(self, i: int, x: Tensor, fn) -> tuple[Tensor, object]:
+        y, extra = fn(self.norms[i](x) if self.pre else x)
+        x = x + self.drop(y)
+        return (x if self.pre else self.norms[i](x)), extra
+
+    def forward(self, x, self_mask=None, causal=False, memory=None, memory_mask=None, cache=None):
+        """x (B, T, D). cache = (self-attention KV, cross-attention KV) or None; returns x and the new cache."""
+        self_cache, cross_cache = cache if cache is not None else (None, None)
+        x, self_kv = self.sublayer(0, x, lambda h: self.self_attn(h, self_mask, causal, cache=self_cache)[:2])
+        cross_kv = None
+        if self.cross_attn is not None:
+            x, cross_kv = self.sublayer(
+                1, x, lambda h: self.cross_attn(h, memory_mask, context=memory, cache=cross_cache)[:2]
+            )
+        x, _ = self.sublayer(len(self.norms) - 1, x, lambda h: (self.ff(h), None))
+        return x, (self_kv, cross_kv)
 
 
 def sinusoidal_table(n: int, d: int) -> Tensor:

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from nmtkit.errors import ConfigError
-from nmtkit.models.layers import FeedForward, MultiHeadAttention, Positions, pad_vocab
+from nmtkit.models.layers import Block, Positions, pad_vocab
 
 
 @dataclass(frozen=True)
@@ -48,37 +48,6 @@ class TransformerConfig:
             raise ConfigError(f"{where}: share_embeddings needs one joint vocabulary (got {self.src_vocab} and {self.tgt_vocab})")
 
 
-class Block(nn.Module):
-    """One encoder layer (self-attention, feed-forward) or decoder layer (+ cross-attention)."""
-
-    def __init__(self, cfg: TransformerConfig, decoder: bool):
-        super().__init__()
-        D = cfg.d_model
-        self.pre = cfg.norm == "pre"
-        self.self_attn = MultiHeadAttention(D, cfg.heads, cfg.attention_dropout)
-        self.cross_attn = MultiHeadAttention(D, cfg.heads, cfg.attention_dropout, cross=True) if decoder else None
-        self.ff = FeedForward(D, cfg.ff_dim, cfg.dropout, cfg.activation)
-        self.norms = nn.ModuleList(nn.LayerNorm(D) for _ in range(3 if decoder else 2))
-        self.drop = nn.Dropout(cfg.dropout)
-
-    def sublayer(self, i: int, x: Tensor, fn) -> tuple[Tensor, object]:
-        """Residual connection around `fn`, with layer norm before (pre-norm) or after (post-norm)."""
-        y, extra = fn(self.norms[i](x) if self.pre else x)
-        x = x + self.drop(y)
-        return (x if self.pre else self.norms[i](x)), extra
-
-    def forward(self, x, self_mask=None, causal=False, memory=None, memory_mask=None, cache=None):
-        self_cache, cross_cache = cache if cache is not None else (None, None)
-        x, self_kv = self.sublayer(0, x, lambda h: self.self_attn(h, self_mask, causal, cache=self_cache)[:2])
-        cross_kv = None
-        if self.cross_attn is not None:
-            x, cross_kv = self.sublayer(
-                1, x, lambda h: self.cross_attn(h, memory_mask, context=memory, cache=cross_cache)[:2]
-            )
-        x, _ = self.sublayer(len(self.norms) - 1, x, lambda h: (self.ff(h), None))
-        return x, (self_kv, cross_kv)
-
-
 class Transformer(nn.Module):
     def __init__(self, cfg: TransformerConfig):
         super().__init__()
@@ -88,8 +57,10 @@ class Transformer(nn.Module):
         self.src_embed = self.tgt_embed if cfg.share_embeddings else nn.Embedding(pad_vocab(cfg.src_vocab), D)
         self.src_pos = Positions(cfg.positions, cfg.max_positions, D)
         self.tgt_pos = Positions(cfg.positions, cfg.max_positions, D)
-        self.encoder = nn.ModuleList(Block(cfg, decoder=False) for _ in range(cfg.encoder_layers))
-        self.decoder = nn.ModuleList(Block(cfg, decoder=True) for _ in range(cfg.decoder_layers))
+        block = dict(d_model=D, heads=cfg.heads, ff_dim=cfg.ff_dim, dropout=cfg.dropout,
+                     attention_dropout=cfg.attention_dropout, activation=cfg.activation, pre_norm=cfg.norm == "pre")
+        self.encoder = nn.ModuleList(Block(**block) for _ in range(cfg.encoder_layers))
+        self.decoder = nn.ModuleList(Block(**block, cross=True) for _ in range(cfg.decoder_layers))
         self.enc_norm = nn.LayerNorm(D) if cfg.norm == "pre" else nn.Identity()
         self.dec_norm = nn.LayerNorm(D) if cfg.norm == "pre" else nn.Identity()
         self.out = nn.Linear(D, pad_vocab(cfg.tgt_vocab), bias=False)
