@@ -229,7 +229,9 @@ def test_translate_stdin_output_file_and_scores(runs, tmp_path):
     result = runner.invoke(app, ["translate", "-m", str(run_dir), "-o", str(out), "--scores"], input="I am a student.\n")
     assert result.exit_code == 0 and result.stdout == ""
     text, score = out.read_text().rstrip("\n").split("\t")
-    assert text == "저는 학생입니다." and float(score) <= 0
+    assert text == "저는 학생입니다." and float(score) < 0
+    greedy = runner.invoke(app, ["translate", "-m", str(run_dir), "--beam", "1", "--scores"], input="I am a student.\n")
+    assert greedy.stdout.split("\t")[0] == text and float(greedy.stdout.split("\t")[1]) < 0  # a real score
 
 
 def test_score_agrees_with_sacrebleu(tmp_path):
@@ -300,6 +302,8 @@ def test_average_and_info(runs, tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["translate", "-m", "{tmp}/nothing"], "no such run folder"),
     (["train-translator", "--src", "{tmp}/a.en", "-o", "{tmp}/r"], "--src and --tgt go together"),
+    (["train-translator", "--src", "{tmp}/a.en", "--tgt", "{tmp}/a.en", "--valid-src", "{tmp}/a.en", "-o", "{tmp}/r"],
+     "--valid-src and --valid-tgt go together"),
     (["train-translator", "--corpus", "demo", "-o", "{tmp}/r"], "--corpus needs --src-lang and --tgt-lang"),
     (["train-translator", "--corpus", "demo", "--src-lang", "en", "--tgt-lang", "ja", "-o", "{tmp}/r"], "has no language 'ja'"),
     (["train-translator", "--src", "{tmp}/a.en", "--tgt", "{tmp}/b.de", "-o", "{tmp}/r"], r"b\.de:3: file ends after 2 lines"),

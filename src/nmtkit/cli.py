@@ -362,7 +362,9 @@ def train_translator_cmd(
             raise NmtkitError("--src and --tgt go together")
         train_spec = {"src": src, "tgt": tgt, "src_lang": src_lang or Path(src).suffix.lstrip("."),
                       "tgt_lang": tgt_lang or Path(tgt).suffix.lstrip(".")}
-        if valid_src and valid_tgt:
+        if bool(valid_src) != bool(valid_tgt):
+            raise NmtkitError("--valid-src and --valid-tgt go together")
+        if valid_src:
             valid_spec = {"src": valid_src, "tgt": valid_tgt}
     elif corpus:
         if not (src_lang and tgt_lang):

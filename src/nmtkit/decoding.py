@@ -118,19 +118,24 @@ def beam_search(
 
 def sample_stream(
     model, prompt: Tensor, *, max_new_tokens: int, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-    eos: int | None = None, generator: torch.Generator | None = None,
+    eos: int | None = None, generator: torch.Generator | None = None, context: int | None = None,
 ):
     """Sample continuations of `prompt` (B, T) one token at a time, yielding each step's tokens (B,).
 
     temperature 0 is greedy; top_k keeps the k most likely tokens; top_p keeps the smallest set whose
     probability reaches p (nucleus sampling). Rows that produced `eos` keep producing it; the stream ends when
-    every row has, or after max_new_tokens. Uses the model's cache: the prompt is fed once.
+    every row has, or after max_new_tokens. Uses the model's cache: the prompt is fed once. With a `context`
+    (the model's longest input), a full cache is rebuilt from the last context/2 tokens and generation goes on.
     """
     with torch.inference_mode():
         done = torch.zeros(prompt.size(0), dtype=torch.bool, device=prompt.device)
-        prev, cache = prompt, None
+        seq = prompt[:, -context:] if context else prompt
+        prev, cache, cached = seq, None, 0
         for _ in range(max_new_tokens):
+            if context and cache is not None and cached + 1 > context:
+                prev, cache, cached = seq[:, -(context // 2) :], None, 0  # slide the window
             logits, cache = model.decode_step(prev, None, cache)
+            cached += prev.size(1) if cached == 0 else 1
             token = pick(logits.float(), temperature, top_k, top_p, generator)
             if eos is not None:
                 token = token.masked_fill(done, eos)
@@ -139,6 +144,7 @@ def sample_stream(
             if eos is not None and bool(done.all()):
                 return
             prev = token[:, None]
+            seq = torch.cat([seq, prev], 1)
 
 
 def pick(logits: Tensor, temperature: float, top_k: int, top_p: float, generator=None) -> Tensor:

@@ -252,8 +252,9 @@ class Translator:
 
 
 def decode_batch(model, device, src: list[list[int]], max_src_len: int, *, beam: int = 5, length_penalty: float = 1.0,
-                 n_best: int = 1, max_len_ratio: float = 2.0, max_len_extra: int = 10):
-    """Translate one batch of source id lists (each ending in </s>). Returns, per sentence, (ids, score) pairs."""
+                 n_best: int = 1, max_len_ratio: float = 2.0, max_len_extra: int = 10, scores: bool = False):
+    """Translate one batch of source id lists (each ending in </s>). Returns, per sentence, (ids, score) pairs;
+    the score is 0.0 for plain greedy decoding unless `scores` (then beam search with beam 1, the same output)."""
     import torch
 
     from nmtkit import decoding
@@ -265,7 +266,7 @@ def decode_batch(model, device, src: list[list[int]], max_src_len: int, *, beam:
     mask = x != 0
     limit = decoding.max_lengths(mask, max_len_ratio, max_len_extra, cap=max_src_len)
     with torch.inference_mode(), autocast(device):
-        if beam == 1 and n_best == 1:
+        if beam == 1 and n_best == 1 and not scores:
             return [[(ids, 0.0)] for ids in decoding.greedy(model, x, mask, bos=BOS_ID, eos=EOS_ID, max_len=limit)]
         hyps = decoding.beam_search(model, x, mask, bos=BOS_ID, eos=EOS_ID, max_len=limit, beam=beam,
                                     length_penalty=length_penalty, n_best=n_best)
@@ -317,7 +318,8 @@ def translate(
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
             outs = translator.translate_ids([src[i] for i in idx], beam=beam, length_penalty=length_penalty,
-                                            n_best=n_best, max_len_ratio=max_len_ratio, max_len_extra=max_len_extra)
+                                            n_best=n_best, max_len_ratio=max_len_ratio, max_len_extra=max_len_extra,
+                                            scores=with_scores)
             results.update(zip(idx, outs))
         for i in range(len(chunk)):
             hyps = results.get(i, [])
@@ -799,10 +801,8 @@ def generate(
     from nmtkit.runtime import autocast
     from nmtkit.tokenization import EOS_ID
 
-    if max_new_tokens >= lm.cfg.block_size:
-        raise DataError(f"--max-new-tokens {max_new_tokens} must be below the model's context of {lm.cfg.block_size} tokens")
     generator = torch.Generator(device=lm.device).manual_seed(seed)
-    jobs = [(i, s, _crop(lm, lm.encode_prompt(p), max_new_tokens, i)) for i, p in enumerate(prompts) for s in range(num_samples)]
+    jobs = [(i, s, _crop(lm, lm.encode_prompt(p), i)) for i, p in enumerate(prompts) for s in range(num_samples)]
     results: dict[tuple[int, int], str] = {}
     by_length: dict[int, list] = {}
     for job in jobs:
@@ -811,7 +811,8 @@ def generate(
         prompt = torch.tensor([ids for _, _, ids in group], device=lm.device)
         with autocast(lm.device):
             steps = list(decoding.sample_stream(lm.model, prompt, max_new_tokens=max_new_tokens, temperature=temperature,
-                                                top_k=top_k, top_p=top_p, eos=EOS_ID, generator=generator))
+                                                top_k=top_k, top_p=top_p, eos=EOS_ID, generator=generator,
+                                                context=lm.cfg.block_size))
         rows = torch.stack(steps, 1).tolist() if steps else [[] for _ in group]
         for (i, s, _), row in zip(group, rows):
             results[(i, s)] = lm.decode(row[: row.index(EOS_ID)] if EOS_ID in row else row)
@@ -829,15 +830,14 @@ def generate_stream(lm: LanguageModel, prompt: str, *, max_new_tokens: int = 200
     from nmtkit.runtime import autocast
     from nmtkit.tokenization import EOS_ID
 
-    if max_new_tokens >= lm.cfg.block_size:
-        raise DataError(f"--max-new-tokens {max_new_tokens} must be below the model's context of {lm.cfg.block_size} tokens")
     generator = torch.Generator(device=lm.device).manual_seed(seed)
-    prompt = torch.tensor([_crop(lm, lm.encode_prompt(prompt), max_new_tokens, 0)], device=lm.device)
+    prompt = torch.tensor([_crop(lm, lm.encode_prompt(prompt), 0)], device=lm.device)
     ids: list[int] = []
     shown = ""
     with autocast(lm.device):
         for token in decoding.sample_stream(lm.model, prompt, max_new_tokens=max_new_tokens, temperature=temperature,
-                                            top_k=top_k, top_p=top_p, eos=EOS_ID, generator=generator):
+                                            top_k=top_k, top_p=top_p, eos=EOS_ID, generator=generator,
+                                            context=lm.cfg.block_size):
             if int(token[0]) == EOS_ID:
                 return
             ids.append(int(token[0]))
@@ -847,10 +847,10 @@ def generate_stream(lm: LanguageModel, prompt: str, *, max_new_tokens: int = 200
                 shown = text
 
 
-def _crop(lm: LanguageModel, ids: list[int], max_new_tokens: int, index: int) -> list[int]:
-    room = lm.cfg.block_size - max_new_tokens
+def _crop(lm: LanguageModel, ids: list[int], index: int) -> list[int]:
+    """A prompt longer than the model's context keeps its last tokens, with a warning."""
+    room = lm.cfg.block_size
     if len(ids) > room:
-        log.warning("prompt %d: %d tokens, only the last %d fit the context with --max-new-tokens %d",
-                    index + 1, len(ids), room, max_new_tokens)
+        log.warning("prompt %d: %d tokens; the model sees the last %d", index + 1, len(ids), room)
         return ids[-room:]
     return ids
