@@ -7,7 +7,7 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
 
 
 def test_bf16_training_on_cuda_learns_and_decodes_like_cpu(tmp_path):
-    from test_translation import ARCH_SETTINGS, FAST, N_PAIRS  # noqa: F401
+    from test_translation import ARCH_SETTINGS, FAST
     from nmtkit import workflows
     from nmtkit.config import TokenizerConfig
 

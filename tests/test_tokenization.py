@@ -81,7 +81,7 @@ def test_sampling_is_seeded(tmp_path):
     lines = (DEMO / "train.en").read_text().splitlines()
     cfg = TokenizerConfig(vocab_size=150, max_sentences=300, seed=3)
     a = train_tokenizer(lines, tmp_path / "a", cfg)
-    b = train_tokenizer(lines, tmp_path / "b", cfg)
+    train_tokenizer(lines, tmp_path / "b", cfg)
     assert (tmp_path / "a" / "tokenizer.vocab").read_text() == (tmp_path / "b" / "tokenizer.vocab").read_text()
     assert a.info["sentences"] == len(lines)
 

@@ -195,7 +195,6 @@ def train(
 
     def run_evaluation() -> bool:
         """Evaluate on rank 0, record, save; returns whether to stop early (agreed by every rank)."""
-        nonlocal stop
         should_stop = torch.zeros(1)
         if dist.is_main:
             record: dict[str, Any] = {"step": state["step"], "epoch": state["epoch"] + 1,

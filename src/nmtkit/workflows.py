@@ -428,8 +428,6 @@ def train_translator(
     command: list[str] | None = None,
 ) -> dict[str, Any]:
     """Train a translator into `run_dir` (or continue one with `resume=True`). Returns the run's summary."""
-    import datetime
-
     from nmtkit.config import from_dict, to_dict
     from nmtkit.data.datasets import encode_parallel
     from nmtkit.files import write_json
@@ -447,8 +445,7 @@ def train_translator(
         train_spec, valid_spec = data["train"], data.get("valid")
         train_settings = {**saved["train"], **(train_settings or {})}
     else:
-        if (run_dir / checkpoint.CONFIG).exists():
-            raise CheckpointError(f"{run_dir}: already holds a run; continue it with --resume, or choose another --output")
+        _refuse_existing_run(run_dir)
         if not train_spec:
             raise DataError("no training data: give --src/--tgt files, --corpus NAME, or --dataset NAME")
     train_cfg = from_dict(TrainConfig, train_settings or {}, "train settings")
@@ -486,12 +483,9 @@ def train_translator(
         checkpoint.write_config(run_dir, "translator", arch=arch, model=to_dict(model_cfg), train=to_dict(train_cfg),
                                 data={"train": train_spec, "valid": valid_spec,
                                       "src_lang": train_spec.get("src_lang"), "tgt_lang": train_spec.get("tgt_lang")})
-        write_json(run_dir / checkpoint.RUN_RECORD, {
-            "command": command or sys.argv, "versions": _versions(), "seed": train_cfg.seed, "device": str(dev),
-            "world_size": dist.world_size, "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "data": {"train": describe_files(data_files_of(train_spec)),
-                     "valid": describe_files(data_files_of(valid_spec)) if valid_spec else []},
-        })
+        _write_run_record(run_dir, command, train_cfg, dev, dist, {
+            "train": describe_files(data_files_of(train_spec)),
+            "valid": describe_files(data_files_of(valid_spec)) if valid_spec else []})
     elif dist.is_main:
         write_json(run_dir / checkpoint.CONFIG, {**checkpoint.read_config(run_dir), "train": to_dict(train_cfg)})
 
@@ -510,14 +504,7 @@ def train_translator(
     objective = seq2seq_loss(train_cfg.label_smoothing, train_cfg.teacher_forcing)
     result = train(model, objective, batches, cfg=train_cfg, run_dir=run_dir, device=dev, evaluate=evaluate,
                    dist=dist, resume=resume, progress=progress)
-    summary = {"run": str(run_dir), "arch": arch, "steps": result.steps, "best_step": result.best_step,
-               "best": result.best, "stopped_early": result.stopped_early, "seconds": round(result.seconds, 1),
-               "parameters": sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())}
-    if dist.is_main:
-        run = read_json(run_dir / checkpoint.RUN_RECORD)
-        run.setdefault("training", []).append(summary)
-        write_json(run_dir / checkpoint.RUN_RECORD, run)
-    return summary
+    return _record_training(run_dir, arch, model, result, dist)
 
 
 def evaluate_on(model, device, data, tok: Tokenizer, cfg, tgt_lang: str | None, batch_size: int = 128) -> dict[str, float]:
@@ -550,6 +537,38 @@ def evaluate_on(model, device, data, tok: Tokenizer, cfg, tgt_lang: str | None, 
     loss = total / max(items, 1)
     return {"valid_loss": round(loss, 4), "valid_ppl": round(math.exp(min(loss, 50)), 2),
             "bleu": scores["bleu"]["score"], "chrf": scores["chrf"]["score"]}
+
+
+def _refuse_existing_run(run_dir: Path) -> None:
+    if (run_dir / checkpoint.CONFIG).exists():
+        raise CheckpointError(f"{run_dir}: already holds a run; continue it with --resume, or choose another --output")
+
+
+def _write_run_record(run_dir: Path, command, train_cfg, device, dist, data: dict[str, Any]) -> None:
+    """run.json at the start of a run: command, versions, seed, device, data files with their hashes."""
+    import datetime
+
+    from nmtkit.files import write_json
+
+    write_json(run_dir / checkpoint.RUN_RECORD, {
+        "command": command or sys.argv, "versions": _versions(), "seed": train_cfg.seed, "device": str(device),
+        "world_size": dist.world_size,
+        "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "data": data,
+    })
+
+
+def _record_training(run_dir: Path, arch: str, model, result, dist) -> dict[str, Any]:
+    """The summary of a training run, appended to run.json by rank 0."""
+    from nmtkit.files import write_json
+
+    summary = {"run": str(run_dir), "arch": arch, "steps": result.steps, "best_step": result.best_step,
+               "best": result.best, "stopped_early": result.stopped_early, "seconds": round(result.seconds, 1),
+               "parameters": sum({id(p): p.numel() for p in model.parameters()}.values())}
+    if dist.is_main:
+        run = read_json(run_dir / checkpoint.RUN_RECORD)
+        run.setdefault("training", []).append(summary)
+        write_json(run_dir / checkpoint.RUN_RECORD, run)
+    return summary
 
 
 def _barrier(dist) -> None:
@@ -639,7 +658,6 @@ def pretrain(
 ) -> dict[str, Any]:
     """Pretrain a GPT-style decoder on raw text (next-token prediction). Returns the run's summary."""
     import dataclasses
-    import datetime
 
     from nmtkit.config import from_dict, to_dict
     from nmtkit.data.batching import random_windows
@@ -660,8 +678,7 @@ def pretrain(
                                                                data["valid_fraction"], data["batch_size"])
         train_settings = {**saved["train"], **(train_settings or {})}
     else:
-        if (run_dir / checkpoint.CONFIG).exists():
-            raise CheckpointError(f"{run_dir}: already holds a run; continue it with --resume, or choose another --output")
+        _refuse_existing_run(run_dir)
         if not inputs and not dataset:
             raise DataError("no training text: give files, a known corpus (tinyshakespeare), or --dataset")
     if not 0.0 < valid_fraction < 1.0:
@@ -697,12 +714,8 @@ def pretrain(
     if not resume and dist.is_main:
         checkpoint.write_config(run_dir, "gpt", model=to_dict(model_cfg), train=to_dict(train_cfg),
                                 data={**spec, "valid_fraction": valid_fraction, "batch_size": batch_size})
-        write_json(run_dir / checkpoint.RUN_RECORD, {
-            "command": command or sys.argv, "versions": _versions(), "seed": train_cfg.seed, "device": str(dev),
-            "world_size": dist.world_size,
-            "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "data": {"files": describe_files(expand_inputs(spec["inputs"])), "tokens": meta},
-        })
+        _write_run_record(run_dir, command, train_cfg, dev, dist,
+                          {"files": describe_files(expand_inputs(spec["inputs"])), "tokens": meta})
     elif dist.is_main:
         write_json(run_dir / checkpoint.CONFIG, {**checkpoint.read_config(run_dir), "train": to_dict(train_cfg)})
 
@@ -717,14 +730,7 @@ def pretrain(
     evaluate = (lambda m: evaluate_lm(m, dev, valid_ids, block, meta["valid"]["chars"], batch_size)) if len(valid_ids) > block else None
     result = train(model, lm_loss(), batches, cfg=train_cfg, run_dir=run_dir, device=dev, evaluate=evaluate,
                    dist=dist, resume=resume, progress=progress, flops_per_token=model.flops_per_token())
-    summary = {"run": str(run_dir), "arch": "gpt", "steps": result.steps, "best_step": result.best_step,
-               "best": result.best, "stopped_early": result.stopped_early, "seconds": round(result.seconds, 1),
-               "parameters": sum(p.numel() for p in model.parameters())}
-    if dist.is_main:
-        run = read_json(run_dir / checkpoint.RUN_RECORD)
-        run.setdefault("training", []).append(summary)
-        write_json(run_dir / checkpoint.RUN_RECORD, run)
-    return summary
+    return _record_training(run_dir, "gpt", model, result, dist)
 
 
 def evaluate_lm(model, device, ids, block: int, characters: int, batch_size: int) -> dict[str, float]:

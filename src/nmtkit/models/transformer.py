@@ -16,7 +16,6 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-import torch
 from torch import Tensor, nn
 
 from nmtkit.errors import ConfigError
