@@ -30,14 +30,14 @@ RUNS = {
         "gpu": ["--cell", "gru", "--embed-dim", "256", "--hidden-dim", "512", "--dropout", "0.3", "--lr", "1e-3",
                 "--warmup", "200", "--max-tokens", "8192", "--max-steps", "3000", "--eval-every", "250"],
         "cpu": ["--cell", "gru", "--embed-dim", "128", "--hidden-dim", "256", "--dropout", "0.2", "--lr", "1e-3",
-                "--warmup", "200", "--max-tokens", "4096", "--max-steps", "1200", "--eval-every", "400"]}),
+                "--warmup", "200", "--max-tokens", "4096", "--max-steps", "300", "--eval-every", "300"]}),
     "attention-de-en": ("de", "en", "attention", {
         "gpu": ["--attention", "bahdanau", "--cell", "gru", "--embed-dim", "256", "--hidden-dim", "512",
                 "--dropout", "0.3", "--lr", "1e-3", "--warmup", "200", "--max-tokens", "8192", "--max-steps", "3000",
                 "--eval-every", "250"],
         "cpu": ["--attention", "bahdanau", "--cell", "gru", "--embed-dim", "128", "--hidden-dim", "256",
-                "--dropout", "0.2", "--lr", "1e-3", "--warmup", "200", "--max-tokens", "4096", "--max-steps", "1200",
-                "--eval-every", "400"]}),
+                "--dropout", "0.2", "--lr", "1e-3", "--warmup", "200", "--max-tokens", "4096", "--max-steps", "300",
+                "--eval-every", "300"]}),
     "transformer-de-en": ("de", "en", "transformer", {
         "gpu": ["--d-model", "512", "--heads", "8", "--layers", "3", "--ff-dim", "2048", "--dropout", "0.3",
                 "--lr", "1e-3", "--warmup", "1000", "--max-tokens", "8192", "--max-steps", "4000", "--eval-every", "250"],
