@@ -30,14 +30,9 @@ def test_bf16_training_on_cuda_learns_and_decodes_like_cpu(tmp_path):
 
 
 def test_incremental_decoding_on_cuda():
-    from test_models import VARIANTS, batch, make
+    from test_models import VARIANTS, batch, make, step_by_step
 
     for arch, settings in VARIANTS:
         model = make(arch, settings).cuda()
         src, mask, tgt = (t.cuda() for t in batch())
-        full = model(src, mask, tgt)
-        memory, cache, steps = model.encode(src, mask), None, []
-        for t in range(tgt.size(1)):
-            logits, cache = model.decode_step(tgt[:, : t + 1], memory, cache)
-            steps.append(logits)
-        torch.testing.assert_close(torch.stack(steps, 1), full, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(step_by_step(model, src, mask, tgt), model(src, mask, tgt), atol=1e-4, rtol=1e-4)

@@ -40,16 +40,20 @@ def test_shapes_and_padded_vocab(arch, settings):
     assert model.tgt_embed.weight.shape[0] == pad_vocab(50) == 64
 
 
-@pytest.mark.parametrize("arch, settings", VARIANTS, ids=IDS)
-def test_incremental_decoding_matches_full_decoding(arch, settings):
-    model = make(arch, settings)
-    src, mask, tgt = batch()
-    full = model(src, mask, tgt)
+def step_by_step(model, src, mask, tgt):
+    """Decoder logits for every target position, one decode_step at a time with the cache. (B, T, V)"""
     memory, cache, steps = model.encode(src, mask), None, []
     for t in range(tgt.size(1)):
         logits, cache = model.decode_step(tgt[:, : t + 1], memory, cache)
         steps.append(logits)
-    torch.testing.assert_close(torch.stack(steps, 1), full, atol=1e-5, rtol=1e-5)
+    return torch.stack(steps, 1)
+
+
+@pytest.mark.parametrize("arch, settings", VARIANTS, ids=IDS)
+def test_incremental_decoding_matches_full_decoding(arch, settings):
+    model = make(arch, settings)
+    src, mask, tgt = batch()
+    torch.testing.assert_close(step_by_step(model, src, mask, tgt), model(src, mask, tgt), atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("arch, settings", VARIANTS, ids=IDS)

@@ -273,6 +273,26 @@ class TrainingDisplay:
             log.info("eval " + "  ".join(f"{k} {v}" for k, v in shown.items()) + f" (best at step {event['best_step']})")
 
 
+def _settings_tables(settings_file: Optional[Path], tables: tuple[str, ...]) -> dict[str, Any]:
+    """A run's settings file: only the given top-level tables (and keys) are allowed."""
+    from nmtkit.config import load_settings_file
+
+    settings = load_settings_file(settings_file) if settings_file else {}
+    unknown = sorted(set(settings) - set(tables))
+    if unknown:
+        raise NmtkitError(f"{settings_file}: unknown table(s) {', '.join(unknown)}; valid: {', '.join(tables)}")
+    return settings
+
+
+def _run_folder(output: Optional[Path], resume: bool, prefix: str) -> Path:
+    """The run folder: --output, or checkpoints/PREFIX-DATE-TIME for a new run."""
+    import datetime
+
+    if resume and output is None:
+        raise NmtkitError("--resume needs --output, the run folder to continue")
+    return output or Path("checkpoints") / f"{prefix}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
+
+
 def _given(**values: Any) -> dict[str, Any]:
     return {k: v for k, v in values.items() if v is not None}
 
@@ -336,15 +356,10 @@ def train_translator_cmd(
     on_bad_line: str = ON_BAD_LINE,
 ) -> None:
     """Train a translator: RNN encoder-decoder, RNN with attention, or Transformer."""
-    import datetime
-
     from nmtkit import workflows
-    from nmtkit.config import TokenizerConfig, from_dict, load_settings_file
+    from nmtkit.config import TokenizerConfig, from_dict
 
-    file_settings = load_settings_file(settings_file) if settings_file else {}
-    unknown = sorted(set(file_settings) - {"arch", "model", "train"})
-    if unknown:
-        raise NmtkitError(f"{settings_file}: unknown table(s) {', '.join(unknown)}; valid: arch, model, train")
+    file_settings = _settings_tables(settings_file, ("arch", "model", "train"))
     arch = arch or file_settings.get("arch", "transformer")
     model_settings = {**file_settings.get("model", {}), **_given(
         d_model=d_model, heads=heads, ff_dim=ff_dim, positions=positions, norm=norm, cell=cell, embed_dim=embed_dim,
@@ -378,10 +393,7 @@ def train_translator_cmd(
         valid_spec = {**base, "split": valid_split} if valid_split else None
     elif not resume:
         raise NmtkitError("no training data: give --src/--tgt files, --corpus NAME, or --dataset NAME")
-    if resume and output is None:
-        raise NmtkitError("--resume needs --output, the run folder to continue")
-    if output is None:
-        output = Path("checkpoints") / f"{arch}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
+    output = _run_folder(output, resume, arch)
     tok_cfg = from_dict(TokenizerConfig, {"model_type": tokenizer_type, "vocab_size": vocab_size}, "tokenizer")
     with TrainingDisplay() as display:
         summary = workflows.train_translator(
@@ -542,24 +554,17 @@ def pretrain_cmd(
     settings_file: Optional[Path] = typer.Option(None, "--settings", help="TOML/YAML with [model] and [train] tables; flags override it."),
 ) -> None:
     """Pretrain a GPT-style decoder on raw text: next-token prediction (upstream)."""
-    import datetime
-
     from nmtkit import workflows
-    from nmtkit.config import TokenizerConfig, from_dict, load_settings_file
+    from nmtkit.config import TokenizerConfig, from_dict
 
-    file_settings = load_settings_file(settings_file) if settings_file else {}
-    unknown = sorted(set(file_settings) - {"model", "train"})
-    if unknown:
-        raise NmtkitError(f"{settings_file}: unknown table(s) {', '.join(unknown)}; valid: model, train")
+    file_settings = _settings_tables(settings_file, ("model", "train"))
     model_settings = {**file_settings.get("model", {}), **_given(block_size=block_size, d_model=d_model, heads=heads,
                                                                   layers=layers, dropout=dropout)}
     train_settings = {**file_settings.get("train", {}), **_given(
         max_steps=max_steps, accumulate=accumulate, lr=lr, schedule=schedule, warmup_steps=warmup,
         weight_decay=weight_decay, eval_every=eval_every, log_every=log_every, patience=patience, seed=seed,
         compile=compile_, bf16=bf16)}
-    if resume and output is None:
-        raise NmtkitError("--resume needs --output, the run folder to continue")
-    output = output or Path("checkpoints") / f"gpt-{datetime.datetime.now():%Y%m%d-%H%M%S}"
+    output = _run_folder(output, resume, "gpt")
     tok_cfg = from_dict(TokenizerConfig, {"model_type": tokenizer_type, "vocab_size": vocab_size}, "tokenizer")
     ds = {"name": dataset, "config": dataset_config, "split": split, "data_files": data_files} if dataset else None
     with TrainingDisplay() as display:

@@ -245,10 +245,15 @@ class Translator:
             first = str(exc).strip().splitlines()[0]
             raise CheckpointError(f"{self.run_dir / checkpoint.WEIGHTS}: weights do not match config.json ({first})") from None
         self.model = model.to(self.device).eval()
-        self.max_src_len = getattr(self.model_cfg, "max_positions", 1024) - 1
+        self.max_src_len = max_source_len(self.model_cfg)
 
     def translate_ids(self, src: list[list[int]], **options):
         return decode_batch(self.model, self.device, src, self.max_src_len, **options)
+
+
+def max_source_len(model_cfg) -> int:
+    """The longest source (pieces, </s> included) a translator takes: the Transformer's positions, else 1023."""
+    return getattr(model_cfg, "max_positions", 1024) - 1
 
 
 def decode_batch(model, device, src: list[list[int]], max_src_len: int, *, beam: int = 5, length_penalty: float = 1.0,
@@ -528,7 +533,7 @@ def evaluate_on(model, device, data, tok: Tokenizer, cfg, tgt_lang: str | None, 
             items += batch.target_tokens
     order = sorted(range(len(data)), key=lambda i: len(data.src[i]))
     hyps: dict[int, str] = {}
-    max_src = getattr(model.cfg, "max_positions", 1024) - 1
+    max_src = max_source_len(model.cfg)
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
         outs = decode_batch(model, device, [data.src[i] for i in idx], max_src, beam=1)
