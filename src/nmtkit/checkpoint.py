@@ -5,6 +5,7 @@ A run folder (`checkpoints/<run>/`) alone is enough to use a model on any machin
     config.json        {"format_version": 1, "kind": ..., "model": {...}, "train": {...}}
     model.safetensors  weights (never a pickle: loading a model must not run code)
     tokenizer/         the tokenizer folder (see `nmtkit.tokenization`)
+    vocab.tsv          vocabularies and word vectors: `entry<TAB>count`, one line per row of the table
     metrics.jsonl      one JSON line per evaluation
     train_state.pt     optimizer, scheduler, step, RNG states for --resume (loaded with weights_only=True)
     run.json           command, versions, seed, data files with hashes, final scores with signatures
@@ -28,6 +29,7 @@ TRAIN_STATE = "train_state.pt"
 METRICS = "metrics.jsonl"
 RUN_RECORD = "run.json"
 TOKENIZER_DIR = "tokenizer"
+VOCAB = "vocab.tsv"
 
 
 def write_config(run_dir: str | Path, kind: str, **sections: Any) -> None:

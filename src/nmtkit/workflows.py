@@ -865,3 +865,279 @@ def _crop(lm: LanguageModel, ids: list[int], index: int) -> list[int]:
         log.warning("prompt %d: %d tokens; the model sees the last %d", index + 1, len(ids), room)
         return ids[-room:]
     return ids
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Vocabularies and word vectors
+
+
+def corpus_texts(inputs: list[str], column: str | None = None, on_bad_line: corpora.OnBadLine = "error") -> Iterator[str]:
+    """Every text of the inputs: lines of text files, or one column/field of tables and JSON files."""
+    for path in expand_inputs(inputs):
+        yield from corpora.read_texts(path, column, on_bad_line=on_bad_line)
+
+
+def build_vocab(tokenizer: str | Path, inputs: list[str], *, column: str | None = None, output: str | Path | None = None,
+                embedding_dim: int | None = None, top: int = 20, seed: int = 0,
+                on_bad_line: corpora.OnBadLine = "error") -> dict[str, Any]:
+    """How a corpus uses a tokenizer's vocabulary; with `output`, a folder with the vocab file (and, with
+    `embedding_dim`, an initialised `nn.Embedding(len(vocab), D)` run folder ready for `neighbors`)."""
+    from nmtkit import vocab
+
+    if not inputs:
+        raise DataError("no corpus: give text files or known corpus files (multi30k/train.en)")
+    if embedding_dim is not None and (embedding_dim < 1 or output is None):
+        raise DataError("--embedding-dim needs a positive size and --output, the run folder to write")
+    tok = Tokenizer(tokenizer_folder(Path(tokenizer)))
+    counts = vocab.count_pieces(tok, corpus_texts(inputs, column, on_bad_line))
+    stats = vocab.vocab_stats(tok, counts, top, embedding_dim)
+    if output is not None:
+        import torch
+
+        from nmtkit.files import write_json
+        from nmtkit.tokenization import PAD_ID
+
+        output = Path(output)
+        _refuse_existing_run(output)
+        tok.copy_to(output / checkpoint.TOKENIZER_DIR)
+        vocab.write_vocab_file(output / checkpoint.VOCAB, zip(map(tok.id_to_piece, range(len(tok))), counts.counts))
+        model = {"vocab_size": len(tok), "dim": embedding_dim, "init": "normal(0, 1), <pad> row zero"} if embedding_dim else None
+        checkpoint.write_config(output, "embeddings" if embedding_dim else "vocab", model=model,
+                                data={"inputs": inputs, "column": column, "unit": "piece"})
+        if embedding_dim:
+            torch.manual_seed(seed)
+            table = torch.nn.Embedding(len(tok), embedding_dim, padding_idx=PAD_ID)
+            checkpoint.save_weights(output / checkpoint.WEIGHTS, {"embedding.weight": table.weight})
+        write_json(output / checkpoint.RUN_RECORD, {"command": sys.argv, "versions": _versions(),
+                                                    "data": describe_files(expand_inputs(inputs)), "stats": stats})
+        stats["output"] = str(output)
+    return stats
+
+
+def train_embeddings(
+    *,
+    run_dir: str | Path,
+    inputs: list[str] | None = None,
+    column: str | None = None,
+    unit: str = "word",
+    tokenizer: str | None = None,
+    lowercase: bool = True,
+    min_count: int = 5,
+    max_vocab: int = 0,
+    model_settings: dict[str, Any] | None = None,
+    train_settings: dict[str, Any] | None = None,
+    resume: bool = False,
+    progress=None,
+    command: list[str] | None = None,
+    on_bad_line: corpora.OnBadLine = "error",
+) -> dict[str, Any]:
+    """Skip-gram or CBOW word vectors on words or on a tokenizer's pieces; writes an embedding run folder with
+    the vocab file, word2vec text vectors and the two projector TSV files. Returns the run's summary."""
+    import torch
+
+    from nmtkit import vocab
+    from nmtkit.config import from_dict, to_dict
+    from nmtkit.data.datasets import TokenStream
+    from nmtkit.models.embeddings import Word2Vec, Word2VecConfig
+    from nmtkit.runtime import Distributed
+    from nmtkit.tokenization import UNK_ID
+    from nmtkit.training import Word2VecTrainConfig, train_word2vec
+
+    run_dir = Path(run_dir)
+    if resume:
+        saved = checkpoint.read_config(run_dir, ("embeddings",))
+        data = saved["data"]
+        inputs, column, unit, lowercase, min_count, max_vocab = (data["inputs"], data["column"], data["unit"],
+                                                                data["lowercase"], data["min_count"], data["max_vocab"])
+        model_settings, train_settings = saved["model"], {**saved["train"], **(train_settings or {})}
+    else:
+        _refuse_existing_run(run_dir)
+        if not inputs:
+            raise DataError("no training text: give text files or known corpus files (multi30k/train.en)")
+    if unit not in ("word", "piece"):
+        raise DataError(f"--unit {unit!r} is not valid; choose word or piece")
+    train_cfg = from_dict(Word2VecTrainConfig, train_settings or {}, "train settings")
+    train_cfg.validate("train settings")
+    from_dict(Word2VecConfig, {k: v for k, v in (model_settings or {}).items() if k != "vocab_size"}, "model settings")
+    texts = lambda: corpus_texts(inputs, column, on_bad_line)  # noqa: E731
+
+    tok_dir = run_dir / checkpoint.TOKENIZER_DIR
+    if unit == "piece":
+        if not resume:
+            if not tokenizer:
+                raise DataError("--unit piece needs --tokenizer, the tokenizer whose pieces get vectors")
+            Tokenizer(tokenizer_folder(Path(tokenizer))).copy_to(tok_dir)
+        tok = Tokenizer(tok_dir)
+        sentences: list[list[int]] = []
+        for batch in _batched(texts(), 4096):
+            sentences += [[i for i in ids if i != UNK_ID] for ids in tok.encode(batch)]  # <unk> gets no vector
+        stream = TokenStream.from_sentences(sentences)
+        counts = torch.bincount(stream.ids, minlength=len(tok))
+        entries = list(zip(map(tok.id_to_piece, range(len(tok))), counts.tolist()))
+    else:
+        entries = vocab.word_vocab((vocab.split_words(t, lowercase) for t in texts()), min_count, max_vocab)
+        index = {w: i for i, (w, _) in enumerate(entries)}
+        stream = TokenStream.from_sentences([index[w] for w in vocab.split_words(t, lowercase) if w in index]
+                                            for t in texts())
+        counts = torch.tensor([n for _, n in entries])
+    model_cfg = from_dict(Word2VecConfig, {**(model_settings or {}), "vocab_size": len(entries)}, "model settings")
+    log.info("%s %s tokens, %s %ss in the vocabulary; %s, %d dimensions", f"{len(stream):,}", unit,
+             f"{len(entries):,}", unit, model_cfg.arch, model_cfg.dim)
+    if not resume:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        vocab.write_vocab_file(run_dir / checkpoint.VOCAB, entries)
+        checkpoint.write_config(run_dir, "embeddings", model=to_dict(model_cfg), train=to_dict(train_cfg), data={
+            "inputs": list(inputs), "column": column, "unit": unit, "lowercase": lowercase, "min_count": min_count,
+            "max_vocab": max_vocab})
+        _write_run_record(run_dir, command, train_cfg, "cpu", Distributed(), {"files": describe_files(expand_inputs(inputs))})
+    torch.manual_seed(train_cfg.seed)
+    model = Word2Vec(model_cfg)
+    result = train_word2vec(model, stream, counts, train_cfg, run_dir=run_dir, resume=resume, progress=progress)
+    table = EmbeddingTable.load(run_dir)
+    table.export(run_dir)
+    summary = {"run": str(run_dir), "arch": model_cfg.arch, "unit": unit, "vocabulary": len(entries), **result}
+    run = read_json(run_dir / checkpoint.RUN_RECORD)
+    run.setdefault("training", []).append(summary)
+    from nmtkit.files import write_json
+
+    write_json(run_dir / checkpoint.RUN_RECORD, run)
+    return summary
+
+
+def _batched(items: Iterable[str], size: int) -> Iterator[list[str]]:
+    it = iter(items)
+    while batch := list(itertools.islice(it, size)):
+        yield batch
+
+
+EMBEDDING_WEIGHTS = {"embeddings": "embedding.weight", "gpt": "embed.weight"}
+TRANSLATOR_SIDES = {"source": ("src_embed.weight", checkpoint.TOKENIZER_DIR), "target": ("tgt_embed.weight", "tgt_tokenizer")}
+
+
+class EmbeddingTable:
+    """Any embedding table, ready for cosine geometry: the vectors of a train-embeddings or build-vocab run, the
+    input embeddings of a translator or GPT run, or a word2vec text file (gensim's, GloVe's with a header)."""
+
+    def __init__(self, entries: list[str], vectors, allowed, source: str, tokenizer: Tokenizer | None = None,
+                 lowercase: bool = False, counts: list[int] | None = None):
+        self.entries, self.vectors, self.allowed, self.source = entries, vectors, allowed, source
+        self.tokenizer, self.lowercase, self.counts = tokenizer, lowercase, counts
+        self.index = {e: i for i, e in enumerate(entries)} if tokenizer is None else {}
+
+    @classmethod
+    def load(cls, spec: str | Path, side: str = "source") -> "EmbeddingTable":
+        import torch
+
+        from nmtkit import vocab
+
+        path = Path(spec)
+        if path.is_file():
+            return cls.read_word2vec(path)
+        config = checkpoint.read_config(path)
+        kind = config["kind"]
+        if kind == "translator":
+            if side not in TRANSLATOR_SIDES:
+                raise DataError(f"--side {side!r} is not valid; choose source or target")
+            key, tok_dir = TRANSLATOR_SIDES[side]
+            tok_dir = tok_dir if (path / tok_dir).is_dir() else checkpoint.TOKENIZER_DIR
+        elif kind in EMBEDDING_WEIGHTS:
+            key, tok_dir = EMBEDDING_WEIGHTS[kind], checkpoint.TOKENIZER_DIR
+        else:
+            raise CheckpointError(f"{path}: a {kind!r} run has no embedding table (use a train-embeddings, "
+                                  "build-vocab --embedding-dim, translator or GPT run)")
+        weights = checkpoint.load_weights(path / checkpoint.WEIGHTS)
+        if key not in weights:
+            raise CheckpointError(f"{path / checkpoint.WEIGHTS}: no {key!r} tensor")
+        counts = [n for _, n in vocab.read_vocab_file(path / checkpoint.VOCAB)] if (path / checkpoint.VOCAB).is_file() else None
+        data = config.get("data", {})
+        if kind == "embeddings" and data.get("unit") == "word":
+            entries = [w for w, _ in vocab.read_vocab_file(path / checkpoint.VOCAB)]
+            allowed = torch.ones(len(entries), dtype=torch.bool)
+            return cls(entries, weights[key].float(), allowed, str(path), lowercase=data.get("lowercase", False), counts=counts)
+        tok = Tokenizer(path / tok_dir)
+        vectors = weights[key][: len(tok)].float()  # tables are padded to a multiple of 64 rows
+        allowed = torch.arange(len(tok)) >= vocab.SPECIAL_IDS
+        if counts is not None and kind == "embeddings" and config.get("train"):
+            allowed &= torch.tensor(counts) > 0  # pieces never seen in training kept their random vectors
+        entries = [tok.id_to_piece(i) for i in range(len(tok))]
+        return cls(entries, vectors, allowed, str(path), tokenizer=tok, counts=counts)
+
+    @classmethod
+    def read_word2vec(cls, path: Path) -> "EmbeddingTable":
+        """word2vec text format: an optional `count dim` header, then `word v1 v2 ...` per line."""
+        import torch
+
+        entries, rows = [], []
+        for lineno, line in enumerate(corpora.read_lines(path), 1):
+            fields = line.rstrip().split(" ")
+            if lineno == 1 and len(fields) == 2 and all(f.isdigit() for f in fields):
+                continue
+            try:
+                rows.append([float(x) for x in fields[1:]])
+            except ValueError:
+                raise DataError(f"{path}:{lineno}: expected a word and numbers, got {line[:40]!r}") from None
+            if len(rows[-1]) != len(rows[0]) or not rows[-1]:
+                raise DataError(f"{path}:{lineno}: {len(rows[-1])} numbers, but the first vector has {len(rows[0])}")
+            entries.append(fields[0])
+        if not rows:
+            raise DataError(f"{path}: no vectors")
+        return cls(entries, torch.tensor(rows), torch.ones(len(rows), dtype=torch.bool), str(path))
+
+    def lookup(self, word: str) -> tuple[Any, list[int]]:
+        """The vector of a word and the rows it was made from; a word of several pieces is their average."""
+        if self.tokenizer is None:
+            key = word.lower() if self.lowercase else word
+            if key not in self.index:
+                raise DataError(f"{word!r} is not in the vocabulary of {self.source} ({len(self.entries):,} entries)")
+            return self.vectors[self.index[key]], [self.index[key]]
+        from nmtkit.tokenization import UNK_ID
+
+        rows = self.tokenizer.encode([word])[0]
+        if not rows:
+            raise DataError(f"{word!r} gives no pieces")
+        if UNK_ID in rows:
+            raise DataError(f"{word!r} has characters the tokenizer of {self.source} does not know (it gives <unk>)")
+        return self.vectors[rows].mean(0), rows
+
+    def describe(self, word: str, rows: list[int]) -> dict[str, Any]:
+        pieces = [self.entries[r] for r in rows]
+        return {"word": word, "pieces": pieces, "averaged": len(rows) > 1}
+
+    def similarity(self, a: str, b: str) -> dict[str, Any]:
+        from nmtkit.models.embeddings import cosine
+
+        (va, ra), (vb, rb) = self.lookup(a), self.lookup(b)
+        return {"a": self.describe(a, ra), "b": self.describe(b, rb), "cosine": round(cosine(va, vb), 4)}
+
+    def neighbors(self, word: str, k: int = 10) -> dict[str, Any]:
+        from nmtkit.models.embeddings import nearest
+
+        vector, rows = self.lookup(word)
+        found = nearest(self.vectors, vector, k, self.allowed, rows)
+        return {"query": self.describe(word, rows), "neighbors": [{"entry": self.entries[i], "cosine": s} for i, s in found]}
+
+    def analogy(self, a: str, b: str, c: str, k: int = 5) -> dict[str, Any]:
+        """A is to B as C is to ?: the entries nearest to b - a + c, the three words themselves left out."""
+        from nmtkit.models.embeddings import analogy_query, nearest
+
+        (va, ra), (vb, rb), (vc, rc) = self.lookup(a), self.lookup(b), self.lookup(c)
+        found = nearest(self.vectors, analogy_query(va, vb, vc), k, self.allowed, ra + rb + rc)
+        return {"query": [self.describe(w, r) for w, r in ((a, ra), (b, rb), (c, rc))],
+                "answers": [{"entry": self.entries[i], "cosine": s} for i, s in found]}
+
+    def export(self, folder: Path) -> None:
+        """`vectors.txt` in word2vec text format, and `projector/vectors.tsv` + `projector/metadata.tsv` for
+        embedding projectors; the rows are the entries that `neighbors` searches."""
+        from nmtkit.files import atomic_write
+        from nmtkit.vocab import escape
+
+        rows = self.allowed.nonzero().flatten().tolist()
+        names = [escape(e).replace(" ", "\\s") for e in self.entries]
+        vectors = [" ".join(f"{x:.6g}" for x in self.vectors[r].tolist()) for r in rows]
+        word2vec = f"{len(rows)} {self.vectors.shape[1]}\n" + "".join(f"{names[r]} {v}\n" for r, v in zip(rows, vectors))
+        atomic_write(folder / "vectors.txt", lambda f: f.write(word2vec.encode("utf-8")))
+        tsv = "".join(v.replace(" ", "\t") + "\n" for v in vectors)
+        atomic_write(folder / "projector" / "vectors.tsv", lambda f: f.write(tsv.encode("utf-8")))
+        counts = self.counts or [0] * len(self.entries)
+        meta = "word\tcount\n" + "".join(f"{names[r]}\t{counts[r]}\n" for r in rows)
+        atomic_write(folder / "projector" / "metadata.tsv", lambda f: f.write(meta.encode("utf-8")))

@@ -131,3 +131,82 @@ def load_stream(folder, part: str, dtype: str):
     if path.stat().st_size == 0:
         return np.zeros(0, dtype=dtype)
     return np.memmap(path, dtype=dtype, mode="r")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Word vectors: a corpus as one stream of ids with sentence numbers; skip-gram pairs and CBOW windows
+
+
+@dataclass
+class TokenStream:
+    """A corpus as ids (L,) and the sentence each token belongs to (L,); windows never cross sentences."""
+
+    ids: "torch.Tensor"
+    sentences: "torch.Tensor"
+
+    @classmethod
+    def from_sentences(cls, sentences: Iterable[list[int]]) -> "TokenStream":
+        import numpy as np
+        import torch
+
+        ids: list[int] = []
+        lengths: list[int] = []
+        for sentence in sentences:
+            if sentence:
+                ids.extend(sentence)
+                lengths.append(len(sentence))
+        if not ids:
+            raise DataError("empty corpus (no token of the vocabulary)")
+        numbers = np.repeat(np.arange(len(lengths), dtype=np.int32), lengths)
+        return cls(torch.tensor(ids, dtype=torch.long), torch.from_numpy(numbers))
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def keep_probabilities(counts: "torch.Tensor", sample: float) -> "torch.Tensor":
+    """word2vec's subsampling of frequent words: a word of corpus frequency f is kept with probability
+    (sqrt(f / sample) + 1) * sample / f (capped at 1); `sample <= 0` keeps every word."""
+    import torch
+
+    counts = counts.double()
+    if sample <= 0:
+        return torch.ones_like(counts)
+    f = counts / counts.sum()
+    return ((torch.sqrt(f / sample) + 1) * sample / f.clamp(min=1e-30)).clamp(max=1.0)
+
+
+def skipgram_pairs(stream: TokenStream, window: int, generator) -> tuple["torch.Tensor", "torch.Tensor"]:
+    """All (centre, context) pairs: each centre draws its window b from 1..window (word2vec's reduced window,
+    which weights near words more) and pairs with the words up to b positions away in its sentence."""
+    import torch
+
+    ids, sent = stream.ids, stream.sentences
+    reach = torch.randint(1, window + 1, (len(ids),), generator=generator)  # (L,)
+    centers, contexts = [], []
+    for j in range(1, min(window, len(ids) - 1) + 1):
+        same = sent[:-j] == sent[j:]  # token i and token i+j share a sentence
+        right = same & (reach[:-j] >= j)  # centre i, context i+j
+        left = same & (reach[j:] >= j)  # centre i+j, context i
+        centers += [ids[:-j][right], ids[j:][left]]
+        contexts += [ids[j:][right], ids[:-j][left]]
+    if not centers:
+        return torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long)
+    return torch.cat(centers), torch.cat(contexts)
+
+
+def cbow_examples(stream: TokenStream, window: int, generator):
+    """CBOW examples: for each centre, its context slots (L, 2*window) with a mask of the real ones (same
+    sentence, within the centre's reduced window b in 1..window). Centres with no context are left out."""
+    import torch
+
+    ids, sent = stream.ids, stream.sentences
+    L = len(ids)
+    reach = torch.randint(1, window + 1, (L,), generator=generator)
+    offsets = [o for o in range(-window, window + 1) if o != 0]
+    position = torch.arange(L).unsqueeze(1) + torch.tensor(offsets)  # (L, 2W)
+    inside = (position >= 0) & (position < L)
+    position = position.clamp(0, L - 1)
+    mask = inside & (sent[position] == sent.unsqueeze(1)) & (torch.tensor(offsets).abs() <= reach.unsqueeze(1))
+    has_context = mask.any(1)
+    return ids[position][has_context], mask[has_context], ids[has_context]
