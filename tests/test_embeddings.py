@@ -11,7 +11,7 @@ from nmtkit import vocab, workflows
 from nmtkit.cli import app
 from nmtkit.models.embeddings import Word2Vec, Word2VecConfig, analogy_query, cosine, nearest
 
-from conftest import DEMO, write
+from conftest import write
 
 runner = CliRunner()
 

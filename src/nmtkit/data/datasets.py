@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
 from nmtkit.errors import DataError
 from nmtkit.tokenization import BOS_ID, EOS_ID, Tokenizer
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger("nmtkit")
 
