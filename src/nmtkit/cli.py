@@ -476,9 +476,13 @@ def score_cmd(
 
 @command("evaluate")
 def evaluate_cmd(
-    model: Path = typer.Option(..., "--model", "-m", help="A translator run folder."),
-    src: str = typer.Option(..., "--src", help="Test source file (or known corpus file, e.g. demo/test.en)."),
-    ref: str = typer.Option(..., "--ref", help="Test reference file."),
+    model: Path = typer.Option(..., "--model", "-m", help="A translator or fine-tuned run folder."),
+    src: Optional[str] = typer.Option(None, "--src", help="Translators: test source file (or known corpus file, e.g. demo/test.en)."),
+    ref: Optional[str] = typer.Option(None, "--ref", help="Translators: test reference file."),
+    data: Optional[str] = typer.Option(None, "--data", help="Fine-tuned runs: test data in the task's format (sst2/valid.tsv, squad/valid.json...)."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", help="Fine-tuned runs: a Hugging Face dataset instead of --data."),
+    dataset_config: Optional[str] = typer.Option(None, "--config", help="The dataset's configuration name."),
+    split: str = typer.Option("validation", "--split", help="The dataset split."),
     beam: int = typer.Option(5, "--beam", "-b", help="Beam size."),
     length_penalty: float = typer.Option(1.0, "--length-penalty", help="Length penalty."),
     batch_size: int = typer.Option(64, "--batch-size", help="Sentences per batch."),
@@ -487,9 +491,28 @@ def evaluate_cmd(
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
-    """Translate a test set and score it; the result is recorded in the run folder's run.json."""
-    from nmtkit import workflows
+    """Score a run on test data with its task's metric (translators: BLEU, chrF, TER; classify: accuracy and
+    macro-F1; qa: exact match and F1; generate: chrF and BLEU); the result is recorded in its run.json."""
+    from nmtkit import checkpoint, workflows
 
+    if checkpoint.read_config(model)["kind"] == "finetune":
+        if not (data or dataset):
+            raise NmtkitError("a fine-tuned run is evaluated on --data FILE or --dataset NAME")
+        spec = {"file": data} if data else {"dataset": dataset, "config": dataset_config, "split": split}
+        result = workflows.evaluate_finetuned(model, spec, device)
+        if as_json:
+            _print_json(result)
+            return
+        shown = {k: result[k] for k in ("accuracy", "macro_f1", "exact_match", "f1", "chrf", "bleu", "valid_loss") if k in result}
+        print("  ".join(f"{k} {v}" for k, v in shown.items()))
+        if "confusion" in result:
+            table = Table("gold \\ predicted", *result["labels"], box=None)
+            for name, row in zip(result["labels"], result["confusion"]):
+                table.add_row(name, *map(str, row))
+            Console().print(table)
+        return
+    if not (src and ref):
+        raise NmtkitError("a translator is evaluated on --src FILE and --ref FILE")
     result = workflows.evaluate_translator(model, src, ref, device=device, beam=beam, batch_size=batch_size,
                                            length_penalty=length_penalty, tokenize=tokenize, lowercase=lowercase)
     if as_json:
@@ -584,9 +607,9 @@ def pretrain_cmd(
 
 @command("generate")
 def generate_cmd(
-    prompts: List[str] = typer.Argument(None, help="Prompts; with none, one prompt per line of --input or stdin."),
-    model: Path = typer.Option(..., "--model", "-m", help="A GPT run folder (from nmtkit pretrain)."),
-    input_: Optional[str] = typer.Option(None, "--input", "-i", help="A file of prompts, one per line."),
+    prompts: List[str] = typer.Argument(None, help="Prompts; with none, one prompt per line of --prompts-file or stdin."),
+    model: Path = typer.Option(..., "--model", "-m", help="A GPT run (nmtkit pretrain) or an instruction-tuned one (finetune --task generate)."),
+    prompts_file: Optional[str] = typer.Option(None, "--prompts-file", "-f", help="A file of prompts, one per line."),
     max_new_tokens: int = typer.Option(200, "--max-new-tokens", "-n", help="Tokens to generate at most."),
     temperature: float = typer.Option(1.0, "--temperature", help="Sampling temperature; 0 means greedy."),
     top_k: int = typer.Option(0, "--top-k", help="Sample among the k most likely tokens (0: all)."),
@@ -594,16 +617,32 @@ def generate_cmd(
     seed: int = typer.Option(0, "--seed", help="Random seed."),
     num_samples: int = typer.Option(1, "--num-samples", help="Samples per prompt."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per prompt and sample: prompt, sample, text."),
+    instruction: Optional[str] = typer.Option(None, "--instruction", help="An instruction, put into the prompt template of finetune --task generate."),
+    instruction_input: Optional[str] = typer.Option(None, "--input", help="With --instruction: its input (the context it works on), if any."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
 ) -> None:
-    """Continue prompts with a pretrained decoder: sampling with temperature, top-k and top-p, and a KV cache."""
+    """Continue prompts with a pretrained decoder (sampling with temperature, top-k and top-p, and a KV cache), or
+    answer an --instruction with an instruction-tuned one."""
     from nmtkit import workflows
 
+    if instruction_input is not None and instruction is None:
+        raise NmtkitError("--input goes with --instruction (a file of prompts is --prompts-file)")
     lm = workflows.LanguageModel(model, device)
+    if instruction is not None:
+        from nmtkit.data.datasets import format_prompt
+
+        if prompts or prompts_file:
+            raise NmtkitError("--instruction and prompts (arguments or --prompts-file) do not go together")
+        options = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+        for piece in workflows.generate_stream(lm, format_prompt(instruction, instruction_input or ""), **options):
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+        return
     if prompts:
         texts = [p.replace("\\n", "\n") for p in prompts]
     else:
-        texts = [line or "" for line in workflows.input_lines([input_] if input_ else [], sys.stdin.buffer)]
+        texts = [line or "" for line in workflows.input_lines([prompts_file] if prompts_file else [], sys.stdin.buffer)]
     options = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
     if len(texts) == 1 and num_samples == 1 and not as_json:  # one prompt: stream tokens as they come
         sys.stdout.write(texts[0])
@@ -618,6 +657,152 @@ def generate_cmd(
         else:
             print(("\n" if i else "") + f"--- prompt {record['index']}, sample {record['sample']}\n"
                   + record["prompt"] + record["text"], flush=True)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Downstream: fine-tuning
+
+
+@command("finetune")
+def finetune_cmd(
+    task: str = typer.Option(..., "--task", help="classify, qa or generate."),
+    model: Optional[Path] = typer.Option(None, "--model", "-m", help="The pretrain run to start from (weights and tokenizer)."),
+    from_scratch: bool = typer.Option(False, "--from-scratch", help="New weights: -m's architecture and tokenizer, or --tokenizer and model flags."),
+    tokenizer: Optional[Path] = typer.Option(None, "--tokenizer", "-t", help="With --from-scratch and no -m: the tokenizer."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Run folder (default checkpoints/TASK-DATE-TIME)."),
+    train_file: Optional[str] = typer.Option(None, "--train", help="Training data: TSV/CSV/JSON(L) (classify), SQuAD JSON (qa), Alpaca JSON (generate); or a known corpus file (sst2/train.tsv)."),
+    valid_file: Optional[str] = typer.Option(None, "--valid", help="Validation data, same format (default: the last 5% of --train)."),
+    text_column: str = typer.Option("text", "--text-column", help="classify: the column or field holding the text."),
+    label_column: str = typer.Option("label", "--label-column", help="classify: the column or field holding the label."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", help="A Hugging Face dataset (or json/csv with --data-files)."),
+    dataset_config: Optional[str] = typer.Option(None, "--config", help="The dataset's configuration name."),
+    split: str = typer.Option("train", "--split", help="The dataset's training split."),
+    valid_split: Optional[str] = typer.Option(None, "--valid-split", help="The dataset's validation split."),
+    data_files: Optional[List[str]] = typer.Option(None, "--data-files", help="Local files for --dataset json/csv."),
+    max_len: int = typer.Option(256, "--max-len", help="Longest input in pieces (at most the model's context)."),
+    stride: int = typer.Option(64, "--stride", help="qa: pieces shared by neighbouring windows of a long context."),
+    batch_size: int = typer.Option(32, "--batch-size", help="Examples (qa: windows) per micro-batch."),
+    freeze_body: bool = typer.Option(False, "--freeze-body", help="Train the task head only; the pretrained body stays fixed."),
+    max_new_tokens: int = typer.Option(128, "--max-new-tokens", help="generate: longest response when scoring chrF/BLEU."),
+    block_size: Optional[int] = typer.Option(None, "--block-size", help="--from-scratch with --tokenizer: context length."),
+    d_model: Optional[int] = typer.Option(None, "--d-model", help="--from-scratch with --tokenizer: width."),
+    heads: Optional[int] = typer.Option(None, "--heads", help="--from-scratch with --tokenizer: attention heads."),
+    layers: Optional[int] = typer.Option(None, "--layers", help="--from-scratch with --tokenizer: layers."),
+    dropout: Optional[float] = typer.Option(None, "--dropout", help="Dropout (may change a pretrained model's)."),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Optimizer steps (default 1000)."),
+    max_epochs: Optional[int] = typer.Option(None, "--max-epochs", help="Stop after this many epochs (0: no limit)."),
+    accumulate: Optional[int] = typer.Option(None, "--accumulate", help="Micro-batches per optimizer step."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate (default 3e-4)."),
+    schedule: Optional[str] = typer.Option(None, "--schedule", help="cosine (default), inverse-sqrt or constant."),
+    warmup: Optional[int] = typer.Option(None, "--warmup", help="Warmup steps (default 50)."),
+    weight_decay: Optional[float] = typer.Option(None, "--weight-decay", help="AdamW weight decay on matrices (default 0.01)."),
+    eval_every: Optional[int] = typer.Option(None, "--eval-every", help="Steps between validations and checkpoints (default 100)."),
+    log_every: Optional[int] = typer.Option(None, "--log-every", help="Steps between training-loss lines."),
+    patience: Optional[int] = typer.Option(None, "--patience", help="Early stopping after this many validations without a better task metric."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Random seed."),
+    compile_: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile the model."),
+    bf16: Optional[bool] = typer.Option(None, "--bf16/--no-bf16", help="bf16 autocast on GPU (default on)."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --output exactly where it stopped."),
+    settings_file: Optional[Path] = typer.Option(None, "--settings", help="TOML/YAML with [model] and [train] tables; flags override it."),
+    on_bad_line: str = ON_BAD_LINE,
+) -> None:
+    """Fine-tune a pretrained decoder: classify texts, answer questions (extractive QA), or follow instructions."""
+    from nmtkit import workflows
+
+    file_settings = _settings_tables(settings_file, ("model", "train"))
+    model_settings = {**file_settings.get("model", {}), **_given(block_size=block_size, d_model=d_model, heads=heads,
+                                                                  layers=layers, dropout=dropout)}
+    train_settings = {**file_settings.get("train", {}), **_given(
+        max_steps=max_steps, max_epochs=max_epochs, accumulate=accumulate, lr=lr, schedule=schedule,
+        warmup_steps=warmup, weight_decay=weight_decay, eval_every=eval_every, log_every=log_every,
+        patience=patience, seed=seed, compile=compile_, bf16=bf16)}
+    columns = {"text_column": text_column, "label_column": label_column}
+    train_spec = valid_spec = None
+    if train_file:
+        train_spec = {"file": train_file, **columns}
+        valid_spec = {"file": valid_file, **columns} if valid_file else None
+    elif dataset:
+        base = {"dataset": dataset, "config": dataset_config, "data_files": data_files, **columns}
+        train_spec = {**base, "split": split}
+        valid_spec = {**base, "split": valid_split} if valid_split else None
+    elif not resume:
+        raise NmtkitError("no training data: give --train FILE or --dataset NAME")
+    output = _run_folder(output, resume, task)
+    with TrainingDisplay() as display:
+        summary = workflows.finetune(
+            run_dir=output, task=task, pretrained=str(model) if model else None, from_scratch=from_scratch,
+            tokenizer=str(tokenizer) if tokenizer else None, train_spec=train_spec, valid_spec=valid_spec,
+            model_settings=model_settings, train_settings=train_settings if not resume else _given(max_steps=max_steps),
+            max_len=max_len, stride=stride, batch_size=batch_size, freeze=freeze_body, max_new_tokens=max_new_tokens,
+            device=device, resume=resume, on_bad_line=_check_on_bad_line(on_bad_line), progress=display,
+            command=["nmtkit", *sys.argv[1:]])
+    best = summary["best"] or {}
+    shown = ", ".join(f"{k} {best[k]}" for k in ("accuracy", "macro_f1", "exact_match", "f1", "valid_loss") if k in best)
+    generation = summary.get("generation")
+    if generation:
+        shown += f"; greedy responses: chrF {generation['chrf']}, BLEU {generation['bleu']}"
+    log.info("fine-tuned for %s (%s parameters, %d steps, %.0f s); best %s at step %s", task,
+             f"{summary['parameters']:,}", summary["steps"], summary["seconds"], shown or "-", summary["best_step"])
+    print(output)
+
+
+@command("classify")
+def classify_cmd(
+    files: List[str] = typer.Argument(None, help="Input files, one text per line; stdin when none."),
+    model: Path = typer.Option(..., "--model", "-m", help="A finetune --task classify run."),
+    probs: bool = typer.Option(False, "--probs", help="Append a tab and each label's probability."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per line: label and probabilities."),
+    batch_size: int = typer.Option(64, "--batch-size", help="Texts per batch."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
+    on_bad_line: str = ON_BAD_LINE,
+) -> None:
+    """Label each input line: exactly one output line per input line (an empty line gives an empty line)."""
+    from nmtkit import workflows
+
+    ft = workflows.FineTuned(model, device, ("classify",))
+    results = workflows.classify(ft, workflows.input_lines(files, sys.stdin.buffer, _check_on_bad_line(on_bad_line)),
+                                 batch_size)
+
+    def render(result) -> str:
+        if result is None:
+            return "{}" if as_json else ""
+        if as_json:
+            return json.dumps(result, ensure_ascii=False)
+        if probs:
+            return result["label"] + "\t" + " ".join(f"{k}:{v:.4f}" for k, v in result["probs"].items())
+        return result["label"]
+
+    _write_lines((render(r) for r in results), None)
+
+
+@command("answer")
+def answer_cmd(
+    model: Path = typer.Option(..., "--model", "-m", help="A finetune --task qa run."),
+    context: Optional[Path] = typer.Option(None, "--context", help="A text file holding the context."),
+    question: Optional[List[str]] = typer.Option(None, "--question", "-q", help="A question about the context (repeatable)."),
+    input_: Optional[Path] = typer.Option(None, "--input", "-i", help="Batch mode: a JSONL (or JSON list) file of records with context and question (and id)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON: answer, character offsets, score."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
+) -> None:
+    """Extractive question answering: the span of the context that answers the question."""
+    from nmtkit import workflows
+    from nmtkit.data import corpora
+
+    ft = workflows.FineTuned(model, device, ("qa",))
+    if input_:
+        if context or question:
+            raise NmtkitError("--input (batch mode) and --context/--question do not go together")
+        triples = [(str(rec.get("id", i)), corpora.record_field(rec, "context", where), corpora.record_field(rec, "question", where))
+                   for i, (where, rec) in enumerate(corpora.read_records(input_), 1)]
+        for result in workflows.answer(ft, triples):  # one JSON line per record, in input order
+            print(json.dumps(result, ensure_ascii=False))
+        return
+    if not context or not question:
+        raise NmtkitError("give --context FILE and --question, or --input FILE.jsonl")
+    text = "\n".join(corpora.read_lines(context))
+    for result in workflows.answer(ft, [(str(i + 1), text, q) for i, q in enumerate(question)]):
+        print(json.dumps(result, ensure_ascii=False) if as_json else result["answer"])
 
 
 # ---------------------------------------------------------------------------------------------------------

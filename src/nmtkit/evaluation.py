@@ -1,5 +1,6 @@
 """Scores: BLEU, chrF and TER through sacrebleu, each with its signature (so every number says how it was
-made). What is *not* here: producing the hypotheses (`nmtkit.decoding`)."""
+made); accuracy, macro-F1 and the confusion matrix; SQuAD's exact match and F1. What is *not* here: producing
+the hypotheses (`nmtkit.decoding`)."""
 
 from __future__ import annotations
 
@@ -65,3 +66,61 @@ def score(
                          sys_len=result.sys_len, ref_len=result.ref_len)
         results[name] = entry
     return results
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Classification: accuracy, macro-F1, confusion matrix
+
+
+def classification_scores(predicted: Sequence[int], gold: Sequence[int], labels: Sequence[str]) -> dict[str, Any]:
+    """Accuracy, macro-F1 (the mean of each class's F1; a class never predicted nor present is left out) and the
+    confusion matrix (rows: gold label, columns: predicted label), in percent where a rate."""
+    n = len(labels)
+    confusion = [[0] * n for _ in range(n)]
+    for p, g in zip(predicted, gold):
+        confusion[g][p] += 1
+    f1s = []
+    for c in range(n):
+        tp = confusion[c][c]
+        predicted_c = sum(confusion[r][c] for r in range(n))
+        gold_c = sum(confusion[c])
+        if predicted_c + gold_c:
+            f1s.append(2 * tp / (predicted_c + gold_c))
+    correct = sum(confusion[c][c] for c in range(n))
+    return {"accuracy": round(100 * correct / max(len(gold), 1), 2), "macro_f1": round(100 * sum(f1s) / max(len(f1s), 1), 2),
+            "examples": len(gold), "labels": list(labels), "confusion": confusion}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Extractive QA: the official SQuAD v1.1 evaluation (exact match and token F1 after normalisation)
+
+
+def normalize_answer(text: str) -> str:
+    """SQuAD's normalisation: lower case, no punctuation, no articles (a, an, the), single spaces."""
+    import re
+    import string
+
+    text = "".join(ch for ch in text.lower() if ch not in set(string.punctuation))
+    text = re.sub(r"\b(a|an|the)\b", " ", text)
+    return " ".join(text.split())
+
+
+def squad_f1(prediction: str, truth: str) -> float:
+    from collections import Counter
+
+    pred, gold = normalize_answer(prediction).split(), normalize_answer(truth).split()
+    common = sum((Counter(pred) & Counter(gold)).values())
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(pred), common / len(gold)
+    return 2 * precision * recall / (precision + recall)
+
+
+def squad_scores(predictions: Sequence[str], answers: Sequence[Sequence[str]]) -> dict[str, Any]:
+    """Exact match and F1 in percent, each the best over a question's reference answers (as the official script)."""
+    em = f1 = 0.0
+    for prediction, truths in zip(predictions, answers):
+        em += max(float(normalize_answer(prediction) == normalize_answer(t)) for t in truths)
+        f1 += max(squad_f1(prediction, t) for t in truths)
+    n = max(len(predictions), 1)
+    return {"exact_match": round(100 * em / n, 2), "f1": round(100 * f1 / n, 2), "questions": len(predictions)}

@@ -31,11 +31,35 @@ def seq2seq_loss(label_smoothing: float = 0.0, teacher_forcing: float = 1.0) -> 
 
 
 def lm_loss() -> Objective:
-    """Next-token cross-entropy of a decoder over every position."""
+    """Next-token cross-entropy of a decoder over every position whose target is not IGNORE (-100: the prompt
+    and padding of instruction tuning)."""
 
     def objective(model: nn.Module, batch) -> tuple[Tensor, int]:
         logits = model(batch.ids)
-        loss = F.cross_entropy(logits.float().flatten(0, 1), batch.targets.flatten(), reduction="sum")
+        loss = F.cross_entropy(logits.float().flatten(0, 1), batch.targets.flatten(), reduction="sum", ignore_index=-100)
+        return loss, batch.target_tokens
+
+    return objective
+
+
+def classify_loss() -> Objective:
+    """Cross-entropy of the class logits, summed over the examples."""
+
+    def objective(model: nn.Module, batch) -> tuple[Tensor, int]:
+        logits = model(batch.ids, batch.lengths)  # (B, C)
+        return F.cross_entropy(logits.float(), batch.labels, reduction="sum"), batch.target_tokens
+
+    return objective
+
+
+def span_loss() -> Objective:
+    """Cross-entropy of the answer's start and of its end over the positions an answer may take, summed."""
+
+    def objective(model: nn.Module, batch) -> tuple[Tensor, int]:
+        start, end = model(batch.ids)  # (B, T) each
+        start = start.float().masked_fill(~batch.allowed, float("-inf"))
+        end = end.float().masked_fill(~batch.allowed, float("-inf"))
+        loss = F.cross_entropy(start, batch.start, reduction="sum") + F.cross_entropy(end, batch.end, reduction="sum")
         return loss, batch.target_tokens
 
     return objective

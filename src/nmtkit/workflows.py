@@ -238,12 +238,7 @@ class Translator:
         self.tgt_tok = Tokenizer(tgt_dir) if tgt_dir.is_dir() else self.src_tok
         self.device = pick_device(device)
         model = build_translator(self.arch, self.model_cfg)
-        weights = checkpoint.load_weights(self.run_dir / checkpoint.WEIGHTS)
-        try:
-            model.load_state_dict(weights, strict=True)
-        except RuntimeError as exc:
-            first = str(exc).strip().splitlines()[0]
-            raise CheckpointError(f"{self.run_dir / checkpoint.WEIGHTS}: weights do not match config.json ({first})") from None
+        _load_strict(model, self.run_dir)
         self.model = model.to(self.device).eval()
         self.max_src_len = max_source_len(self.model_cfg)
 
@@ -770,24 +765,31 @@ class LanguageModel:
         from nmtkit.models.gpt import GPT, GPTConfig
         from nmtkit.runtime import pick_device
 
+        from nmtkit.data.datasets import prompt_budget
+        from nmtkit.tokenization import EOS_ID
+
         self.run_dir = Path(run_dir)
-        config = checkpoint.read_config(self.run_dir, ("gpt",))
+        config = checkpoint.read_config(self.run_dir, ("gpt", "finetune"))
+        if config["kind"] == "finetune" and config["task"] != "generate":
+            raise CheckpointError(f"{self.run_dir}: a --task {config['task']} run cannot generate text")
+        # instruction examples start a new document with </s> and keep at most half the context for the prompt
+        self.prefix = [EOS_ID] if config["kind"] == "finetune" else []
+        self.max_prompt = prompt_budget(config["data"]["max_len"]) if config["kind"] == "finetune" else None
         self.cfg = from_dict(GPTConfig, config["model"], str(self.run_dir / checkpoint.CONFIG))
         self.tok = Tokenizer(self.run_dir / checkpoint.TOKENIZER_DIR)
         self.device = pick_device(device)
         model = GPT(self.cfg)
-        try:
-            model.load_state_dict(checkpoint.load_weights(self.run_dir / checkpoint.WEIGHTS), strict=True)
-        except RuntimeError as exc:
-            raise CheckpointError(f"{self.run_dir / checkpoint.WEIGHTS}: weights do not match config.json "
-                                  f"({str(exc).strip().splitlines()[0]})") from None
+        _load_strict(model, self.run_dir)
         self.model = model.to(self.device).eval()
 
     def encode_prompt(self, text: str) -> list[int]:
         """Prompt ids, line breaks as the newline piece; an empty prompt starts a new document (</s>)."""
         from nmtkit.tokenization import EOS_ID
 
-        return self.tok.encode([text])[0] if text else [EOS_ID]
+        if not text:
+            return [EOS_ID]
+        ids = self.tok.encode([text])[0]
+        return self.prefix + (ids[-self.max_prompt :] if self.max_prompt else ids)
 
     def decode(self, ids: list[int]) -> str:
         return self.tok.decode([ids])[0]
@@ -1042,9 +1044,12 @@ class EmbeddingTable:
             tok_dir = tok_dir if (path / tok_dir).is_dir() else checkpoint.TOKENIZER_DIR
         elif kind in EMBEDDING_WEIGHTS:
             key, tok_dir = EMBEDDING_WEIGHTS[kind], checkpoint.TOKENIZER_DIR
+        elif kind == "finetune":  # a task head on a GPT body, or (generate) the GPT itself
+            key = "embed.weight" if config["task"] == "generate" else "body.embed.weight"
+            tok_dir = checkpoint.TOKENIZER_DIR
         else:
             raise CheckpointError(f"{path}: a {kind!r} run has no embedding table (use a train-embeddings, "
-                                  "build-vocab --embedding-dim, translator or GPT run)")
+                                  "build-vocab --embedding-dim, translator, GPT or finetune run)")
         weights = checkpoint.load_weights(path / checkpoint.WEIGHTS)
         if key not in weights:
             raise CheckpointError(f"{path / checkpoint.WEIGHTS}: no {key!r} tensor")
@@ -1141,3 +1146,388 @@ class EmbeddingTable:
         counts = self.counts or [0] * len(self.entries)
         meta = "word\tcount\n" + "".join(f"{names[r]}\t{counts[r]}\n" for r in rows)
         atomic_write(folder / "projector" / "metadata.tsv", lambda f: f.write(meta.encode("utf-8")))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Downstream: fine-tuning a pretrained decoder (classify, qa, generate)
+
+FINETUNE_TASKS = ("classify", "qa", "generate")
+FINETUNE_TRAIN_DEFAULTS = {"schedule": "cosine", "lr": 3e-4, "warmup_steps": 50, "label_smoothing": 0.0,
+                           "weight_decay": 0.01, "beta2": 0.99, "max_steps": 1000, "eval_every": 100}
+TASK_METRIC = {"classify": "accuracy", "qa": "f1", "generate": "valid_loss"}
+
+
+def task_examples(task: str, spec: dict[str, Any], on_bad_line: corpora.OnBadLine = "error") -> list:
+    """A task's examples from a file (`file`) or a Hugging Face dataset (`dataset`, `config`, `split`,
+    `data_files`): (text, label) pairs for classify (columns `text_column`, `label_column`), `QAExample`s from
+    SQuAD JSON or squad-style datasets for qa, `Instruction`s from Alpaca-style JSON or datasets for generate."""
+    if spec.get("file"):
+        path = registry.resolve(spec["file"])
+        if task == "classify":
+            pairs = list(corpora.read_labeled(path, spec["text_column"], spec["label_column"], on_bad_line=on_bad_line))
+            if not pairs:
+                raise DataError(f"{path}: empty corpus (no labelled rows)")
+            return pairs
+        return corpora.read_squad(path) if task == "qa" else corpora.read_instructions(path)
+    if not spec.get("dataset"):
+        raise DataError("no data: give a file, a known corpus file (sst2/train.tsv), or --dataset")
+    name = spec["dataset"]
+    ds = corpora.load_hf_dataset(name, spec.get("config"), spec["split"], spec.get("data_files"))
+    if task == "classify":
+        texts = corpora.hf_column(ds, spec["text_column"], name)
+        labels = corpora.hf_column(ds, spec["label_column"], name)
+        return list(zip(texts, labels))
+    if task == "qa":
+        need = {"context", "question", "answers"} - set(ds.column_names)
+        if need:
+            raise DataError(f"dataset {name!r}: a squad-style dataset needs columns {', '.join(sorted(need))}")
+        return [corpora.QAExample(str(row.get("id", i)), str(row.get("title", "")), row["context"], row["question"],
+                                  tuple(zip(row["answers"]["text"], row["answers"]["answer_start"])))
+                for i, row in enumerate(ds)]
+    answer = "output" if "output" in ds.column_names else "response"
+    return [corpora.Instruction(row["instruction"], row.get("input") or "", row[answer]) for row in ds]
+
+
+def sorted_labels(labels: Iterable[str]) -> list[str]:
+    """Label names in a stable order: numerically when they are all integers (0, 1, 2, 10), else alphabetically."""
+    unique = set(labels)
+    if all(x.lstrip("-").isdigit() for x in unique):
+        return sorted(unique, key=int)
+    return sorted(unique)
+
+
+def build_task_model(task: str, model_cfg, labels: list[str] | None = None):
+    from nmtkit.models.gpt import GPT
+    from nmtkit.models.heads import GPTClassifier, GPTSpanQA
+
+    if task == "classify":
+        return GPTClassifier(model_cfg, len(labels or []))
+    return GPTSpanQA(model_cfg) if task == "qa" else GPT(model_cfg)
+
+
+class TaskData:
+    """A task's examples encoded for a model: what batches, the loss and the metrics are made from."""
+
+    def __init__(self, task: str, examples: list, tok: Tokenizer, max_len: int, stride: int, labels: list[str] | None,
+                 where: str):
+        from nmtkit.data import datasets
+
+        self.task, self.examples = task, examples
+        if task == "classify":
+            index = {name: i for i, name in enumerate(labels or [])}
+            unknown = sorted({label for _, label in examples} - set(index))
+            if unknown:
+                raise DataError(f"{where}: label {unknown[0]!r} is not one of the run's labels ({', '.join(labels or [])})")
+            self.seqs = datasets.encode_texts(tok, [text for text, _ in examples], max_len)
+            self.labels = [index[label] for _, label in examples]
+        elif task == "qa":
+            self.features = datasets.qa_features(tok, examples, max_len, stride)
+            self.seqs = [f.ids for f in self.features]
+        else:
+            encoded = [datasets.encode_instruction(tok, datasets.format_prompt(ex.instruction, ex.input), ex.output, max_len)
+                       for ex in examples]
+            self.seqs = [ids for ids, _ in encoded]
+            self.prompt_lengths = [n for _, n in encoded]
+
+    def collate(self, index: list[int]):
+        from nmtkit.data import batching
+
+        if self.task == "classify":
+            return batching.collate_classify([self.seqs[i] for i in index], [self.labels[i] for i in index])
+        if self.task == "qa":
+            return batching.collate_spans([self.features[i] for i in index])
+        return batching.collate_instructions([self.seqs[i] for i in index], [self.prompt_lengths[i] for i in index])
+
+    def batches(self, batch_size: int, *, shuffle: bool, seed: int = 0, epoch: int = 0):
+        from nmtkit.data.batching import LazyBatches, example_batches
+
+        index = example_batches([len(s) for s in self.seqs], batch_size, shuffle=shuffle, seed=seed, epoch=epoch)
+        return LazyBatches(index, self.collate)
+
+
+def task_objective(task: str):
+    from nmtkit import objectives
+
+    return {"classify": objectives.classify_loss, "qa": objectives.span_loss, "generate": objectives.lm_loss}[task]()
+
+
+def evaluate_task(model, device, data: TaskData, labels: list[str] | None, batch_size: int = 64) -> dict[str, Any]:
+    """The task's metric on `data` and its loss: accuracy, macro-F1 and the confusion matrix (classify); exact
+    match and F1 (qa); validation loss over response tokens (generate)."""
+    import torch
+
+    from nmtkit import evaluation
+
+    objective = task_objective(data.task)
+    total = items = 0.0
+    outputs = []
+    was_training = model.training
+    model.eval()
+    with torch.inference_mode():
+        for batch in data.batches(batch_size, shuffle=False):
+            batch = batch.to(device)
+            loss, n = objective(model, batch)
+            total, items = total + loss.item(), items + n
+    result: dict[str, Any] = {"valid_loss": round(total / max(items, 1), 4)}
+    if data.task == "classify":
+        probs = predict_classes(model, device, data.seqs, batch_size)
+        outputs = probs.argmax(1).tolist()
+        result.update(evaluation.classification_scores(outputs, data.labels, labels or []))
+    elif data.task == "qa":
+        answers = predict_answers(model, device, data.features, data.examples, batch_size)
+        result.update(evaluation.squad_scores([a["answer"] for a in answers],
+                                              [[t for t, _ in ex.answers] or [""] for ex in data.examples]))
+    model.train(was_training)
+    return result
+
+
+def predict_classes(model, device, seqs: list[list[int]], batch_size: int = 64):
+    """Class probabilities (N, C) for encoded texts, in input order."""
+    import torch
+
+    from nmtkit.data.batching import collate_classify, example_batches
+
+    probs = torch.zeros(len(seqs), model.head.out_features)
+    with torch.inference_mode():
+        for index in example_batches([len(s) for s in seqs], batch_size, shuffle=False):
+            batch = collate_classify([seqs[i] for i in index], [0] * len(index)).to(device)
+            probs[index] = model(batch.ids, batch.lengths).float().softmax(-1).cpu()
+    return probs
+
+
+def predict_answers(model, device, features, examples, batch_size: int = 64, max_answer: int = 30) -> list[dict[str, Any]]:
+    """The best answer span of each example over all its windows: the highest start + end logit with
+    start <= end < start + max_answer, mapped back to character offsets in the original context."""
+    import torch
+
+    from nmtkit.data.batching import collate_spans, example_batches
+
+    best: dict[int, tuple[float, int, int]] = {}
+    with torch.inference_mode():
+        for index in example_batches([len(f.ids) for f in features], batch_size, shuffle=False):
+            chunk = [features[i] for i in index]
+            start, end = model(collate_spans(chunk).ids.to(device))
+            for f, s, e in zip(chunk, start.float().cpu(), end.float().cpu()):
+                n = len(f.starts)
+                s, e = s[f.offset : f.offset + n], e[f.offset : f.offset + n]
+                scores = s.unsqueeze(1) + e.unsqueeze(0)  # (n, n): start i, end j
+                valid = torch.ones(n, n, dtype=torch.bool).triu().tril(max_answer - 1)
+                scores = scores.masked_fill(~valid, float("-inf"))
+                flat = int(scores.argmax())
+                i, j, value = flat // n, flat % n, float(scores.flatten()[flat])
+                if f.example not in best or value > best[f.example][0]:
+                    best[f.example] = (value, f.starts[i], f.ends[j])
+    answers = []
+    for k, ex in enumerate(examples):
+        score, a, b = best.get(k, (float("-inf"), 0, 0))
+        answers.append({"id": ex.id, "answer": ex.context[a:b], "start": a, "end": b, "score": round(score, 4)})
+    return answers
+
+
+def finetune(
+    *,
+    run_dir: str | Path,
+    task: str = "classify",
+    pretrained: str | None = None,
+    from_scratch: bool = False,
+    tokenizer: str | None = None,
+    train_spec: dict[str, Any] | None = None,
+    valid_spec: dict[str, Any] | None = None,
+    model_settings: dict[str, Any] | None = None,
+    train_settings: dict[str, Any] | None = None,
+    max_len: int = 256,
+    stride: int = 64,
+    batch_size: int = 32,
+    freeze: bool = False,
+    max_new_tokens: int = 128,
+    device: str = "auto",
+    resume: bool = False,
+    on_bad_line: corpora.OnBadLine = "error",
+    progress=None,
+    command: list[str] | None = None,
+) -> dict[str, Any]:
+    """Fine-tune a pretrained decoder (or the same architecture from scratch) for one task. Returns the summary."""
+    from nmtkit.config import from_dict, to_dict
+    from nmtkit.files import write_json
+    from nmtkit.models.gpt import GPTConfig
+    from nmtkit.runtime import Distributed, pick_device, seed_everything
+    from nmtkit.training import TrainConfig, train
+
+    run_dir = Path(run_dir)
+    dev = pick_device(device)
+    labels = None
+    if resume:
+        saved = checkpoint.read_config(run_dir, ("finetune",))
+        task, data = saved["task"], saved["data"]
+        train_spec, valid_spec, max_len, stride, batch_size, freeze = (data["train"], data["valid"], data["max_len"],
+                                                                      data["stride"], data["batch_size"], data["freeze"])
+        labels, max_new_tokens = saved.get("labels"), data.get("max_new_tokens", max_new_tokens)
+        model_cfg = from_dict(GPTConfig, saved["model"], str(run_dir / checkpoint.CONFIG))
+        train_settings = {**saved["train"], **(train_settings or {})}
+    else:
+        _refuse_existing_run(run_dir)
+        if task not in FINETUNE_TASKS:
+            raise DataError(f"--task {task!r} is not valid; choose one of {', '.join(FINETUNE_TASKS)}")
+        if not train_spec:
+            raise DataError("no training data: give --train FILE or --dataset NAME")
+        if freeze and task == "generate":
+            raise DataError("--freeze-body leaves nothing to train for --task generate (it has no head)")
+        if pretrained:
+            base = checkpoint.read_config(pretrained, ("gpt",))
+            tweaks = {k: v for k, v in (model_settings or {}).items() if k in ("dropout", "attention_dropout")}
+            others = sorted(set(model_settings or {}) - set(tweaks))
+            if others:
+                raise DataError(f"--{others[0].replace('_', '-')} cannot change a pretrained model's architecture "
+                                "(only --dropout can)")
+            model_cfg = from_dict(GPTConfig, {**base["model"], **tweaks}, "model settings")
+            Tokenizer(Path(pretrained) / checkpoint.TOKENIZER_DIR).copy_to(run_dir / checkpoint.TOKENIZER_DIR)
+        elif from_scratch and tokenizer:
+            Tokenizer(tokenizer_folder(Path(tokenizer))).copy_to(run_dir / checkpoint.TOKENIZER_DIR)
+            tok = Tokenizer(run_dir / checkpoint.TOKENIZER_DIR)
+            model_cfg = from_dict(GPTConfig, {**(model_settings or {}), "vocab_size": len(tok)}, "model settings")
+        else:
+            raise DataError("give -m PRETRAINED (a pretrain run), or --from-scratch with -m PRETRAINED (its "
+                            "architecture and tokenizer, new weights) or with --tokenizer")
+    model_cfg.validate("model settings")
+    metric = TASK_METRIC[task]
+    train_cfg = from_dict(TrainConfig, {**FINETUNE_TRAIN_DEFAULTS, "best_metric": metric, **(train_settings or {})},
+                          "train settings")
+    tok = Tokenizer(run_dir / checkpoint.TOKENIZER_DIR)
+    max_len = min(max_len, model_cfg.block_size)
+
+    train_examples = task_examples(task, train_spec, on_bad_line)
+    valid_examples = task_examples(task, valid_spec, on_bad_line) if valid_spec else None
+    if valid_examples is None:  # hold out the last 5% of the training examples
+        cut = max(1, len(train_examples) // 20)
+        train_examples, valid_examples = train_examples[:-cut], train_examples[-cut:]
+        log.info("no validation data given: the last %d training examples are held out", cut)
+    if task == "classify" and labels is None:
+        labels = sorted_labels(label for _, label in train_examples)
+        if len(labels) < 2:
+            raise DataError(f"the training data has one label only ({labels[0]!r}); a classifier needs two or more")
+    train_data = TaskData(task, train_examples, tok, max_len, stride, labels, "training data")
+    valid_data = TaskData(task, valid_examples, tok, max_len, stride, labels, "validation data")
+    log.info("%s: %d training and %d validation examples%s; GPT on %s", task, len(train_examples),
+             len(valid_examples), f" ({len(train_data.seqs)} windows)" if task == "qa" else "", dev)
+
+    if not resume:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        checkpoint.write_config(run_dir, "finetune", task=task, model=to_dict(model_cfg), labels=labels,
+                                train=to_dict(train_cfg), init={"pretrained": pretrained, "from_scratch": from_scratch},
+                                data={"train": train_spec, "valid": valid_spec, "max_len": max_len, "stride": stride,
+                                      "batch_size": batch_size, "freeze": freeze, "max_new_tokens": max_new_tokens})
+        files = [registry.resolve(s["file"]) for s in (train_spec, valid_spec) if s and s.get("file")]
+        _write_run_record(run_dir, command, train_cfg, dev, Distributed(), {"files": describe_files(files)})
+    else:
+        write_json(run_dir / checkpoint.CONFIG, {**checkpoint.read_config(run_dir), "train": to_dict(train_cfg)})
+
+    seed_everything(train_cfg.seed)
+    model = build_task_model(task, model_cfg, labels)
+    body = model if task == "generate" else model.body
+    if pretrained and not from_scratch and not resume:
+        body.load_state_dict(checkpoint.load_weights(Path(pretrained) / checkpoint.WEIGHTS), strict=True)
+    if freeze:
+        body.requires_grad_(False)
+    result = train(model, task_objective(task), lambda epoch: train_data.batches(batch_size, shuffle=True,
+                   seed=train_cfg.seed, epoch=epoch), cfg=train_cfg, run_dir=run_dir, device=dev,
+                   evaluate=lambda m: evaluate_task(m, dev, valid_data, labels), resume=resume, progress=progress)
+    summary = _record_training(run_dir, task, model, result, Distributed())
+    if task == "generate":  # chrF and BLEU of greedy responses, with the best weights
+        summary["generation"] = evaluate_generation(run_dir, valid_examples, dev, max_new_tokens)
+        run = read_json(run_dir / checkpoint.RUN_RECORD)
+        run["training"][-1]["generation"] = summary["generation"]
+        write_json(run_dir / checkpoint.RUN_RECORD, run)
+    return summary
+
+
+def evaluate_generation(run_dir: Path, examples, device, max_new_tokens: int = 128) -> dict[str, Any]:
+    """Greedy responses to the examples' prompts, scored against their reference outputs with chrF and BLEU."""
+    from nmtkit import evaluation
+    from nmtkit.data.datasets import format_prompt
+
+    lm = LanguageModel(run_dir, str(device))
+    prompts = [format_prompt(ex.instruction, ex.input) for ex in examples]
+    responses = [r["text"] for r in generate(lm, prompts, max_new_tokens=max_new_tokens, temperature=0.0)]
+    scores = evaluation.score(responses, [[ex.output for ex in examples]], ("chrf", "bleu"))
+    return {"chrf": scores["chrf"]["score"], "bleu": scores["bleu"]["score"], "examples": len(examples),
+            "max_new_tokens": max_new_tokens, "signatures": {k: v["signature"] for k, v in scores.items()}}
+
+
+class FineTuned:
+    """A fine-tuned classify or qa run folder loaded for inference."""
+
+    def __init__(self, run_dir: str | Path, device: str = "auto", tasks: tuple[str, ...] = ("classify", "qa")):
+        from nmtkit.config import from_dict
+        from nmtkit.models.gpt import GPTConfig
+        from nmtkit.runtime import pick_device
+
+        self.run_dir = Path(run_dir)
+        self.config = checkpoint.read_config(self.run_dir, ("finetune",))
+        self.task = self.config["task"]
+        if self.task not in tasks:
+            raise CheckpointError(f"{self.run_dir}: a --task {self.task} run; this command needs a {' or '.join(tasks)} run")
+        self.labels = self.config.get("labels")
+        self.max_len, self.stride = self.config["data"]["max_len"], self.config["data"]["stride"]
+        self.tok = Tokenizer(self.run_dir / checkpoint.TOKENIZER_DIR)
+        self.device = pick_device(device)
+        model = build_task_model(self.task, from_dict(GPTConfig, self.config["model"], str(self.run_dir / checkpoint.CONFIG)),
+                                 self.labels)
+        _load_strict(model, self.run_dir)
+        self.model = model.to(self.device).eval()
+
+
+def _load_strict(model, run_dir: Path) -> None:
+    try:
+        model.load_state_dict(checkpoint.load_weights(run_dir / checkpoint.WEIGHTS), strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{run_dir / checkpoint.WEIGHTS}: weights do not match config.json "
+                              f"({str(exc).strip().splitlines()[0]})") from None
+
+
+def classify(ft: FineTuned, lines: Iterable[str | None], batch_size: int = 64, buffer_lines: int = 1024) -> Iterator[dict[str, Any] | None]:
+    """One result per input line, streaming: {"label", "probs": {label: p}}; None for an empty line."""
+    from nmtkit.data.datasets import encode_texts
+
+    it = iter(lines)
+    while chunk := list(itertools.islice(it, buffer_lines)):
+        texts = [line or "" for line in chunk]
+        todo = [i for i, t in enumerate(texts) if t.strip()]
+        probs = predict_classes(ft.model, ft.device, encode_texts(ft.tok, [texts[i] for i in todo], ft.max_len), batch_size)
+        results: dict[int, dict[str, Any]] = {}
+        for i, p in zip(todo, probs.tolist()):
+            results[i] = {"label": ft.labels[max(range(len(p)), key=p.__getitem__)],
+                          "probs": {name: round(x, 4) for name, x in zip(ft.labels, p)}}
+        yield from (results.get(i) for i in range(len(chunk)))
+
+
+def answer(ft: FineTuned, questions: list[tuple[str, str, str]]) -> list[dict[str, Any]]:
+    """Answers to (id, context, question) triples: text, character offsets in the context, score."""
+    from nmtkit.data.datasets import qa_features
+
+    examples = [corpora.QAExample(qid, "", context, question, ()) for qid, context, question in questions]
+    return predict_answers(ft.model, ft.device, qa_features(ft.tok, examples, ft.max_len, ft.stride), examples)
+
+
+def evaluate_finetuned(run_dir: str | Path, spec: dict[str, Any], device: str = "auto", record: bool = True) -> dict[str, Any]:
+    """Score a fine-tuned run on a data set with its task's metric; recorded in run.json."""
+    from nmtkit.files import write_json
+
+    config = checkpoint.read_config(run_dir, ("finetune",))
+    task, data = config["task"], config["data"]
+    spec = {**{k: v for k, v in (data.get("train") or {}).items() if k.endswith("_column")}, **spec}
+    examples = task_examples(task, spec)
+    if task == "generate":
+        from nmtkit.runtime import pick_device
+
+        result = evaluate_generation(Path(run_dir), examples, pick_device(device), data.get("max_new_tokens", 128))
+    else:
+        ft = FineTuned(run_dir, device)
+        task_data = TaskData(task, examples, ft.tok, ft.max_len, ft.stride, ft.labels, spec.get("file") or spec.get("dataset"))
+        result = evaluate_task(ft.model, ft.device, task_data, ft.labels)
+    result = {"task": task, "data": spec, **result}
+    if record:
+        run_file = Path(run_dir) / checkpoint.RUN_RECORD
+        run = read_json(run_file) if run_file.is_file() else {}
+        run.setdefault("evaluations", []).append(result)
+        write_json(run_file, run)
+    return result

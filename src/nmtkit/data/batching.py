@@ -5,6 +5,7 @@ What is *not* here: what the ids mean (datasets.py) or what a model does with th
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -13,6 +14,8 @@ import torch
 from torch import Tensor
 
 from nmtkit.tokenization import PAD_ID
+
+IGNORE = -100  # a target position no loss is taken on (cross_entropy's ignore_index)
 
 
 def pad(seqs: Sequence[Sequence[int]], pad_id: int = PAD_ID) -> Tensor:
@@ -104,15 +107,20 @@ class LMBatch:
 
     @property
     def target_tokens(self) -> int:
-        return self.targets.numel()
+        return int((self.targets != IGNORE).sum())
 
     @property
     def tokens(self) -> int:
         return self.ids.numel()
 
     def to(self, device) -> "LMBatch":
-        nb = device.type == "cuda"
-        return LMBatch(self.ids.to(device, non_blocking=nb), self.targets.to(device, non_blocking=nb))
+        return _to(self, device)
+
+
+def _to(batch, device):
+    """The same batch with every tensor moved to `device`."""
+    nb = device.type == "cuda"
+    return type(batch)(*(getattr(batch, f.name).to(device, non_blocking=nb) for f in dataclasses.fields(batch)))
 
 
 def lm_windows(stream, starts: Sequence[int], block: int) -> LMBatch:
@@ -137,3 +145,88 @@ def random_windows(stream, block: int, batch_size: int, *, seed: int, epoch: int
         return lm_windows(stream, torch.randint(0, n, (batch_size,), generator=g).tolist(), block)
 
     return LazyBatches([[i] for i in range(per_epoch)], collate)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Fine-tuning batches
+
+
+def example_batches(lengths: Sequence[int], batch_size: int, *, shuffle: bool, seed: int = 0, epoch: int = 0) -> list[list[int]]:
+    """Batches of `batch_size` examples of similar length (ties broken at random), in random order when
+    shuffling; deterministic for a given (seed, epoch)."""
+    order = list(range(len(lengths)))
+    rng = random.Random(seed * 1_000_003 + epoch)
+    if shuffle:
+        rng.shuffle(order)
+    order.sort(key=lambda i: lengths[i])
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    if shuffle:
+        rng.shuffle(batches)
+    return batches
+
+
+@dataclass
+class ClassifyBatch:
+    """ids (B, T) right-padded; lengths (B,); labels (B,) class indices."""
+
+    ids: Tensor
+    lengths: Tensor
+    labels: Tensor
+
+    @property
+    def target_tokens(self) -> int:
+        return len(self.labels)
+
+    @property
+    def tokens(self) -> int:
+        return int(self.lengths.sum())
+
+    def to(self, device) -> "ClassifyBatch":
+        return _to(self, device)
+
+
+@dataclass
+class SpanBatch:
+    """ids (B, T) right-padded; lengths (B,); start and end (B,) answer positions; allowed (B, T) the positions
+    an answer may start or end at (the context pieces, and the closing </s> that means "not in this window")."""
+
+    ids: Tensor
+    lengths: Tensor
+    start: Tensor
+    end: Tensor
+    allowed: Tensor
+
+    @property
+    def target_tokens(self) -> int:
+        return 2 * len(self.start)
+
+    @property
+    def tokens(self) -> int:
+        return int(self.lengths.sum())
+
+    def to(self, device) -> "SpanBatch":
+        return _to(self, device)
+
+
+def collate_classify(seqs: Sequence[Sequence[int]], labels: Sequence[int]) -> ClassifyBatch:
+    return ClassifyBatch(pad(seqs), torch.tensor([len(s) for s in seqs]), torch.tensor(list(labels)))
+
+
+def collate_spans(features) -> SpanBatch:
+    """QA features (see `nmtkit.data.datasets.QAFeature`) into a batch."""
+    ids = pad([f.ids for f in features])
+    allowed = torch.zeros(ids.shape, dtype=torch.bool)
+    for b, f in enumerate(features):
+        allowed[b, f.offset : f.offset + len(f.starts)] = True
+        allowed[b, f.null] = True
+    return SpanBatch(ids, torch.tensor([len(f.ids) for f in features]), torch.tensor([f.start for f in features]),
+                     torch.tensor([f.end for f in features]), allowed)
+
+
+def collate_instructions(seqs: Sequence[Sequence[int]], prompt_lengths: Sequence[int]) -> LMBatch:
+    """Next-token batches whose targets are only the response tokens (the prompt and padding are IGNORE)."""
+    x = pad(seqs)
+    targets = torch.full_like(x, IGNORE)
+    for b, (s, n) in enumerate(zip(seqs, prompt_lengths)):
+        targets[b, n - 1 : len(s) - 1] = torch.as_tensor(s[n:])  # position t predicts token t + 1
+    return LMBatch(x[:, :-1].contiguous(), targets[:, :-1].contiguous())

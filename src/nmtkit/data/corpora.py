@@ -279,6 +279,19 @@ def nonempty(texts: Iterable[str], name: str) -> Iterator[str]:
 # Task formats
 
 
+def read_labeled(path: str | Path, text_column: str, label_column: str, *, header: bool = True,
+                 on_bad_line: OnBadLine = "error") -> Iterator[tuple[str, str]]:
+    """(text, label) pairs from two columns of a TSV/CSV file or two fields of JSON(L) records."""
+    suffix = base_suffix(path)
+    if suffix in TABLE_SUFFIXES:
+        yield from read_table(path, [text_column, label_column], header=header, on_bad_line=on_bad_line)  # type: ignore[misc]
+    elif suffix in JSON_SUFFIXES:
+        for where, rec in read_records(path):
+            yield record_field(rec, text_column, where), record_field(rec, label_column, where)
+    else:
+        raise DataError(f"{path}: labelled examples come from a TSV, CSV, JSON or JSONL file (got {suffix or 'no suffix'})")
+
+
 @dataclass(frozen=True)
 class QAExample:
     """One SQuAD question: its context, and the answers as (text, character offset in the context)."""

@@ -213,3 +213,122 @@ def cbow_examples(stream: TokenStream, window: int, generator):
     mask = inside & (sent[position] == sent.unsqueeze(1)) & (torch.tensor(offsets).abs() <= reach.unsqueeze(1))
     has_context = mask.any(1)
     return ids[position][has_context], mask[has_context], ids[has_context]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Fine-tuning: classification, extractive QA, instructions
+
+
+def encode_texts(tok: Tokenizer, texts: list[str], max_len: int) -> list[list[int]]:
+    """Each text as its pieces and a closing </s> (the token whose representation a classifier reads); a text
+    longer than `max_len` keeps its first max_len - 1 pieces."""
+    return [ids[: max_len - 1] + [EOS_ID] for ids in tok.encode(texts)]
+
+
+# The Alpaca prompt template (Taori et al., 2023), with and without an input. The model learns to write the
+# response after "### Response:\n"; the loss covers the response and its closing </s> only.
+PROMPT_WITH_INPUT = (
+    "Below is an instruction that describes a task, paired with an input that provides further context. "
+    "Write a response that appropriately completes the request.\n\n"
+    "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
+)
+PROMPT_NO_INPUT = (
+    "Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n"
+    "### Instruction:\n{instruction}\n\n### Response:\n"
+)
+
+
+def format_prompt(instruction: str, input: str = "") -> str:
+    template = PROMPT_WITH_INPUT if input.strip() else PROMPT_NO_INPUT
+    return template.format(instruction=instruction.strip(), input=input.strip())
+
+
+def prompt_budget(max_len: int) -> int:
+    """The most prompt pieces an instruction example keeps (its last ones): half the context."""
+    return max_len // 2
+
+
+def encode_instruction(tok: Tokenizer, prompt: str, response: str, max_len: int) -> tuple[list[int], int]:
+    """</s> prompt response </s> (</s> starts a document, as in pretraining), and how many leading ids are not
+    the response. A prompt longer than `prompt_budget` keeps its last pieces; the response is cut to fit."""
+    p, r = tok.encode([prompt, response])
+    p = p[-prompt_budget(max_len) :]
+    ids = ([EOS_ID] + p + r + [EOS_ID])[: max_len + 1]
+    return ids, 1 + len(p)
+
+
+@dataclass
+class QAFeature:
+    """One window of one question: </s> question </s> context-window </s>. `starts`/`ends` are the character
+    offsets in the original context of the window's pieces (ids[offset + k] is piece k of the window); `start`
+    and `end` are the answer's positions in ids, or both `null` (the last </s>) when the window lacks it."""
+
+    example: int
+    ids: list[int]
+    offset: int
+    starts: list[int]
+    ends: list[int]
+    start: int
+    end: int
+
+    @property
+    def null(self) -> int:
+        return len(self.ids) - 1
+
+
+def context_pieces(tok: Tokenizer, context: str) -> tuple[list[int], list[int], list[int]]:
+    """The context's piece ids with each piece's character span [start, end) in the original text. Words
+    (runs of non-space characters) are encoded one by one, as SentencePiece splits them anyway; inside a word
+    the pieces' own lengths give exact offsets, unless normalisation or byte fallback changed the length, in
+    which case each piece gets the whole word's span (so a span never cuts a character wrongly)."""
+    import re
+
+    words = [(m.start(), m.end()) for m in re.finditer(r"\S+", context)]
+    ids_per_word = tok.encode([context[a:b] for a, b in words])
+    ids, starts, ends = [], [], []
+    for (a, b), word_ids in zip(words, ids_per_word):
+        lengths = [len(tok.id_to_piece(i).lstrip("\u2581")) for i in word_ids]
+        exact = sum(lengths) == b - a and all(not tok.id_to_piece(i).startswith("<0x") for i in word_ids)
+        position = a
+        for i, length in zip(word_ids, lengths):
+            ids.append(i)
+            starts.append(position if exact else a)
+            position += length
+            ends.append(position if exact else b)
+    return ids, starts, ends
+
+
+def answer_pieces(starts: list[int], ends: list[int], answer: tuple[str, int]) -> tuple[int, int] | None:
+    """The first and last piece overlapping the answer's characters [a, a + len(text)), or None if none does."""
+    a, b = answer[1], answer[1] + len(answer[0])
+    inside = [k for k in range(len(starts)) if ends[k] > a and starts[k] < b]
+    return (inside[0], inside[-1]) if inside else None
+
+
+def qa_features(tok: Tokenizer, examples, max_len: int, stride: int, max_question: int = 64) -> list[QAFeature]:
+    """Windows over each example's context with `stride` pieces shared by neighbouring windows, labelled with
+    the first reference answer's piece span where the window holds all of it."""
+    features = []
+    questions = tok.encode([ex.question for ex in examples])
+    contexts: dict[str, tuple] = {}  # SQuAD asks several questions about each paragraph
+    for n, (ex, q) in enumerate(zip(examples, questions)):
+        q = q[:max_question]
+        if ex.context not in contexts:
+            contexts[ex.context] = context_pieces(tok, ex.context)
+        ids, starts, ends = contexts[ex.context]
+        room = max_len - len(q) - 3
+        if room < 8:
+            raise DataError(f"question {ex.id!r}: no room for the context in {max_len} positions (raise --max-len)")
+        step = max(1, room - stride)
+        span = answer_pieces(starts, ends, ex.answers[0]) if ex.answers else None
+        for lo in range(0, max(len(ids), 1), step):
+            hi = min(len(ids), lo + room)
+            seq = [EOS_ID] + q + [EOS_ID] + ids[lo:hi] + [EOS_ID]
+            offset = len(q) + 2
+            start = end = len(seq) - 1
+            if span is not None and lo <= span[0] and span[1] < hi:
+                start, end = offset + span[0] - lo, offset + span[1] - lo
+            features.append(QAFeature(n, seq, offset, starts[lo:hi], ends[lo:hi], start, end))
+            if hi == len(ids):
+                break
+    return features
