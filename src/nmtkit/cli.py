@@ -99,6 +99,8 @@ def _settings(config_file: Optional[Path], flags: dict[str, Any]) -> dict[str, A
 
 
 ON_BAD_LINE = typer.Option("error", "--on-bad-line", help="What to do with invalid UTF-8: error or skip (counted and reported).")
+DEVICE = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps.")
+SETTINGS = typer.Option(None, "--settings", help="TOML/YAML with [model] and [train] tables; flags override it.")
 
 
 def _check_on_bad_line(value: str) -> str:
@@ -350,9 +352,9 @@ def train_translator_cmd(
     seed: Optional[int] = typer.Option(None, "--seed", help="Random seed."),
     compile_: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile the model."),
     bf16: Optional[bool] = typer.Option(None, "--bf16/--no-bf16", help="bf16 autocast on GPU (default on)."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
+    device: str = DEVICE,
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --output exactly where it stopped."),
-    settings_file: Optional[Path] = typer.Option(None, "--settings", help="TOML/YAML with [model] and [train] tables; flags override it."),
+    settings_file: Optional[Path] = SETTINGS,
     on_bad_line: str = ON_BAD_LINE,
 ) -> None:
     """Train a translator: RNN encoder-decoder, RNN with attention, or Transformer."""
@@ -422,7 +424,7 @@ def translate_cmd(
     batch_size: int = typer.Option(64, "--batch-size", help="Sentences per batch (sorted by length)."),
     max_len_ratio: float = typer.Option(2.0, "--max-len-ratio", help="Longest output: ratio x source length + --max-len-extra pieces."),
     max_len_extra: int = typer.Option(10, "--max-len-extra", help="See --max-len-ratio."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
+    device: str = DEVICE,
     on_bad_line: str = ON_BAD_LINE,
 ) -> None:
     """Translate stdin or files: exactly one output line per input line."""
@@ -488,7 +490,7 @@ def evaluate_cmd(
     batch_size: int = typer.Option(64, "--batch-size", help="Sentences per batch."),
     tokenize: Optional[str] = typer.Option(None, "--tokenize", help=TOKENIZE_HELP),
     lowercase: bool = typer.Option(False, "--lowercase", "-lc", help="Case-insensitive scores."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
+    device: str = DEVICE,
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Score a run on test data with its task's metric (translators: BLEU, chrF, TER; classify: accuracy and
@@ -572,9 +574,9 @@ def pretrain_cmd(
     seed: Optional[int] = typer.Option(None, "--seed", help="Random seed."),
     compile_: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile the model."),
     bf16: Optional[bool] = typer.Option(None, "--bf16/--no-bf16", help="bf16 autocast on GPU (default on)."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
+    device: str = DEVICE,
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --output exactly where it stopped."),
-    settings_file: Optional[Path] = typer.Option(None, "--settings", help="TOML/YAML with [model] and [train] tables; flags override it."),
+    settings_file: Optional[Path] = SETTINGS,
 ) -> None:
     """Pretrain a GPT-style decoder on raw text: next-token prediction (upstream)."""
     from nmtkit import workflows
@@ -619,7 +621,7 @@ def generate_cmd(
     as_json: bool = typer.Option(False, "--json", help="One JSON object per prompt and sample: prompt, sample, text."),
     instruction: Optional[str] = typer.Option(None, "--instruction", help="An instruction, put into the prompt template of finetune --task generate."),
     instruction_input: Optional[str] = typer.Option(None, "--input", help="With --instruction: its input (the context it works on), if any."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
+    device: str = DEVICE,
 ) -> None:
     """Continue prompts with a pretrained decoder (sampling with temperature, top-k and top-p, and a KV cache), or
     answer an --instruction with an instruction-tuned one."""
@@ -702,9 +704,9 @@ def finetune_cmd(
     seed: Optional[int] = typer.Option(None, "--seed", help="Random seed."),
     compile_: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile the model."),
     bf16: Optional[bool] = typer.Option(None, "--bf16/--no-bf16", help="bf16 autocast on GPU (default on)."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
+    device: str = DEVICE,
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --output exactly where it stopped."),
-    settings_file: Optional[Path] = typer.Option(None, "--settings", help="TOML/YAML with [model] and [train] tables; flags override it."),
+    settings_file: Optional[Path] = SETTINGS,
     on_bad_line: str = ON_BAD_LINE,
 ) -> None:
     """Fine-tune a pretrained decoder: classify texts, answer questions (extractive QA), or follow instructions."""
@@ -754,7 +756,7 @@ def classify_cmd(
     probs: bool = typer.Option(False, "--probs", help="Append a tab and each label's probability."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per line: label and probabilities."),
     batch_size: int = typer.Option(64, "--batch-size", help="Texts per batch."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
+    device: str = DEVICE,
     on_bad_line: str = ON_BAD_LINE,
 ) -> None:
     """Label each input line: exactly one output line per input line (an empty line gives an empty line)."""
@@ -783,7 +785,7 @@ def answer_cmd(
     question: Optional[List[str]] = typer.Option(None, "--question", "-q", help="A question about the context (repeatable)."),
     input_: Optional[Path] = typer.Option(None, "--input", "-i", help="Batch mode: a JSONL (or JSON list) file of records with context and question (and id)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON: answer, character offsets, score."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
+    device: str = DEVICE,
 ) -> None:
     """Extractive question answering: the span of the context that answers the question."""
     from nmtkit import workflows
@@ -875,7 +877,7 @@ def train_embeddings_cmd(
     seed: Optional[int] = typer.Option(None, "--seed", help="Random seed."),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads (default: all cores)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --output after its last finished epoch."),
-    settings_file: Optional[Path] = typer.Option(None, "--settings", help="TOML/YAML with [model] and [train] tables; flags override it."),
+    settings_file: Optional[Path] = SETTINGS,
     on_bad_line: str = ON_BAD_LINE,
 ) -> None:
     """Word vectors with skip-gram or CBOW and negative sampling, as an nn.Embedding run folder (+ word2vec and projector files)."""
