@@ -29,7 +29,7 @@ RECIPES = {  # pretraining model and steps; fine-tuning steps per task
     "cpu": {"model": ["--vocab-size", "2000", "--d-model", "128", "--heads", "4", "--layers", "4", "--block-size", "256",
                       "--dropout", "0.1"],
             "pretrain": ["--max-steps", "800", "--batch-size", "16", "--eval-every", "400", "--lr", "1e-3"],
-            "classify": ["--max-steps", "600", "--batch-size", "32", "--eval-every", "200", "--max-len", "96"],
+            "classify": ["--max-steps", "3000", "--batch-size", "32", "--eval-every", "500", "--max-len", "96"],
             "qa": ["--max-steps", "800", "--batch-size", "16", "--eval-every", "400", "--max-len", "256", "--stride", "64"],
             "generate": ["--max-steps", "400", "--batch-size", "16", "--eval-every", "200", "--max-len", "256",
                          "--max-new-tokens", "96"]},
