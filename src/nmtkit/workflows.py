@@ -1260,7 +1260,6 @@ def evaluate_task(model, device, data: TaskData, labels: list[str] | None, batch
 
     objective = task_objective(data.task)
     total = items = 0.0
-    outputs = []
     was_training = model.training
     model.eval()
     with torch.inference_mode():
@@ -1270,9 +1269,8 @@ def evaluate_task(model, device, data: TaskData, labels: list[str] | None, batch
             total, items = total + loss.item(), items + n
     result: dict[str, Any] = {"valid_loss": round(total / max(items, 1), 4)}
     if data.task == "classify":
-        probs = predict_classes(model, device, data.seqs, batch_size)
-        outputs = probs.argmax(1).tolist()
-        result.update(evaluation.classification_scores(outputs, data.labels, labels or []))
+        predicted = predict_classes(model, device, data.seqs, batch_size).argmax(1).tolist()
+        result.update(evaluation.classification_scores(predicted, data.labels, labels or []))
     elif data.task == "qa":
         answers = predict_answers(model, device, data.features, data.examples, batch_size)
         result.update(evaluation.squad_scores([a["answer"] for a in answers],
