@@ -92,18 +92,41 @@ def test_grouped_update_with_one_example_per_group_is_word2vec_exactly():
     torch.nn.init.normal_(model.context.weight, std=0.3)
     torch.nn.init.normal_(model.embedding.weight, std=0.3)
     W, O = model.embedding.weight.detach().clone(), model.context.weight.detach().clone()
-    inputs, truth = torch.tensor([[1], [2], [3]]), torch.tensor([4, 5, 1])
+    inputs, truth = torch.tensor([1, 2, 3]), torch.tensor([4, 5, 1])
     noise = torch.tensor([[6, 7], [8, 9], [7, 10]])
     lr = 0.1
     loss = model.sgd_step(inputs, truth, noise, negative=2, lr=lr)
 
     Wg, Og = W.clone().requires_grad_(), O.clone().requires_grad_()
-    h = Wg[inputs[:, 0]]
+    h = Wg[inputs]
     expected_loss = -(torch.nn.functional.logsigmoid((h * Og[truth]).sum(1)).sum()
                       + torch.nn.functional.logsigmoid(-(h.unsqueeze(1) * Og[noise]).sum(2)).sum())
     expected_loss.backward()
     assert loss == pytest.approx(expected_loss.item(), rel=1e-5)
     assert torch.allclose(model.embedding.weight, W - lr * Wg.grad, atol=1e-6)
+    assert torch.allclose(model.context.weight, O - lr * Og.grad, atol=1e-6)
+
+
+def test_cbow_update_gives_every_context_word_the_whole_error():
+    """CBOW: h is the mean of the context vectors; each context word moves by the full step on h (word2vec)."""
+    torch.manual_seed(0)
+    model = Word2Vec(Word2VecConfig(vocab_size=20, dim=6, arch="cbow"))
+    torch.nn.init.normal_(model.context.weight, std=0.3)
+    W, O = model.embedding.weight.detach().clone(), model.context.weight.detach().clone()
+    inputs, counts = torch.tensor([1, 2, 3, 4, 2, 6]), torch.tensor([2, 1, 3])  # contexts [1 2] [3] [4 2 6]
+    truth, noise, lr = torch.tensor([7, 8, 9]), torch.tensor([[10, 11], [12, 13], [14, 15]]), 0.1
+    loss = model.sgd_step(inputs, truth, noise, negative=2, lr=lr, counts=counts)
+
+    Og = O.clone().requires_grad_()
+    h = torch.stack([W[[1, 2]].mean(0), W[[3]].mean(0), W[[4, 2, 6]].mean(0)]).requires_grad_()
+    expected_loss = -(torch.nn.functional.logsigmoid((h * Og[truth]).sum(1)).sum()
+                      + torch.nn.functional.logsigmoid(-(h.unsqueeze(1) * Og[noise]).sum(2)).sum())
+    expected_loss.backward()
+    expected_W = W.clone()
+    for word, example in zip(inputs.tolist(), [0, 0, 1, 2, 2, 2]):
+        expected_W[word] -= lr * h.grad[example]
+    assert loss == pytest.approx(expected_loss.item(), rel=1e-5)
+    assert torch.allclose(model.embedding.weight, expected_W, atol=1e-6)
     assert torch.allclose(model.context.weight, O - lr * Og.grad, atol=1e-6)
 
 

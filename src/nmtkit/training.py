@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, Literal, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from nmtkit import checkpoint
@@ -367,21 +368,28 @@ def train_word2vec(model, stream, counts: torch.Tensor, cfg: Word2VecTrainConfig
                 if len(part) < 2:
                     continue
                 if model.cfg.arch == "skipgram":
-                    centers, truth = skipgram_pairs(part, cfg.window, g)
-                    inputs, mask = centers.unsqueeze(1), None
+                    inputs, truth = skipgram_pairs(part, cfg.window, g)
                 else:
                     inputs, mask, truth = cbow_examples(part, cfg.window, g)
                 n = len(truth)
                 order = torch.randperm(n, generator=g)  # shuffled once; batches are then slices
                 inputs, truth = inputs[order], truth[order]
-                mask = mask[order] if mask is not None else None
+                counts = starts = None
+                if model.cfg.arch == "cbow":  # each example's context words, one example after the other
+                    mask = mask[order]
+                    inputs, counts = inputs[mask], mask.sum(1)  # (M,), (n,)
+                    starts = F.pad(counts.cumsum(0), (1, 0)).tolist()  # example k's words: starts[k] .. starts[k+1]
                 noise = table[torch.randint(len(table), (math.ceil(n / NOISE_GROUP), NOISE_WORDS), generator=g)]
                 for b in range(0, n, batch_size):
                     e = min(n, b + batch_size)
                     done = epoch * L + lo + (hi - lo) * b / n  # corpus tokens behind us
                     lr = max(cfg.min_lr, cfg.lr - (cfg.lr - cfg.min_lr) * done / (cfg.epochs * L))
-                    loss_sum += model.sgd_step(inputs[b:e], truth[b:e], noise[b // NOISE_GROUP : -(-e // NOISE_GROUP)],
-                                               cfg.negative, lr, mask[b:e] if mask is not None else None)
+                    noise_rows = noise[b // NOISE_GROUP : -(-e // NOISE_GROUP)]
+                    if counts is None:
+                        loss_sum += model.sgd_step(inputs[b:e], truth[b:e], noise_rows, cfg.negative, lr)
+                    else:
+                        loss_sum += model.sgd_step(inputs[starts[b] : starts[e]], truth[b:e], noise_rows, cfg.negative,
+                                                   lr, counts[b:e])
                 examples += n
                 if progress:
                     progress({"event": "train", "step": epoch * chunks + c + 1, "max_steps": cfg.epochs * chunks,

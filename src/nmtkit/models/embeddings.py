@@ -4,8 +4,8 @@ any embedding table (similarity, nearest neighbours, analogies).
 word2vec keeps two tables: `embedding` holds the word vectors one explores, `context` the vectors a word has
 when it is predicted. A training step takes a batch of N examples at once, with no Python loop per pair:
 
-    skip-gram   input: the centre word            (N, 1)    predict: a context word + K noise words
-    CBOW        input: the mean of the context    (N, 2W)   predict: the centre word + K noise words
+    skip-gram   input: the centre word            (N,)      predict: a context word + K noise words
+    CBOW        input: the mean of the context    (M,)      predict: the centre word + K noise words
 
 and applies word2vec's own plain-SGD update by hand (no autograd, no optimizer state): for each target t with
 label y (1 for the true word, 0 for noise), g = lr * (y - sigmoid(h . c_t)); c_t += g * h; each input word
@@ -46,21 +46,20 @@ class Word2Vec(nn.Module):
 
     @torch.no_grad()
     def sgd_step(self, inputs: Tensor, truth: Tensor, noise: Tensor, negative: int, lr: float,
-                 input_mask: Tensor | None = None) -> float:
-        """One batched update. inputs (N, C) word ids (C = 1 for skip-gram); truth (N,) the word each example
-        predicts; noise (N/G, S) noise words, row r shared by examples r*G .. r*G+G-1, each weighted
-        negative / S; input_mask (N, C) marks the real context slots (CBOW). Returns the summed loss."""
+                 counts: Tensor | None = None) -> float:
+        """One batched update. truth (N,) the word each example predicts; inputs (N,) the centre words
+        (skip-gram), or with counts (N,) the context words of the N examples one after the other (CBOW, (M,));
+        noise (N/G, S) noise words, row r shared by examples r*G .. r*G+G-1, each weighted negative / S.
+        Returns the summed loss."""
         W, O = self.embedding.weight, self.context.weight
         N, D = truth.shape[0], W.shape[1]
         groups, S = noise.shape
         G = -(-N // groups)  # examples per group (the last group may be short)
         pad = groups * G - N
-        if input_mask is None:
-            h = W.index_select(0, inputs[:, 0])  # (N, D)
-        else:
-            x = W.index_select(0, inputs.flatten()).view(*inputs.shape, D)  # (N, C, D)
-            m = input_mask.unsqueeze(2).to(x.dtype)  # (N, C, 1)
-            h = (x * m).sum(1) / m.sum(1).clamp(min=1)  # (N, D): the mean of the context vectors
+        if counts is None:
+            h = W.index_select(0, inputs)  # (N, D)
+        else:  # CBOW: the mean of each example's context vectors, one fused bag per example
+            h = F.embedding_bag(inputs, W, F.pad(counts.cumsum(0)[:-1], (1, 0)), mode="mean")  # (N, D)
         c = O.index_select(0, truth)  # (N, D)
         n = O.index_select(0, noise.flatten()).view(groups, S, D)
         hg = F.pad(h, (0, 0, 0, pad)).view(groups, G, D)  # zero rows pad the last group
@@ -74,15 +73,14 @@ class Word2Vec(nn.Module):
         scale = step_scale(torch.cat([truth, noise.flatten()]), O.shape[0])  # (N + N/G * S,)
         o_pos, o_neg = g_pos * scale[:N], g_neg * scale[N:].view(groups, 1, S)
         # word vectors: each input word receives sum_t g_t c_t, with c and n as they were before this step
-        if input_mask is None:
-            scale = F.pad(step_scale(inputs[:, 0], W.shape[0]), (0, pad))  # (N/G * G,)
+        if counts is None:
+            scale = F.pad(step_scale(inputs, W.shape[0]), (0, pad))  # (N/G * G,)
             grad_h = (g_pos * scale[:N]).unsqueeze(1) * c + torch.bmm(g_neg * scale.view(groups, G, 1), n).flatten(0, 1)[:N]
-            W.index_add_(0, inputs[:, 0], grad_h)
+            W.index_add_(0, inputs, grad_h)
         else:  # word2vec's CBOW: every context word receives the whole error
             grad_h = g_pos.unsqueeze(1) * c + torch.bmm(g_neg, n).flatten(0, 1)[:N]  # (N, D)
-            slots = inputs.flatten()  # (N*C,); empty slots get a zero step
-            scale = step_scale(slots, W.shape[0], input_mask.flatten().to(h.dtype)).view(*inputs.shape, 1)
-            W.index_add_(0, slots, (grad_h.unsqueeze(1) * scale).flatten(0, 1))
+            rows = grad_h.repeat_interleave(counts, 0)  # (M, D)
+            W.index_add_(0, inputs, rows * step_scale(inputs, W.shape[0]).unsqueeze(1))
         O.index_add_(0, truth, o_pos.unsqueeze(1) * h)
         O.index_add_(0, noise.flatten(), torch.bmm(o_neg.transpose(1, 2), hg).flatten(0, 1))  # pad rows add 0
         return float(loss)
@@ -91,15 +89,13 @@ class Word2Vec(nn.Module):
 MAX_SUMMED = 16  # a row updated by more examples of one batch than this takes their mean step times this
 
 
-def step_scale(index: Tensor, rows: int, present: Tensor | None = None) -> Tensor:
+def step_scale(index: Tensor, rows: int) -> Tensor:
     """For each entry of `index` (M,), the factor that caps how many examples' worth of step one row takes at
     once: 1 for a row appearing at most MAX_SUMMED times in the batch, MAX_SUMMED / count beyond. word2vec
     updates one example at a time; a very frequent word summing hundreds of steps computed from the same stale
-    vectors overshoots and diverges (with a small vocabulary, or a large batch). Entries whose `present` is 0
-    (empty CBOW slots) are not counted and get 0."""
-    count = torch.bincount(index, weights=present, minlength=rows)[index]
-    scale = MAX_SUMMED / count.clamp(min=MAX_SUMMED).float()
-    return scale if present is None else scale * present
+    vectors overshoots and diverges (with a small vocabulary, or a large batch)."""
+    count = torch.bincount(index, minlength=rows)[index]
+    return MAX_SUMMED / count.clamp(min=MAX_SUMMED).float()
 
 
 def normalized(vectors: Tensor) -> Tensor:
