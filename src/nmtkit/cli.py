@@ -18,6 +18,7 @@ from typing import Any, Callable, List, Optional
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.table import Table
 
 from nmtkit import __version__
@@ -53,7 +54,7 @@ def command(name: str, **kwargs: Any) -> Callable[[Callable[..., Any]], Callable
             try:
                 return fn(*args, **kw)
             except NmtkitError as exc:
-                err.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False, soft_wrap=True)
+                err.print(f"[bold red]error:[/] {escape(str(exc))}", markup=True, highlight=False, soft_wrap=True)
                 raise typer.Exit(1) from None
             except KeyboardInterrupt:
                 err.print("interrupted")
@@ -64,7 +65,8 @@ def command(name: str, **kwargs: Any) -> Callable[[Callable[..., Any]], Callable
                 raise typer.Exit(0) from None
             except OSError as exc:  # disk full, permission denied...
                 where = f"{exc.filename}: " if exc.filename else ""
-                err.print(f"[bold red]error:[/] {where}{exc.strerror or exc}", markup=True, highlight=False, soft_wrap=True)
+                err.print(f"[bold red]error:[/] {escape(where + str(exc.strerror or exc))}", markup=True, highlight=False,
+                          soft_wrap=True)
                 raise typer.Exit(1) from None
 
         return app.command(name, **kwargs)(wrapper)
@@ -299,6 +301,28 @@ def _given(**values: Any) -> dict[str, Any]:
     return {k: v for k, v in values.items() if v is not None}
 
 
+def _translation_data(src, tgt, valid_src, valid_tgt, corpus, src_lang, tgt_lang, dataset: dict | None = None):
+    """The training and validation data specs of train-translator and compare, from their data options."""
+    if src or tgt:
+        if not (src and tgt):
+            raise NmtkitError("--src and --tgt go together")
+        if bool(valid_src) != bool(valid_tgt):
+            raise NmtkitError("--valid-src and --valid-tgt go together")
+        train_spec = {"src": src, "tgt": tgt, "src_lang": src_lang or Path(src).suffix.lstrip("."),
+                      "tgt_lang": tgt_lang or Path(tgt).suffix.lstrip(".")}
+        return train_spec, ({"src": valid_src, "tgt": valid_tgt} if valid_src else None)
+    if corpus:
+        if not (src_lang and tgt_lang):
+            raise NmtkitError("--corpus needs --src-lang and --tgt-lang")
+        train_spec = {"corpus": corpus, "src_lang": src_lang, "tgt_lang": tgt_lang, "split": "train"}
+        return train_spec, {**train_spec, "split": "valid"}
+    if dataset and dataset.get("dataset"):
+        split, valid_split = dataset.pop("split"), dataset.pop("valid_split")
+        base = {**dataset, "src_lang": src_lang, "tgt_lang": tgt_lang}
+        return {**base, "split": split}, ({**base, "split": valid_split} if valid_split else None)
+    return None, None
+
+
 @command("train-translator")
 def train_translator_cmd(
     arch: Optional[str] = typer.Option(None, "--arch", help="rnn (fixed context vector), attention, or transformer (default)."),
@@ -373,27 +397,10 @@ def train_translator_cmd(
         schedule=schedule, warmup_steps=warmup, label_smoothing=label_smoothing, teacher_forcing=teacher_forcing,
         clip_norm=clip_norm, weight_decay=weight_decay, eval_every=eval_every, log_every=log_every, patience=patience, max_len=max_len,
         seed=seed, compile=compile_, bf16=bf16)}
-    train_spec = valid_spec = None
-    if src or tgt:
-        if not (src and tgt):
-            raise NmtkitError("--src and --tgt go together")
-        train_spec = {"src": src, "tgt": tgt, "src_lang": src_lang or Path(src).suffix.lstrip("."),
-                      "tgt_lang": tgt_lang or Path(tgt).suffix.lstrip(".")}
-        if bool(valid_src) != bool(valid_tgt):
-            raise NmtkitError("--valid-src and --valid-tgt go together")
-        if valid_src:
-            valid_spec = {"src": valid_src, "tgt": valid_tgt}
-    elif corpus:
-        if not (src_lang and tgt_lang):
-            raise NmtkitError("--corpus needs --src-lang and --tgt-lang")
-        train_spec = {"corpus": corpus, "src_lang": src_lang, "tgt_lang": tgt_lang, "split": "train"}
-        valid_spec = {**train_spec, "split": "valid"}
-    elif dataset:
-        base = {"dataset": dataset, "config": dataset_config, "data_files": data_files, "src_lang": src_lang,
-                "tgt_lang": tgt_lang, "src_column": src_column, "tgt_column": tgt_column}
-        train_spec = {**base, "split": split}
-        valid_spec = {**base, "split": valid_split} if valid_split else None
-    elif not resume:
+    train_spec, valid_spec = _translation_data(src, tgt, valid_src, valid_tgt, corpus, src_lang, tgt_lang, dict(
+        dataset=dataset, config=dataset_config, data_files=data_files, src_column=src_column, tgt_column=tgt_column,
+        split=split, valid_split=valid_split))
+    if train_spec is None and not resume:
         raise NmtkitError("no training data: give --src/--tgt files, --corpus NAME, or --dataset NAME")
     output = _run_folder(output, resume, arch)
     tok_cfg = from_dict(TokenizerConfig, {"model_type": tokenizer_type, "vocab_size": vocab_size}, "tokenizer")
@@ -805,6 +812,125 @@ def answer_cmd(
     text = "\n".join(corpora.read_lines(context))
     for result in workflows.answer(ft, [(str(i + 1), text, q) for i, q in enumerate(question)]):
         print(json.dumps(result, ensure_ascii=False) if as_json else result["answer"])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# See it: attention maps, training curves, the three translators compared
+
+
+def _shade(weight: float) -> str:
+    """A rich style for a heatmap cell: dark for 0, bright yellow for 1 (viridis-like)."""
+    w = max(0.0, min(1.0, weight))
+    r, g, b = int(68 + w * (253 - 68)), int(1 + w * (231 - 1)), int(84 + w * (37 - 84))
+    return f"{'black' if w > 0.55 else 'white'} on rgb({r},{g},{b})"
+
+
+@command("attention")
+def attention_cmd(
+    model: Path = typer.Option(..., "--model", "-m", help="A translator or GPT run folder."),
+    src: str = typer.Option(..., "--src", help="The source sentence (a GPT: the text)."),
+    tgt: Optional[str] = typer.Option(None, "--tgt", help="The target sentence (default: the model's own translation)."),
+    kind: Optional[str] = typer.Option(None, "--kind", help="cross (translators' default: decoder over source) or self (encoder; a GPT's only kind)."),
+    layer: Optional[int] = typer.Option(None, "--layer", help="Layer, from 0 (default: the last)."),
+    head: Optional[int] = typer.Option(None, "--head", help="Head, from 0 (default: the mean over heads)."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Also write the heatmap as PNG or SVG."),
+    as_json: bool = typer.Option(False, "--json", help="Print the weights as JSON."),
+    device: str = DEVICE,
+) -> None:
+    """Show attention as a heatmap: each query token's weights over the key tokens (in the terminal, or PNG/SVG)."""
+    from nmtkit import workflows
+
+    result = workflows.attention(model, src, tgt, kind=kind, layer=layer, head=head, device=device)
+    what = f"{result['kind']}-attention, layer {result['layer']} of 0..{result['layers'] - 1}, " + (
+        f"head {result['head']}" if result["head"] is not None else f"mean of {result['heads']} heads")
+    if output:
+        from nmtkit import plots
+
+        plots.heatmap(result["weights"], result["rows"], result["cols"], output, title=what)
+        log.info("wrote %s", output)
+    if as_json:
+        _print_json(result)
+        return
+    if result["translation"] is not None and tgt is None:
+        log.info("translation: %s", result["translation"])
+    table = Table("", *result["cols"], title=what, box=None, pad_edge=False)
+    for token, row in zip(result["rows"], result["weights"]):
+        table.add_row(token, *(f"[{_shade(w)}]{round(100 * w):>3}[/]" for w in row))
+    Console(width=max(100, Console().width)).print(table)
+
+
+@command("plot")
+def plot_cmd(
+    runs: List[Path] = typer.Argument(..., help="Run folders (their metrics.jsonl)."),
+    metric: str = typer.Option("loss", "--metric", help="loss (training), valid_loss, bleu, chrf, lr, tokens_per_s, accuracy, f1, bits_per_char..."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the chart as PNG or SVG."),
+) -> None:
+    """Training curves of one or more runs: a compact chart in the terminal, and a PNG/SVG with --output."""
+    from nmtkit import plots, workflows
+
+    series = workflows.training_curves(runs, metric)
+    if output:
+        plots.curves(series, metric, output)
+        log.info("wrote %s", output)
+    table = Table("run", metric, "first", "best", "last", "steps", box=None)
+    best = min if "loss" in metric else max
+    for name, (steps, values) in series.items():
+        table.add_row(name, plots.sparkline(values), f"{values[0]:.4g}", f"{best(values):.4g}", f"{values[-1]:.4g}",
+                      f"{steps[0]}..{steps[-1]}")
+    Console(width=max(100, Console().width)).print(table)
+
+
+@command("compare")
+def compare_cmd(
+    output: Path = typer.Option(..., "--output", "-o", help="Folder for the runs (rnn/, attention/, transformer/), the tokenizer and curves.png."),
+    src: Optional[str] = typer.Option(None, "--src", help="Training source file (or known corpus file)."),
+    tgt: Optional[str] = typer.Option(None, "--tgt", help="Training target file."),
+    valid_src: Optional[str] = typer.Option(None, "--valid-src", help="Validation source file."),
+    valid_tgt: Optional[str] = typer.Option(None, "--valid-tgt", help="Validation target file."),
+    test_src: Optional[str] = typer.Option(None, "--test-src", help="Test source file (default: the corpus's test split, else validation)."),
+    test_ref: Optional[str] = typer.Option(None, "--test-ref", help="Test reference file."),
+    corpus: Optional[str] = typer.Option(None, "--corpus", help="A known translation corpus (demo, multi30k): train, valid and test splits."),
+    src_lang: Optional[str] = typer.Option(None, "--src-lang", help="Source language code."),
+    tgt_lang: Optional[str] = typer.Option(None, "--tgt-lang", help="Target language code."),
+    budget: str = typer.Option("300", "--budget", help="Each architecture's training budget: steps (300) or minutes (5m)."),
+    archs: str = typer.Option("rnn,attention,transformer", "--archs", help="Which architectures, comma-separated."),
+    tokenizer: Optional[Path] = typer.Option(None, "--tokenizer", "-t", help="One tokenizer for all (else a joint one is trained)."),
+    vocab_size: int = typer.Option(8000, "--vocab-size", help="Pieces of the tokenizer trained on the fly."),
+    settings_file: Optional[Path] = typer.Option(None, "--settings", help="TOML/YAML with [rnn], [attention], [transformer] model tables and a [train] table."),
+    device: str = DEVICE,
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """RNN vs attention vs Transformer on the same data, tokenizer and budget: one table, and their validation curves."""
+    from nmtkit import workflows
+    from nmtkit.config import TokenizerConfig
+
+    chosen = tuple(a.strip() for a in archs.split(",") if a.strip())
+    settings = _settings_tables(settings_file, ("rnn", "attention", "transformer", "train"))
+    train_spec, valid_spec = _translation_data(src, tgt, valid_src, valid_tgt, corpus, src_lang, tgt_lang)
+    if train_spec is None or valid_spec is None:
+        raise NmtkitError("compare needs training and validation data: --src/--tgt with --valid-src/--valid-tgt, or --corpus")
+    if bool(test_src) != bool(test_ref):
+        raise NmtkitError("--test-src and --test-ref go together")
+    test_spec = {"src": test_src, "tgt": test_ref} if test_src else None
+    if test_spec is None and corpus:
+        test_spec = {**train_spec, "split": "test"}
+    with TrainingDisplay() as display:
+        result = workflows.compare(
+            out_dir=output, train_spec=train_spec, valid_spec=valid_spec, test_spec=test_spec, archs=chosen, budget=budget,
+            model_settings={a: settings.get(a, {}) for a in chosen}, train_settings=settings.get("train", {}),
+            tokenizer=str(tokenizer) if tokenizer else None,
+            tokenizer_cfg=TokenizerConfig(vocab_size=vocab_size), device=device, progress=display)
+    if as_json:
+        _print_json(result)
+        return
+    rows = result["rows"]
+    table = Table(*rows[0].keys(), box=None)
+    for row in rows:
+        table.add_row(*(f"{v:,}" if isinstance(v, int) else str(v) for v in row.values()))
+    Console(width=max(140, Console().width)).print(table)
+    if result["curves"]:
+        log.info("validation curves: %s", result["curves"])
+
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ Only rank 0 writes. What is *not* here: building models or reading data (`nmtkit
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import random
@@ -35,6 +36,7 @@ STEPS_DIR = "steps"
 class TrainConfig:
     max_steps: int = 10_000  # optimizer steps
     max_epochs: int = 0  # 0: no limit (max_steps decides)
+    max_minutes: float = 0.0  # 0: no limit; else stop (after a last evaluation) once training has run this long
     max_tokens: int = 4096  # per micro-batch: sentences x longest sentence (in pieces), padding included
     accumulate: int = 1  # micro-batches per optimizer step (per process)
     lr: float = 5e-4  # peak learning rate
@@ -280,6 +282,9 @@ def train(
                         stop = True
                         break
                     t_log, tokens_since = time.perf_counter(), 0  # tokens/s counts training time only
+                if cfg.max_minutes and time.perf_counter() - start > cfg.max_minutes * 60:
+                    log.info("time budget of %g minutes reached at step %d", cfg.max_minutes, state["step"])
+                    cfg = dataclasses.replace(cfg, max_steps=state["step"])  # ends the loop; the last evaluation follows
             if not stop and state["group"] >= groups:
                 state["epoch"] += 1
                 state["group"] = 0

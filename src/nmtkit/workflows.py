@@ -15,7 +15,7 @@ from typing import Any, Iterable, Iterator
 from nmtkit import checkpoint
 from nmtkit.config import TokenizerConfig
 from nmtkit.data import corpora, registry
-from nmtkit.errors import CheckpointError, DataError
+from nmtkit.errors import CheckpointError, ConfigError, DataError
 from nmtkit.files import file_sha256, read_json, read_jsonl
 from nmtkit.tokenization import INFO_FILE, Tokenizer, train_tokenizer as _train_tokenizer
 
@@ -1529,3 +1529,153 @@ def evaluate_finetuned(run_dir: str | Path, spec: dict[str, Any], device: str = 
         run.setdefault("evaluations", []).append(result)
         write_json(run_file, run)
     return result
+
+
+# ---------------------------------------------------------------------------------------------------------
+# See it: attention maps, training curves, the three translators compared
+
+
+def attention(run_dir: str | Path, src: str, tgt: str | None = None, *, kind: str | None = None,
+              layer: int | None = None, head: int | None = None, device: str = "auto") -> dict[str, Any]:
+    """One attention map of a translator (cross-attention over the source, or the encoder's self-attention) or
+    of a GPT (self-attention over `src`): query tokens as rows, key tokens as columns, weights (T x S).
+    Without `tgt`, a translator's own translation (beam 5) is used. `layer` (from 0; default the last) and
+    `head` (default the mean over heads) pick the map; the answer also holds every layer's and head's maps."""
+    import torch
+
+    from nmtkit.models import attention_maps
+    from nmtkit.tokenization import BOS_ID, EOS_ID
+
+    if not src.strip():
+        raise DataError("--src is empty: give the sentence to look at")
+    kinds = checkpoint.read_config(run_dir)["kind"]
+    if kinds == "gpt":
+        lm = LanguageModel(run_dir, device)
+        kind = kind or "self"
+        ids = lm.encode_prompt(src)[: lm.cfg.block_size]
+        maps = _attention_or_error(lambda: attention_maps(lm.model, torch.tensor([ids], device=lm.device), kind=kind))
+        rows = cols = [lm.tok.id_to_piece(i) for i in ids]
+        translation = None
+    else:
+        tr = Translator(run_dir, device)
+        kind = kind or "cross"
+        translation = tgt if tgt is not None else next(translate(tr, [src], beam=5))
+        src_ids = tr.src_tok.encode([src])[0][: tr.max_src_len - 1] + [EOS_ID]
+        tgt_ids = tr.tgt_tok.encode([translation])[0] + [EOS_ID]
+        x = torch.tensor([src_ids], device=tr.device)
+        maps = _attention_or_error(lambda: attention_maps(tr.model, x, x != 0, torch.tensor([[BOS_ID] + tgt_ids[:-1]],
+                                                                                             device=tr.device), kind))
+        cols = [tr.src_tok.id_to_piece(i) for i in src_ids]
+        rows = cols if kind == "self" else [tr.tgt_tok.id_to_piece(i) for i in tgt_ids]
+    maps = maps[0].float().cpu()  # (L, H, T, S)
+    L, H = maps.shape[:2]
+    layer = L - 1 if layer is None else layer
+    if not 0 <= layer < L or (head is not None and not 0 <= head < H):
+        raise DataError(f"the model has {L} layer(s) of {H} head(s): --layer goes from 0 to {L - 1}, --head from 0 to {H - 1}")
+    chosen = maps[layer].mean(0) if head is None else maps[layer, head]
+    return {"kind": kind, "layer": layer, "head": head, "layers": L, "heads": H, "rows": rows, "cols": cols,
+            "weights": [[round(w, 4) for w in row] for row in chosen.tolist()], "translation": translation}
+
+
+def _attention_or_error(compute):
+    try:
+        return compute()
+    except ValueError as exc:
+        raise DataError(str(exc)) from None
+
+
+CURVE_METRICS = {"loss": ("train", "train_loss")}  # other names are read as they are, from the evaluations first
+
+
+def training_curves(runs: list[str | Path], metric: str) -> dict[str, tuple[list[int], list[float]]]:
+    """Each run's (steps, values) of one metric from its metrics.jsonl: loss (training loss), lr, tokens_per_s,
+    or any evaluation metric (valid_loss, bleu, chrf, accuracy, f1, bits_per_char...)."""
+    series = {}
+    for run in runs:
+        run = Path(run)
+        checkpoint.read_config(run)
+        records = read_jsonl(run / checkpoint.METRICS)
+        kind, key = CURVE_METRICS.get(metric, ("eval" if any(metric in r for r in records if r.get("kind") == "eval")
+                                                else "train", metric))
+        points = [(r["step"], r[key]) for r in records if r.get("kind") == kind and key in r and "step" in r]
+        if not points:
+            found = sorted({k for r in records for k in r} - {"kind", "step", "epoch", "elapsed_s"})
+            raise DataError(f"{run / checkpoint.METRICS}: no {metric!r} values; it has: {', '.join(found) or 'nothing yet'}")
+        series[run.name if run.name not in series else str(run)] = ([p[0] for p in points], [float(p[1]) for p in points])
+    return series
+
+
+def parse_budget(budget: str) -> dict[str, Any]:
+    """"300" -> 300 steps; "5m" (or "5min") -> 5 minutes of training each."""
+    text = str(budget).strip().lower()
+    for suffix in ("min", "m"):
+        if text.endswith(suffix) and text[: -len(suffix)].replace(".", "", 1).isdigit():
+            return {"max_minutes": float(text[: -len(suffix)]), "max_steps": 10**9}
+    if text.isdigit() and int(text) > 0:
+        return {"max_steps": int(text)}
+    raise DataError(f"--budget {budget!r}: give steps (300) or minutes (5m)")
+
+
+def compare(
+    *,
+    out_dir: str | Path,
+    train_spec: dict[str, Any],
+    valid_spec: dict[str, Any],
+    test_spec: dict[str, Any] | None = None,
+    archs: tuple[str, ...] = ("rnn", "attention", "transformer"),
+    budget: str = "300",
+    model_settings: dict[str, dict[str, Any]] | None = None,
+    train_settings: dict[str, Any] | None = None,
+    tokenizer: str | None = None,
+    tokenizer_cfg: TokenizerConfig | None = None,
+    device: str = "auto",
+    progress=None,
+) -> dict[str, Any]:
+    """Train (or take the existing runs in `out_dir` of) each architecture on the same data, tokenizer and
+    budget; evaluate each on the test set (beam 5); return one row per architecture and draw their validation
+    BLEU curves into out_dir/curves.png when matplotlib is there."""
+    from statistics import mean
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tok_dir = Path(tokenizer) if tokenizer else out_dir / checkpoint.TOKENIZER_DIR
+    if not tokenizer and not (tok_dir / "tokenizer.model").is_file():
+        cfg = tokenizer_cfg or TokenizerConfig()
+        log.info("training one joint %s tokenizer with %d pieces for all three", cfg.model_type, cfg.vocab_size)
+        _train_tokenizer(corpora.nonempty((x for pair in parallel_pairs(train_spec) for x in pair), "training data"),
+                         tok_dir, cfg, {"files": describe_files(data_files_of(train_spec))})
+    rows = []
+    for arch in archs:
+        run_dir = out_dir / arch
+        if (run_dir / checkpoint.WEIGHTS).is_file():
+            log.info("%s: taking the existing run in %s", arch, run_dir)
+        else:
+            log.info("%s: training", arch)
+            train_translator(run_dir=run_dir, arch=arch, train_spec=train_spec, valid_spec=valid_spec,
+                             model_settings=(model_settings or {}).get(arch), tokenizer=str(tok_dir), device=device,
+                             train_settings={**(train_settings or {}), **parse_budget(budget)}, progress=progress)
+        run = read_json(run_dir / checkpoint.RUN_RECORD)
+        trained = run["training"][-1]
+        records = read_jsonl(run_dir / checkpoint.METRICS)
+        speeds = [r["tokens_per_s"] for r in records if r.get("kind") == "train" and r.get("step", 0) > 1]
+        bleus = [r["bleu"] for r in records if r.get("kind") == "eval" and "bleu" in r]
+        row = {"arch": arch, "parameters": trained["parameters"], "steps": trained["steps"],
+               "train_seconds": trained["seconds"], "tokens_per_s": round(mean(speeds)) if speeds else None,
+               "best_valid_bleu": max(bleus) if bleus else None}
+        files = data_files_of(test_spec or valid_spec)
+        if not files:
+            raise DataError("compare evaluates on files or a known corpus's split (not a Hugging Face dataset)")
+        result = evaluate_translator(run_dir, str(files[0]), str(files[1]), device=device, beam=5)
+        row.update({"test_bleu" if test_spec else "valid_bleu_beam5": result["scores"]["bleu"]["score"],
+                    "test_chrf" if test_spec else "valid_chrf_beam5": result["scores"]["chrf"]["score"],
+                    "sentences_per_s": round(result["sentences"] / max(result["seconds"], 1e-9), 1)})
+        rows.append(row)
+    curves_file = None
+    try:
+        from nmtkit import plots
+
+        plots.curves(training_curves([out_dir / a for a in archs], "bleu"), "validation BLEU (greedy)", out_dir / "curves.png")
+        curves_file = str(out_dir / "curves.png")
+    except ConfigError as exc:  # no matplotlib: the table still stands
+        log.warning("no curves.png: %s", exc)
+    return {"rows": rows, "curves": curves_file, "out": str(out_dir)}

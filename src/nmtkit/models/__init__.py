@@ -42,3 +42,33 @@ def build_translator(arch: str, cfg):
     from nmtkit.models.rnn import RNNSeq2Seq
 
     return RNNSeq2Seq(cfg)
+
+
+def attention_maps(model, ids, mask=None, tgt_in=None, kind: str = "cross"):
+    """The attention weights a model computes, stacked as (B, L, H, T, S): layers L, heads H, queries T, keys S.
+
+    kind "cross": a translator's decoder over the source (tgt_in under teacher forcing); the attention RNN gives
+    its one alignment as L = H = 1. kind "self": a Transformer encoder's self-attention over the source, or a
+    GPT's (causal) self-attention over `ids`. Padded keys get weight 0; each row sums to 1.
+    """
+    import torch
+
+    from nmtkit.models.layers import record_attention
+    from nmtkit.models.rnn import RNNSeq2Seq
+
+    if kind not in ("cross", "self"):
+        raise ValueError(f"kind {kind!r}: choose cross or self")
+    with torch.inference_mode():
+        if isinstance(model, RNNSeq2Seq):
+            if kind == "self":
+                raise ValueError("an RNN has no self-attention; its attention is the alignment (cross)")
+            return model.alignments(ids, mask, tgt_in)[:, None, None]  # (B, T, S) -> (B, 1, 1, T, S)
+        is_gpt = tgt_in is None and mask is None
+        if is_gpt and kind == "cross":
+            raise ValueError("a GPT has no cross-attention; its attention is self-attention")
+        with record_attention(model) as recorded:
+            model(ids) if is_gpt else model(ids, mask, tgt_in)
+        wanted = "self_attn" if kind == "self" else "cross_attn"
+        prefix = "blocks." if is_gpt else ("encoder." if kind == "self" else "decoder.")
+        layers = [w[0] for name, w in recorded.items() if name.startswith(prefix) and name.endswith(wanted)]
+        return torch.stack(layers, 1)

@@ -8,6 +8,7 @@ H heads, K = D / H per head, V vocab. What is *not* here: whole models (transfor
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -30,6 +31,7 @@ class MultiHeadAttention(nn.Module):
         if d_model % heads:
             raise ValueError(f"d_model {d_model} is not divisible by heads {heads}")
         self.heads, self.dropout, self.cross = heads, dropout, cross
+        self.recorded: list[Tensor] | None = None  # set to a list to keep each call's weights (see record_attention)
         if cross:
             self.q = nn.Linear(d_model, d_model)
             self.kv = nn.Linear(d_model, 2 * d_model)
@@ -68,6 +70,7 @@ class MultiHeadAttention(nn.Module):
                 k, v = torch.cat([cache[0], k], dim=2), torch.cat([cache[1], v], dim=2)
                 causal = False  # one new query position sees every cached key
         p = self.dropout if self.training else 0.0
+        need_weights = need_weights or self.recorded is not None
         if need_weights:
             scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))  # (B, H, T, S)
             if causal:
@@ -80,8 +83,25 @@ class MultiHeadAttention(nn.Module):
         else:
             weights = None
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=causal and mask is None)
+        if self.recorded is not None:
+            self.recorded.append(weights.detach())
         B, H, T, K = y.shape
         return self.out(y.transpose(1, 2).reshape(B, T, H * K)), (k, v), weights  # (B, H, T, K) -> (B, T, D)
+
+
+@contextlib.contextmanager
+def record_attention(model: nn.Module):
+    """Within the block, every attention module of `model` keeps its weights (B, H, T, S) of each call, computed
+    explicitly instead of by the fused kernel. Yields {module name: list of weights}, e.g.
+    "decoder.1.cross_attn" for the second decoder layer's cross-attention."""
+    modules = {name: m for name, m in model.named_modules() if isinstance(m, MultiHeadAttention)}
+    for m in modules.values():
+        m.recorded = []
+    try:
+        yield {name: m.recorded for name, m in modules.items()}
+    finally:
+        for m in modules.values():
+            m.recorded = None
 
 
 class FeedForward(nn.Module):

@@ -171,3 +171,15 @@ class RNNSeq2Seq(nn.Module):
 
     def forward(self, src: Tensor, src_mask: Tensor, tgt_in: Tensor, teacher_forcing: float = 1.0) -> Tensor:
         return self.decode(tgt_in, self.encode(src, src_mask), teacher_forcing)
+
+    def alignments(self, src: Tensor, src_mask: Tensor, tgt_in: Tensor) -> Tensor:
+        """The attention weights of each decoder step under teacher forcing: (B, T, S), each row summing to 1
+        over the real source positions (padding gets 0). Only for attention models."""
+        if self.cfg.attention == "none":
+            raise ValueError("an RNN encoder-decoder without attention has no attention weights")
+        memory = self.encode(src, src_mask)
+        state, rows = self._initial_state(memory), []
+        for t in range(tgt_in.size(1)):
+            _, state, weights = self._step(tgt_in[:, t], memory, state)
+            rows.append(weights)
+        return torch.stack(rows, 1)
