@@ -269,8 +269,9 @@ class TrainingDisplay:
             stats = f"loss {event['train_loss']:.3f}  lr {event['lr']:.2e}  {event['tokens_per_s']:,} tok/s"
             if "mfu" in event:
                 stats += f"  MFU {event['mfu']:.1%}"
-            if self.task is None:
-                self.task = self.progress.add_task("train", total=event["max_steps"], completed=event["step"], stats=stats)
+            if self.task is None:  # a time budget (compare --budget 5m) has no step total
+                total = event["max_steps"] if event["max_steps"] < 10**9 else None
+                self.task = self.progress.add_task("train", total=total, completed=event["step"], stats=stats)
             self.progress.update(self.task, completed=event["step"], stats=stats)
         else:
             shown = {k: v for k, v in event.items() if k not in ("event", "epoch", "elapsed_s", "best_step")}
