@@ -230,3 +230,15 @@ def test_unknown_label_in_validation_names_it(pretrained, tiny_tasks, tmp_path):
     result = run("finetune", "--task", "classify", "-m", pretrained, "--train", tiny_tasks["classify"], "--valid", valid,
                  "-o", tmp_path / "run", "--device", "cpu")
     assert result.exit_code == 1 and "label 'neutral' is not one of the run's labels (neg, pos)" in result.stderr
+
+
+def test_finetune_resumes_where_it_stopped(pretrained, tiny_tasks):
+    spec = {"file": str(tiny_tasks["classify"]), "text_column": "text", "label_column": "label"}
+    run_dir = tiny_tasks["folder"] / "resumed"
+    first = workflows.finetune(run_dir=run_dir, task="classify", pretrained=str(pretrained), device="cpu",
+                               train_spec=spec, valid_spec=spec, train_settings={**FAST, "max_steps": 10, "eval_every": 5})
+    assert first["steps"] == 10
+    again = workflows.finetune(run_dir=run_dir, resume=True, device="cpu", train_settings={"max_steps": 20})
+    assert again["steps"] == 20 and again["arch"] == "classify"
+    steps = [json.loads(l)["step"] for l in (run_dir / "metrics.jsonl").read_text().splitlines() if '"eval"' in l]
+    assert steps == [5, 10, 15, 20]
