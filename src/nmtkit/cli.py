@@ -103,6 +103,10 @@ def _settings(config_file: Optional[Path], flags: dict[str, Any]) -> dict[str, A
 ON_BAD_LINE = typer.Option("error", "--on-bad-line", help="What to do with invalid UTF-8: error or skip (counted and reported).")
 DEVICE = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps.")
 SETTINGS = typer.Option(None, "--settings", help="TOML/YAML with [model] and [train] tables; flags override it.")
+RESUME = typer.Option(False, "--resume", help="Continue the run in --output exactly where it stopped.")
+SEED = typer.Option(None, "--seed", help="Random seed.")
+COMPILE = typer.Option(None, "--compile/--no-compile", help="torch.compile the model.")
+BF16 = typer.Option(None, "--bf16/--no-bf16", help="bf16 autocast on GPU (default on).")
 
 
 def _check_on_bad_line(value: str) -> str:
@@ -374,11 +378,11 @@ def train_translator_cmd(
     log_every: Optional[int] = typer.Option(None, "--log-every", help="Steps between training-loss lines in metrics.jsonl."),
     patience: Optional[int] = typer.Option(None, "--patience", help="Early stopping after this many validations without a better BLEU."),
     max_len: Optional[int] = typer.Option(None, "--max-len", help="Leave out training pairs longer than this (pieces)."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Random seed."),
-    compile_: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile the model."),
-    bf16: Optional[bool] = typer.Option(None, "--bf16/--no-bf16", help="bf16 autocast on GPU (default on)."),
+    seed: Optional[int] = SEED,
+    compile_: Optional[bool] = COMPILE,
+    bf16: Optional[bool] = BF16,
     device: str = DEVICE,
-    resume: bool = typer.Option(False, "--resume", help="Continue the run in --output exactly where it stopped."),
+    resume: bool = RESUME,
     settings_file: Optional[Path] = SETTINGS,
     on_bad_line: str = ON_BAD_LINE,
 ) -> None:
@@ -579,11 +583,11 @@ def pretrain_cmd(
     eval_every: Optional[int] = typer.Option(None, "--eval-every", help="Steps between validations and checkpoints (default 250)."),
     log_every: Optional[int] = typer.Option(None, "--log-every", help="Steps between training-loss lines."),
     patience: Optional[int] = typer.Option(None, "--patience", help="Early stopping after this many validations without a lower loss."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Random seed."),
-    compile_: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile the model."),
-    bf16: Optional[bool] = typer.Option(None, "--bf16/--no-bf16", help="bf16 autocast on GPU (default on)."),
+    seed: Optional[int] = SEED,
+    compile_: Optional[bool] = COMPILE,
+    bf16: Optional[bool] = BF16,
     device: str = DEVICE,
-    resume: bool = typer.Option(False, "--resume", help="Continue the run in --output exactly where it stopped."),
+    resume: bool = RESUME,
     settings_file: Optional[Path] = SETTINGS,
 ) -> None:
     """Pretrain a GPT-style decoder on raw text: next-token prediction (upstream)."""
@@ -709,11 +713,11 @@ def finetune_cmd(
     eval_every: Optional[int] = typer.Option(None, "--eval-every", help="Steps between validations and checkpoints (default 100)."),
     log_every: Optional[int] = typer.Option(None, "--log-every", help="Steps between training-loss lines."),
     patience: Optional[int] = typer.Option(None, "--patience", help="Early stopping after this many validations without a better task metric."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Random seed."),
-    compile_: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile the model."),
-    bf16: Optional[bool] = typer.Option(None, "--bf16/--no-bf16", help="bf16 autocast on GPU (default on)."),
+    seed: Optional[int] = SEED,
+    compile_: Optional[bool] = COMPILE,
+    bf16: Optional[bool] = BF16,
     device: str = DEVICE,
-    resume: bool = typer.Option(False, "--resume", help="Continue the run in --output exactly where it stopped."),
+    resume: bool = RESUME,
     settings_file: Optional[Path] = SETTINGS,
     on_bad_line: str = ON_BAD_LINE,
 ) -> None:
@@ -1001,7 +1005,7 @@ def train_embeddings_cmd(
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Passes over the corpus (default 5)."),
     lr: Optional[float] = typer.Option(None, "--lr", help="Initial learning rate, decaying linearly (default 0.025)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Examples per update, a multiple of 8 (default 2048 for skipgram, 512 for cbow)."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Random seed."),
+    seed: Optional[int] = SEED,
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads (default: all cores)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --output after its last finished epoch."),
     settings_file: Optional[Path] = SETTINGS,

@@ -8,6 +8,7 @@ from typing import Callable
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from nmtkit.data.batching import IGNORE
 from nmtkit.tokenization import PAD_ID
 
 Objective = Callable[[nn.Module, object], tuple[Tensor, int]]
@@ -31,12 +32,12 @@ def seq2seq_loss(label_smoothing: float = 0.0, teacher_forcing: float = 1.0) -> 
 
 
 def lm_loss() -> Objective:
-    """Next-token cross-entropy of a decoder over every position whose target is not IGNORE (-100: the prompt
-    and padding of instruction tuning)."""
+    """Next-token cross-entropy of a decoder over every position whose target is not IGNORE (the prompt and
+    padding of instruction tuning)."""
 
     def objective(model: nn.Module, batch) -> tuple[Tensor, int]:
         logits = model(batch.ids)
-        loss = F.cross_entropy(logits.float().flatten(0, 1), batch.targets.flatten(), reduction="sum", ignore_index=-100)
+        loss = F.cross_entropy(logits.float().flatten(0, 1), batch.targets.flatten(), reduction="sum", ignore_index=IGNORE)
         return loss, batch.target_tokens
 
     return objective

@@ -1053,10 +1053,11 @@ class EmbeddingTable:
         weights = checkpoint.load_weights(path / checkpoint.WEIGHTS)
         if key not in weights:
             raise CheckpointError(f"{path / checkpoint.WEIGHTS}: no {key!r} tensor")
-        counts = [n for _, n in vocab.read_vocab_file(path / checkpoint.VOCAB)] if (path / checkpoint.VOCAB).is_file() else None
+        listed = vocab.read_vocab_file(path / checkpoint.VOCAB) if (path / checkpoint.VOCAB).is_file() else None
+        counts = [n for _, n in listed] if listed is not None else None
         data = config.get("data", {})
         if kind == "embeddings" and data.get("unit") == "word":
-            entries = [w for w, _ in vocab.read_vocab_file(path / checkpoint.VOCAB)]
+            entries = [w for w, _ in listed]
             allowed = torch.ones(len(entries), dtype=torch.bool)
             return cls(entries, weights[key].float(), allowed, str(path), lowercase=data.get("lowercase", False), counts=counts)
         tok = Tokenizer(path / tok_dir)
@@ -1252,29 +1253,41 @@ def task_objective(task: str):
 
 
 def evaluate_task(model, device, data: TaskData, labels: list[str] | None, batch_size: int = 64) -> dict[str, Any]:
-    """The task's metric on `data` and its loss: accuracy, macro-F1 and the confusion matrix (classify); exact
-    match and F1 (qa); validation loss over response tokens (generate)."""
+    """The task's metric on `data` and its loss, from one pass of the model: accuracy, macro-F1 and the confusion
+    matrix (classify); exact match and F1 (qa); validation loss over response tokens (generate)."""
     import torch
+    import torch.nn.functional as F
 
     from nmtkit import evaluation
 
-    objective = task_objective(data.task)
-    total = items = 0.0
     was_training = model.training
     model.eval()
-    with torch.inference_mode():
-        for batch in data.batches(batch_size, shuffle=False):
-            batch = batch.to(device)
-            loss, n = objective(model, batch)
-            total, items = total + loss.item(), items + n
-    result: dict[str, Any] = {"valid_loss": round(total / max(items, 1), 4)}
     if data.task == "classify":
-        predicted = predict_classes(model, device, data.seqs, batch_size).argmax(1).tolist()
-        result.update(evaluation.classification_scores(predicted, data.labels, labels or []))
+        probs = predict_classes(model, device, data.seqs, batch_size)  # (N, C)
+        gold = torch.tensor(data.labels)
+        result = {"valid_loss": round(F.nll_loss(probs.clamp(min=1e-12).log(), gold).item(), 4)}
+        result.update(evaluation.classification_scores(probs.argmax(1).tolist(), data.labels, labels or []))
     elif data.task == "qa":
-        answers = predict_answers(model, device, data.features, data.examples, batch_size)
+        logits = span_logits(model, device, data.features, batch_size)
+        total = 0.0
+        for f, (start, end) in zip(data.features, logits):
+            allowed = torch.zeros(len(f.ids), dtype=torch.bool)
+            allowed[f.offset : f.offset + len(f.starts)] = True
+            allowed[f.null] = True  # "not in this window"
+            for scores, gold in ((start, f.start), (end, f.end)):
+                total += (scores.masked_fill(~allowed, float("-inf")).logsumexp(0) - scores[gold]).item()
+        result = {"valid_loss": round(total / max(2 * len(data.features), 1), 4)}
+        answers = best_spans(data.features, data.examples, logits)
         result.update(evaluation.squad_scores([a["answer"] for a in answers],
                                               [[t for t, _ in ex.answers] or [""] for ex in data.examples]))
+    else:
+        objective = task_objective(data.task)
+        total = items = 0.0
+        with torch.inference_mode():
+            for batch in data.batches(batch_size, shuffle=False):
+                loss, n = objective(model, batch.to(device))
+                total, items = total + loss.item(), items + n
+        result = {"valid_loss": round(total / max(items, 1), 4)}
     model.train(was_training)
     return result
 
@@ -1293,33 +1306,46 @@ def predict_classes(model, device, seqs: list[list[int]], batch_size: int = 64):
     return probs
 
 
-def predict_answers(model, device, features, examples, batch_size: int = 64, max_answer: int = 30) -> list[dict[str, Any]]:
-    """The best answer span of each example over all its windows: the highest start + end logit with
-    start <= end < start + max_answer, mapped back to character offsets in the original context."""
+def span_logits(model, device, features, batch_size: int = 64) -> list:
+    """Each QA feature's start and end logits over its own positions, (len(ids),) each, on the CPU."""
     import torch
 
     from nmtkit.data.batching import collate_spans, example_batches
 
-    best: dict[int, tuple[float, int, int]] = {}
+    logits: list = [None] * len(features)
     with torch.inference_mode():
         for index in example_batches([len(f.ids) for f in features], batch_size, shuffle=False):
-            chunk = [features[i] for i in index]
-            start, end = model(collate_spans(chunk).ids.to(device))
-            for f, s, e in zip(chunk, start.float().cpu(), end.float().cpu()):
-                n = len(f.starts)
-                s, e = s[f.offset : f.offset + n], e[f.offset : f.offset + n]
-                scores = s.unsqueeze(1) + e.unsqueeze(0)  # (n, n): start i, end j
-                valid = torch.ones(n, n, dtype=torch.bool).triu().tril(max_answer - 1)
-                scores = scores.masked_fill(~valid, float("-inf"))
-                flat = int(scores.argmax())
-                i, j, value = flat // n, flat % n, float(scores.flatten()[flat])
-                if f.example not in best or value > best[f.example][0]:
-                    best[f.example] = (value, f.starts[i], f.ends[j])
+            start, end = model(collate_spans([features[i] for i in index]).ids.to(device))
+            for i, s, e in zip(index, start.float().cpu(), end.float().cpu()):
+                logits[i] = (s[: len(features[i].ids)], e[: len(features[i].ids)])
+    return logits
+
+
+def best_spans(features, examples, logits, max_answer: int = 30) -> list[dict[str, Any]]:
+    """The best answer span of each example over all its windows: the highest start + end logit with
+    start <= end < start + max_answer, mapped back to character offsets in the original context."""
+    import torch
+
+    best: dict[int, tuple[float, int, int]] = {}
+    for f, (s, e) in zip(features, logits):
+        n = len(f.starts)
+        s, e = s[f.offset : f.offset + n], e[f.offset : f.offset + n]
+        scores = s.unsqueeze(1) + e.unsqueeze(0)  # (n, n): start i, end j
+        valid = torch.ones(n, n, dtype=torch.bool).triu().tril(max_answer - 1)
+        scores = scores.masked_fill(~valid, float("-inf"))
+        flat = int(scores.argmax())
+        i, j, value = flat // n, flat % n, float(scores.flatten()[flat])
+        if f.example not in best or value > best[f.example][0]:
+            best[f.example] = (value, f.starts[i], f.ends[j])
     answers = []
     for k, ex in enumerate(examples):
         score, a, b = best.get(k, (float("-inf"), 0, 0))
         answers.append({"id": ex.id, "answer": ex.context[a:b], "start": a, "end": b, "score": round(score, 4)})
     return answers
+
+
+def predict_answers(model, device, features, examples, batch_size: int = 64) -> list[dict[str, Any]]:
+    return best_spans(features, examples, span_logits(model, device, features, batch_size))
 
 
 def finetune(

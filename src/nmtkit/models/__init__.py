@@ -53,6 +53,7 @@ def attention_maps(model, ids, mask=None, tgt_in=None, kind: str = "cross"):
     """
     import torch
 
+    from nmtkit.models.gpt import GPT
     from nmtkit.models.layers import record_attention
     from nmtkit.models.rnn import RNNSeq2Seq
 
@@ -63,7 +64,7 @@ def attention_maps(model, ids, mask=None, tgt_in=None, kind: str = "cross"):
             if kind == "self":
                 raise ValueError("an RNN has no self-attention; its attention is the alignment (cross)")
             return model.alignments(ids, mask, tgt_in)[:, None, None]  # (B, T, S) -> (B, 1, 1, T, S)
-        is_gpt = tgt_in is None and mask is None
+        is_gpt = isinstance(model, GPT)
         if is_gpt and kind == "cross":
             raise ValueError("a GPT has no cross-attention; its attention is self-attention")
         with record_attention(model) as recorded:
