@@ -119,7 +119,12 @@ def test_beam_search_n_best_is_sorted_and_distinct(runs, tiny):
     assert len({h["text"] for h in hyps}) == 3
 
 
-def test_resume_after_interruption_continues_exactly(tiny, tmp_path, monkeypatch):
+def test_ctrl_c_saves_and_resume_continues_exactly(tiny, tmp_path, monkeypatch):
+    import os
+    import signal
+
+    from nmtkit.errors import Interrupted
+
     settings = {**FAST, "max_steps": 30, "eval_every": 10, "log_every": 1}
     train(tiny, "transformer", tmp_path / "straight", **settings)
 
@@ -133,26 +138,27 @@ def test_resume_after_interruption_continues_exactly(tiny, tmp_path, monkeypatch
 
         def objective(model, batch):
             calls["n"] += 1
-            if calls["n"] == 18:  # in the middle of step 18: the last completed step is 17
-                raise KeyboardInterrupt
+            if calls["n"] == 18:  # Ctrl-C in the middle of step 18: the step finishes, is saved, training stops
+                os.kill(os.getpid(), signal.SIGINT)
             return inner(model, batch)
 
         return objective
 
     monkeypatch.setattr(objectives, "seq2seq_loss", interrupting)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(Interrupted) as stopped:
         train(tiny, "transformer", tmp_path / "broken", **settings)
+    assert (stopped.value.step, stopped.value.signum) == (18, signal.SIGINT)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is given back
     monkeypatch.setattr(objectives, "seq2seq_loss", real)
     state = torch.load(tmp_path / "broken" / "train_state.pt", weights_only=True)
-    assert state["loop"]["step"] == 17
+    assert state["loop"]["step"] == 18
     workflows.train_translator(run_dir=tmp_path / "broken", resume=True, device="cpu")
 
-    def losses(run):
-        return {m["step"]: m["train_loss"] for m in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
-                if m["kind"] == "train"}
+    def records(run):
+        return [(m["kind"], m["step"], m.get("train_loss"), m.get("bleu"))
+                for m in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())]
 
-    straight, resumed = losses(tmp_path / "straight"), losses(tmp_path / "broken")
-    assert [resumed[s] for s in range(18, 31)] == [straight[s] for s in range(18, 31)]
+    assert records(tmp_path / "broken") == records(tmp_path / "straight")  # every step logged once, same numbers
     from nmtkit.checkpoint import load_weights
 
     a, b = load_weights(tmp_path / "straight" / "steps" / "step-00000030.safetensors"), load_weights(
@@ -310,7 +316,7 @@ def test_average_and_info(runs, tmp_path):
     (["train-translator", "--corpus", "demo", "--src-lang", "en", "--tgt-lang", "ko", "--arch", "cnn", "-o", "{tmp}/r"], "unknown arch 'cnn'"),
     (["train-translator", "--corpus", "demo", "--src-lang", "en", "--tgt-lang", "ko", "--schedule", "linear", "-o", "{tmp}/r"],
      "schedule='linear' is not valid"),
-    (["train-translator", "--resume", "-o", "{tmp}/nothing"], "no such run folder"),
+    (["train-translator", "--resume", "-o", "{tmp}/nothing"], "no training data"),  # nothing saved: starts afresh
     (["average", "-m", "{tmp}/nothing"], "no such run folder"),
 ])
 def test_translator_commands_fail_with_one_line(tmp_path, args, message):

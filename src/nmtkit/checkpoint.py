@@ -9,15 +9,19 @@ A run folder (`checkpoints/<run>/`) alone is enough to use a model on any machin
     metrics.jsonl      one JSON line per evaluation
     train_state.pt     optimizer, scheduler, step, RNG states for --resume (loaded with weights_only=True)
     run.json           command, versions, seed, data files with hashes, final scores with signatures
+    .lock              while a training process writes the folder: who (`lock_run`)
 
 Every file is written to a temporary name in the same folder, flushed to disk and renamed, so a crash never
-leaves a half-written file. What is *not* here: what the config means (models and workflows decide that).
+leaves a half-written file. One training process writes a run folder at a time. What is *not* here: what the config means (models and workflows decide that).
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from nmtkit.errors import CheckpointError
 from nmtkit.files import atomic_write, read_json, write_json
@@ -30,6 +34,8 @@ METRICS = "metrics.jsonl"
 RUN_RECORD = "run.json"
 TOKENIZER_DIR = "tokenizer"
 VOCAB = "vocab.tsv"
+LOCK = ".lock"
+log = logging.getLogger("nmtkit")
 
 
 def write_config(run_dir: str | Path, kind: str, **sections: Any) -> None:
@@ -117,3 +123,50 @@ def load_train_state(path: str | Path) -> dict[str, Any]:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"{path}: refused: not a safe training-state file ({first})") from None
 
+
+
+@contextlib.contextmanager
+def lock_run(run_dir: str | Path) -> Iterator[None]:
+    """Hold `run_dir/.lock` while writing the run folder, so a second training process is refused.
+
+    The lock is an advisory `flock`, which the kernel releases when its process dies, however it dies: a lock
+    file left by a killed process is detected as stale and taken over. The file names the holder (pid, host,
+    start time) for the error message; it is removed on release. A folder this call created and that is still
+    empty afterwards (the run failed before writing anything) is removed too.
+    """
+    import datetime
+    import fcntl
+    import socket
+
+    run_dir = Path(run_dir)
+    created = not run_dir.exists()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / LOCK
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.read(fd, 4096).decode("utf-8", "replace").strip() or "another process"
+            os.close(fd)
+            raise CheckpointError(f"{run_dir}: in use by {holder}; wait for it to finish or choose another "
+                                  "--output") from None
+        try:  # the holder before us may have removed the file between our open and our flock: open it again
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    stale = os.read(fd, 4096).decode("utf-8", "replace").strip()
+    if stale:
+        log.warning("%s: taking over the lock of %s, which is no longer running", run_dir, stale)
+    started = datetime.datetime.now().isoformat(timespec="seconds")
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"nmtkit pid {os.getpid()} on {socket.gethostname()} since {started}\n".encode(), 0)
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)
+        os.close(fd)
+        if created and not any(run_dir.iterdir()):
+            run_dir.rmdir()

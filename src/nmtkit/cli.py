@@ -2,7 +2,8 @@
 
 This is the only module that prints, exits, or imports typer and rich. Results go to stdout, progress and
 logs to stderr, so commands compose in shell pipelines. A `NmtkitError` becomes `error: <message>` on one line
-and exit code 1; Ctrl-C exits 130; a closed pipe (`| head`) exits quietly.
+and exit code 1; Ctrl-C exits 130 (training first saves a checkpoint and says how to resume; SIGTERM: 143); a
+closed pipe (`| head`) exits quietly. Line-by-line output never holds a line break inside a line.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from nmtkit import __version__
-from nmtkit.errors import NmtkitError
+from nmtkit.errors import Interrupted, NmtkitError
 
 app = typer.Typer(
     help="nmtkit: tokenizers, translators and language models for the neural text pipeline.",
@@ -53,6 +54,10 @@ def command(name: str, **kwargs: Any) -> Callable[[Callable[..., Any]], Callable
             _setup_logging()
             try:
                 return fn(*args, **kw)
+            except Interrupted as exc:
+                err.print(f"{exc}; continue with: nmtkit {name} --output {exc.run_dir} --resume", highlight=False,
+                          markup=False, soft_wrap=True)
+                raise typer.Exit(128 + exc.signum) from None
             except NmtkitError as exc:
                 err.print(f"[bold red]error:[/] {escape(str(exc))}", markup=True, highlight=False, soft_wrap=True)
                 raise typer.Exit(1) from None
@@ -100,7 +105,7 @@ def _settings(config_file: Optional[Path], flags: dict[str, Any]) -> dict[str, A
     return settings
 
 
-ON_BAD_LINE = typer.Option("error", "--on-bad-line", help="What to do with invalid UTF-8: error or skip (counted and reported).")
+ON_BAD_LINE = typer.Option("error", "--on-bad-line", help="What to do with invalid UTF-8: error, skip the line (an empty output line in line-by-line commands) or replace the bad bytes with U+FFFD; skips and replacements are counted on stderr.")
 DEVICE = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps.")
 SETTINGS = typer.Option(None, "--settings", help="TOML/YAML with [model] and [train] tables; flags override it.")
 RESUME = typer.Option(False, "--resume", help="Continue the run in --output exactly where it stopped.")
@@ -110,8 +115,10 @@ BF16 = typer.Option(None, "--bf16/--no-bf16", help="bf16 autocast on GPU (defaul
 
 
 def _check_on_bad_line(value: str) -> str:
-    if value not in ("error", "skip"):
-        raise NmtkitError(f"--on-bad-line {value!r} is not valid; choose error or skip")
+    from nmtkit.data.corpora import ON_BAD_LINE_CHOICES
+
+    if value not in ON_BAD_LINE_CHOICES:
+        raise NmtkitError(f"--on-bad-line {value!r} is not valid; choose {', '.join(ON_BAD_LINE_CHOICES)}")
     return value
 
 
@@ -189,7 +196,7 @@ def _write_lines(lines, output: Optional[Path]) -> None:
 def _copy_lines(lines, handle) -> None:
     block: list[str] = []
     for line in lines:
-        block.append(line)
+        block.append(line.replace("\n", " ") if "\n" in line else line)  # one output line per input line
         if len(block) >= 1024:
             handle.write(("\n".join(block) + "\n").encode("utf-8"))
             block.clear()

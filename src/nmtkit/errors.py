@@ -17,3 +17,19 @@ class ConfigError(NmtkitError):
 
 class CheckpointError(NmtkitError):
     """A run or tokenizer folder that is missing, incomplete, of an unknown version or unsafe to load."""
+
+
+class WriteError(NmtkitError):
+    """A file that cannot be written (disk full, permission denied); the version on disk, if any, is unchanged."""
+
+
+class OutOfMemory(NmtkitError):
+    """The device ran out of memory; the message names the batch size in use and what to lower."""
+
+
+class Interrupted(NmtkitError):
+    """Training stopped by SIGINT (Ctrl-C) or SIGTERM after saving a checkpoint it can resume from."""
+
+    def __init__(self, run_dir: object, step: int, signum: int):
+        super().__init__(f"interrupted at step {step}; saved in {run_dir}")
+        self.run_dir, self.step, self.signum = run_dir, step, signum

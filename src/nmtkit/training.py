@@ -5,15 +5,22 @@ stopping, best and last checkpoints, exact `--resume`, and data parallelism unde
 The loop knows nothing about the task: it receives an objective (model, batch) -> (summed loss, items),
 a function giving the batches of an epoch, and an optional evaluation returning metrics (minGPT's habit).
 Only rank 0 writes. What is *not* here: building models or reading data (`nmtkit.workflows`).
+
+Interruptions: SIGINT (Ctrl-C) or SIGTERM lets the current step finish, saves a checkpoint and raises
+`Interrupted`; a second signal stops at once. A run killed outright (SIGKILL, power cut) resumes from its last
+checkpoint and, on CPU with the same seed, ends with the same weights as a run never interrupted.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import logging
 import math
 import random
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,8 +31,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from nmtkit import checkpoint
-from nmtkit.errors import ConfigError
-from nmtkit.files import append_jsonl
+from nmtkit.errors import ConfigError, Interrupted, OutOfMemory
+from nmtkit.files import append_jsonl, read_jsonl, write_lines
 from nmtkit.runtime import Distributed, autocast, measured_peak_flops
 
 log = logging.getLogger("nmtkit")
@@ -135,6 +142,39 @@ def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+class StopRequests:
+    """While active (in the main thread), SIGINT and SIGTERM set `signum` instead of stopping the process, so
+    the loop can finish its step and save; a second signal raises KeyboardInterrupt at once."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.signum = 0
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum:
+            raise KeyboardInterrupt
+        self.signum = signum
+        log.warning("%s: stopping after this step to save a checkpoint (again to stop at once, losing the "
+                    "work since the last checkpoint)", signal.Signals(signum).name)
+
+    def __enter__(self) -> "StopRequests":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+
+
+def _out_of_memory(what: str, cfg: "TrainConfig") -> OutOfMemory:
+    return OutOfMemory(f"out of {what} memory with --max-tokens {cfg.max_tokens} per micro-batch (x{cfg.accumulate} "
+                       "accumulated): lower --max-tokens and raise --accumulate by the same factor to keep the batch, "
+                       "or lower --max-len")
+
+
 def train(
     model: nn.Module,
     objective: Callable[[nn.Module, Any], tuple[torch.Tensor, int]],
@@ -166,6 +206,9 @@ def train(
         optimizer.load_state_dict(saved["optimizer"])
         state.update(saved["loop"])
         _set_rng_state(saved["rng"])
+        if dist.is_main:  # forget what was logged after the checkpoint: those steps are done again
+            kept = [r for r in read_jsonl(run_dir / checkpoint.METRICS) if r.get("step", 0) <= state["step"]]
+            write_lines(run_dir / checkpoint.METRICS, (json.dumps(r, ensure_ascii=False) for r in kept))
         log.info("resuming at step %d (epoch %d)", state["step"], state["epoch"] + 1)
     else:
         torch.manual_seed(cfg.seed)
@@ -228,75 +271,85 @@ def train(
         return bool(should_stop[0])
 
     model.train()
-    try:
-        while state["step"] < cfg.max_steps and not stop and (not cfg.max_epochs or state["epoch"] < cfg.max_epochs):
-            epoch_batches = batches(state["epoch"])
-            groups = len(epoch_batches) // per_step
-            if groups == 0:
-                raise ConfigError(
-                    f"an epoch has {len(epoch_batches)} batch(es), fewer than one optimizer step needs "
-                    f"({cfg.accumulate} x {dist.world_size} processes); lower --max-tokens or --accumulate"
-                )
-            while state["group"] < groups and state["step"] < cfg.max_steps:
-                g = state["group"]
-                micro = [epoch_batches[g * per_step + a * dist.world_size + dist.rank].to(device)
-                         for a in range(cfg.accumulate)]
-                items = torch.tensor([float(sum(b.target_tokens for b in micro))], device=device)
-                if dist.enabled:
-                    torch.distributed.all_reduce(items)
-                total_loss = torch.zeros((), device=device)
-                for i, batch in enumerate(micro):
-                    last = i == len(micro) - 1
-                    ctx = ddp.no_sync() if ddp is not None and not last else contextlib.nullcontext()
-                    with ctx, autocast(device, cfg.bf16):
-                        loss, _ = objective(net, batch)
-                        (loss * dist.world_size / items[0]).backward()
-                    total_loss += loss.detach()
-                if cfg.clip_norm:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_norm)
-                lr = learning_rate(state["step"] + 1, cfg)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                state["step"] += 1
-                state["group"] = g + 1
-                rng_at_step_start = _rng_state()
-                tokens_since += sum(b.tokens for b in micro)
-                if state["step"] % cfg.log_every == 0 or state["step"] == 1:
+    with StopRequests() as requests:
+        try:
+            while state["step"] < cfg.max_steps and not stop and (not cfg.max_epochs or state["epoch"] < cfg.max_epochs):
+                epoch_batches = batches(state["epoch"])
+                groups = len(epoch_batches) // per_step
+                if groups == 0:
+                    raise ConfigError(
+                        f"an epoch has {len(epoch_batches)} batch(es), fewer than one optimizer step needs "
+                        f"({cfg.accumulate} x {dist.world_size} processes); lower --max-tokens or --accumulate"
+                    )
+                while state["group"] < groups and state["step"] < cfg.max_steps:
+                    g = state["group"]
+                    micro = [epoch_batches[g * per_step + a * dist.world_size + dist.rank].to(device)
+                             for a in range(cfg.accumulate)]
+                    items = torch.tensor([float(sum(b.target_tokens for b in micro))], device=device)
                     if dist.enabled:
-                        torch.distributed.all_reduce(total_loss)
-                    now = time.perf_counter()
-                    record = {"step": state["step"], "epoch": state["epoch"] + 1,
-                              "train_loss": round(total_loss.item() / items.item(), 4), "lr": lr,
-                              "tokens_per_s": round(tokens_since * dist.world_size / max(now - t_log, 1e-9))}
-                    if peak:  # model FLOPs utilisation of this device (PaLM appendix B FLOPs)
-                        record["mfu"] = round(record["tokens_per_s"] / dist.world_size * flops_per_token / peak, 4)
-                    t_log, tokens_since = now, 0
-                    if dist.is_main:
-                        append_jsonl(run_dir / checkpoint.METRICS, {"kind": "train", **record})
-                        if progress:
-                            progress({"event": "train", "max_steps": cfg.max_steps, **record})
-                if state["step"] % cfg.eval_every == 0:
-                    if run_evaluation():
-                        stop = True
-                        break
-                    t_log, tokens_since = time.perf_counter(), 0  # tokens/s counts training time only
-                if cfg.max_minutes and time.perf_counter() - start > cfg.max_minutes * 60:
-                    log.info("time budget of %g minutes reached at step %d", cfg.max_minutes, state["step"])
-                    cfg = dataclasses.replace(cfg, max_steps=state["step"])  # ends the loop; the last evaluation follows
-            if not stop and state["group"] >= groups:
-                state["epoch"] += 1
-                state["group"] = 0
-        if state["last_saved"] != state["step"] and not stop:
-            run_evaluation()
-    except KeyboardInterrupt:
-        # keep the work since the last checkpoint: save the last completed step, then let the CLI exit 130
-        save()
-        log.warning("interrupted: saved step %d in %s; continue with --resume", state["step"], run_dir)
-        raise
+                        torch.distributed.all_reduce(items)
+                    total_loss = torch.zeros((), device=device)
+                    for i, batch in enumerate(micro):
+                        last = i == len(micro) - 1
+                        ctx = ddp.no_sync() if ddp is not None and not last else contextlib.nullcontext()
+                        with ctx, autocast(device, cfg.bf16):
+                            loss, _ = objective(net, batch)
+                            (loss * dist.world_size / items[0]).backward()
+                        total_loss += loss.detach()
+                    if cfg.clip_norm:
+                        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_norm)
+                    lr = learning_rate(state["step"] + 1, cfg)
+                    for group in optimizer.param_groups:
+                        group["lr"] = lr
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    state["step"] += 1
+                    state["group"] = g + 1
+                    rng_at_step_start = _rng_state()
+                    tokens_since += sum(b.tokens for b in micro)
+                    if state["step"] % cfg.log_every == 0 or state["step"] == 1:
+                        if dist.enabled:
+                            torch.distributed.all_reduce(total_loss)
+                        now = time.perf_counter()
+                        record = {"step": state["step"], "epoch": state["epoch"] + 1,
+                                  "train_loss": round(total_loss.item() / items.item(), 4), "lr": lr,
+                                  "tokens_per_s": round(tokens_since * dist.world_size / max(now - t_log, 1e-9))}
+                        if peak:  # model FLOPs utilisation of this device (PaLM appendix B FLOPs)
+                            record["mfu"] = round(record["tokens_per_s"] / dist.world_size * flops_per_token / peak, 4)
+                        t_log, tokens_since = now, 0
+                        if dist.is_main:
+                            append_jsonl(run_dir / checkpoint.METRICS, {"kind": "train", **record})
+                            if progress:
+                                progress({"event": "train", "max_steps": cfg.max_steps, **record})
+                    if state["step"] % cfg.eval_every == 0:
+                        if run_evaluation():
+                            stop = True
+                            break
+                        t_log, tokens_since = time.perf_counter(), 0  # tokens/s counts training time only
+                    if _agreed(requests.signum, dist, device):
+                        save()
+                        raise Interrupted(run_dir, state["step"], requests.signum or signal.SIGINT)
+                    if cfg.max_minutes and time.perf_counter() - start > cfg.max_minutes * 60:
+                        log.info("time budget of %g minutes reached at step %d", cfg.max_minutes, state["step"])
+                        cfg = dataclasses.replace(cfg, max_steps=state["step"])  # ends the loop; the last evaluation follows
+                if not stop and state["group"] >= groups:
+                    state["epoch"] += 1
+                    state["group"] = 0
+            if state["last_saved"] != state["step"] and not stop:
+                run_evaluation()
+        except torch.OutOfMemoryError:
+            raise _out_of_memory(device.type.upper(), cfg) from None
     return TrainResult(state["step"], state["best_step"], _best_record(history, state["best_step"]),
                        stop, time.perf_counter() - start, history)
+
+
+def _agreed(signum: int, dist: Distributed, device: torch.device) -> bool:
+    """Whether any process was asked to stop (every process must stop at the same step)."""
+    if not dist.enabled:
+        return bool(signum)
+    flag = torch.tensor([float(bool(signum))], device=device)
+    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+    return bool(flag[0])
 
 
 def _best_record(history: list[dict[str, Any]], step: int | None) -> dict[str, Any] | None:
@@ -353,7 +406,7 @@ def train_word2vec(model, stream, counts: torch.Tensor, cfg: Word2VecTrainConfig
     first_epoch = 0
     if resume:
         saved = checkpoint.load_train_state(run_dir / checkpoint.TRAIN_STATE)
-        model.load_state_dict(checkpoint.load_weights(run_dir / checkpoint.WEIGHTS), strict=True)
+        model.load_state_dict(checkpoint.load_weights(run_dir / saved["weights"]), strict=True)
         first_epoch = saved["epoch"]
         log.info("resuming after epoch %d of %d", first_epoch, cfg.epochs)
     L = len(stream)
@@ -403,9 +456,15 @@ def train_word2vec(model, stream, counts: torch.Tensor, cfg: Word2VecTrainConfig
             seconds = time.perf_counter() - t_epoch
             record = {"epoch": epoch + 1, "train_loss": round(loss_sum / max(examples, 1), 4),
                       "examples": examples, "tokens_per_s": round(L / max(seconds, 1e-9))}
-            checkpoint.save_weights(run_dir / checkpoint.WEIGHTS, model.state_dict())
-            checkpoint.save_train_state(run_dir / checkpoint.TRAIN_STATE, {"epoch": epoch + 1})
+            # the epoch's weights under a new name, then the state that points to them: a kill in between
+            # leaves the state of the epoch before, whose weights are still there
+            name = f"{STEPS_DIR}/epoch-{epoch + 1:04d}.safetensors"
+            checkpoint.save_weights(run_dir / name, model.state_dict())
             append_jsonl(run_dir / checkpoint.METRICS, {"kind": "train", **record})
+            checkpoint.save_train_state(run_dir / checkpoint.TRAIN_STATE, {"epoch": epoch + 1, "weights": name})
+            checkpoint.save_weights(run_dir / checkpoint.WEIGHTS, model.state_dict())
+            for old in sorted((run_dir / STEPS_DIR).glob("epoch-*.safetensors"))[:-1]:
+                old.unlink()
             log.info("epoch %d: loss %.4f per example, %s tokens/s", epoch + 1, record["train_loss"],
                      f"{record['tokens_per_s']:,}")
     except KeyboardInterrupt:

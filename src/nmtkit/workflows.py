@@ -6,8 +6,10 @@ libraries (torch, datasets) are imported inside the functions that need them.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -15,7 +17,7 @@ from typing import Any, Iterable, Iterator
 from nmtkit import checkpoint
 from nmtkit.config import TokenizerConfig
 from nmtkit.data import corpora, registry
-from nmtkit.errors import CheckpointError, ConfigError, DataError
+from nmtkit.errors import CheckpointError, ConfigError, DataError, OutOfMemory
 from nmtkit.files import file_sha256, read_json, read_jsonl
 from nmtkit.tokenization import INFO_FILE, Tokenizer, train_tokenizer as _train_tokenizer
 
@@ -273,6 +275,26 @@ def decode_batch(model, device, src: list[list[int]], max_src_len: int, *, beam:
     return [[(h.tokens, h.score) for h in sent] for sent in hyps]
 
 
+def in_halves_on_oom(run, items: list, settings: str, describe) -> list:
+    """`run(items)`, retried in two halves (down to single items) when the device runs out of memory; a single
+    item that still does not fit raises `OutOfMemory` naming it (`describe(item)`) and the `settings` in use."""
+    import torch
+
+    try:
+        return run(items)
+    except torch.OutOfMemoryError:
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        if len(items) == 1:
+            raise OutOfMemory(f"out of memory on {describe(items[0])} alone with {settings}: lower --beam or "
+                              "--max-len-ratio, or run on the CPU (--device cpu)") from None
+        half = len(items) // 2
+        log.warning("out of memory on a batch of %d with %s; retrying it in halves (lower --batch-size to avoid "
+                    "this)", len(items), settings)
+        return in_halves_on_oom(run, items[:half], settings, describe) + in_halves_on_oom(run, items[half:], settings,
+                                                                                          describe)
+
+
 def translate(
     translator: Translator,
     lines: Iterable[str | None],
@@ -315,12 +337,16 @@ def translate(
             src[i] = ids + [EOS_ID]
         results: dict[int, list[tuple[list[int], float]]] = {}
         order = sorted(src, key=lambda i: len(src[i]))
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
-            outs = translator.translate_ids([src[i] for i in idx], beam=beam, length_penalty=length_penalty,
+
+        def run(idx: list[int]) -> list[list[tuple[list[int], float]]]:
+            return translator.translate_ids([src[i] for i in idx], beam=beam, length_penalty=length_penalty,
                                             n_best=n_best, max_len_ratio=max_len_ratio, max_len_extra=max_len_extra,
                                             scores=with_scores)
-            results.update(zip(idx, outs))
+
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            results.update(zip(idx, in_halves_on_oom(run, idx, f"--batch-size {batch_size}, --beam {beam}",
+                                                     lambda i: f"line {lineno + i + 1} ({len(src[i])} pieces)")))
         for i in range(len(chunk)):
             hyps = results.get(i, [])
             decoded = translator.tgt_tok.decode([h[0] for h in hyps]) if hyps else []
@@ -411,6 +437,40 @@ def average_checkpoints(run_dir: str | Path, last: int, output: str | Path) -> d
 # Translators: training
 
 
+def _refuse_existing_run(run_dir: Path, kind: str | None = None) -> None:
+    """Refuse to start a new run over an existing one, but for a `kind` run that never saved a checkpoint
+    (killed before its first), which starts again from the beginning."""
+    config = run_dir / checkpoint.CONFIG
+    if not config.exists():
+        return
+    if kind and not (run_dir / checkpoint.TRAIN_STATE).exists() and read_json(config).get("kind") == kind:
+        return
+    raise CheckpointError(f"{run_dir}: already holds a run; continue it with --resume, or choose another --output")
+
+
+def _resuming(run_dir: Path, resume: bool) -> bool:
+    """--resume of a run that has no checkpoint yet (killed before its first) starts it from the beginning."""
+    if resume and not (run_dir / checkpoint.TRAIN_STATE).exists():
+        log.warning("%s: no checkpoint saved yet; starting the run from the beginning", run_dir)
+        return False
+    return resume
+
+
+def _one_writer(train_workflow):
+    """Run a training workflow holding its run folder's lock (`checkpoint.lock_run`), so a second process
+    pointed at the same folder is refused. Under torchrun, rank 0 holds it for all."""
+
+    @functools.wraps(train_workflow)
+    def locked(*, run_dir: str | Path, **kwargs: Any) -> Any:
+        if int(os.environ.get("RANK", "0")):
+            return train_workflow(run_dir=run_dir, **kwargs)
+        with checkpoint.lock_run(run_dir):
+            return train_workflow(run_dir=run_dir, **kwargs)
+
+    return locked
+
+
+@_one_writer
 def train_translator(
     *,
     run_dir: str | Path,
@@ -437,6 +497,7 @@ def train_translator(
     from nmtkit.training import TrainConfig, train
 
     run_dir = Path(run_dir)
+    resume = _resuming(run_dir, resume)
     dev = pick_device(device)
     dist = init_distributed(dev)
     if resume:
@@ -445,7 +506,7 @@ def train_translator(
         train_spec, valid_spec = data["train"], data.get("valid")
         train_settings = {**saved["train"], **(train_settings or {})}
     else:
-        _refuse_existing_run(run_dir)
+        _refuse_existing_run(run_dir, "translator")
         if not train_spec:
             raise DataError("no training data: give --src/--tgt files, --corpus NAME, or --dataset NAME")
     train_cfg = from_dict(TrainConfig, train_settings or {}, "train settings")
@@ -537,11 +598,6 @@ def evaluate_on(model, device, data, tok: Tokenizer, cfg, tgt_lang: str | None, 
     loss = total / max(items, 1)
     return {"valid_loss": round(loss, 4), "valid_ppl": round(math.exp(min(loss, 50)), 2),
             "bleu": scores["bleu"]["score"], "chrf": scores["chrf"]["score"]}
-
-
-def _refuse_existing_run(run_dir: Path) -> None:
-    if (run_dir / checkpoint.CONFIG).exists():
-        raise CheckpointError(f"{run_dir}: already holds a run; continue it with --resume, or choose another --output")
 
 
 def _write_run_record(run_dir: Path, command, train_cfg, device, dist, data: dict[str, Any]) -> None:
@@ -639,6 +695,7 @@ def prepare_lm_data(run_dir: Path, spec: dict[str, Any], tok: Tokenizer, valid_f
     return meta
 
 
+@_one_writer
 def pretrain(
     *,
     run_dir: str | Path,
@@ -669,6 +726,7 @@ def pretrain(
     from nmtkit.training import TrainConfig, train
 
     run_dir = Path(run_dir)
+    resume = _resuming(run_dir, resume)
     dev = pick_device(device)
     dist = init_distributed(dev)
     if resume:
@@ -678,7 +736,7 @@ def pretrain(
                                                                data["valid_fraction"], data["batch_size"])
         train_settings = {**saved["train"], **(train_settings or {})}
     else:
-        _refuse_existing_run(run_dir)
+        _refuse_existing_run(run_dir, "gpt")
         if not inputs and not dataset:
             raise DataError("no training text: give files, a known corpus (tinyshakespeare), or --dataset")
     if not 0.0 < valid_fraction < 1.0:
@@ -916,6 +974,7 @@ def build_vocab(tokenizer: str | Path, inputs: list[str], *, column: str | None 
     return stats
 
 
+@_one_writer
 def train_embeddings(
     *,
     run_dir: str | Path,
@@ -946,6 +1005,7 @@ def train_embeddings(
     from nmtkit.training import Word2VecTrainConfig, train_word2vec
 
     run_dir = Path(run_dir)
+    resume = _resuming(run_dir, resume)
     if resume:
         saved = checkpoint.read_config(run_dir, ("embeddings",))
         data = saved["data"]
@@ -953,7 +1013,7 @@ def train_embeddings(
                                                                 data["lowercase"], data["min_count"], data["max_vocab"])
         model_settings, train_settings = saved["model"], {**saved["train"], **(train_settings or {})}
     else:
-        _refuse_existing_run(run_dir)
+        _refuse_existing_run(run_dir, "embeddings")
         if not inputs:
             raise DataError("no training text: give text files or known corpus files (multi30k/train.en)")
     if unit not in ("word", "piece"):
@@ -1348,6 +1408,7 @@ def predict_answers(model, device, features, examples, batch_size: int = 64) -> 
     return best_spans(features, examples, span_logits(model, device, features, batch_size))
 
 
+@_one_writer
 def finetune(
     *,
     run_dir: str | Path,
@@ -1378,6 +1439,7 @@ def finetune(
     from nmtkit.training import TrainConfig, train
 
     run_dir = Path(run_dir)
+    resume = _resuming(run_dir, resume)
     dev = pick_device(device)
     labels = None
     if resume:
@@ -1389,7 +1451,7 @@ def finetune(
         model_cfg = from_dict(GPTConfig, saved["model"], str(run_dir / checkpoint.CONFIG))
         train_settings = {**saved["train"], **(train_settings or {})}
     else:
-        _refuse_existing_run(run_dir)
+        _refuse_existing_run(run_dir, "finetune")
         if task not in FINETUNE_TASKS:
             raise DataError(f"--task {task!r} is not valid; choose one of {', '.join(FINETUNE_TASKS)}")
         if not train_spec:

@@ -3,8 +3,10 @@
 Plain text, line-aligned parallel files, TSV/CSV columns (named or numbered from 1), JSON and JSONL
 records, SQuAD JSON, Alpaca-style instruction JSON, gzip (any of these ending in .gz), and Hugging Face
 datasets. Readers stream where the format allows it and raise `DataError` with `file:line: problem` on bad
-input. Invalid UTF-8 is an error by default; with `on_bad_line="skip"` the line is skipped, counted, and the
-count is logged when the file has been read. What is *not* here: tokenization and batching.
+input. A line ends at "\n" (a "\r\n" ending is removed with it; a lone "\r", NUL or any other byte is part
+of the line). Invalid UTF-8 is an error by default; with `on_bad_line="skip"` the line is skipped, with
+`"replace"` its bad bytes become U+FFFD; either way they are counted and the count is logged when the file has
+been read. What is *not* here: tokenization and batching.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from nmtkit.errors import DataError
 
 log = logging.getLogger("nmtkit")
 
-OnBadLine = Literal["error", "skip"]
+OnBadLine = Literal["error", "skip", "replace"]
+ON_BAD_LINE_CHOICES = ("error", "skip", "replace")
 TABLE_SUFFIXES = (".tsv", ".csv")
 JSON_SUFFIXES = (".json", ".jsonl")
 
@@ -81,16 +84,16 @@ def decode_lines(
                 if on_bad_line == "error":
                     raise DataError(
                         f"{name}:{lineno}: invalid UTF-8 (byte {exc.start + 1} of the line); "
-                        "use --on-bad-line skip to skip such lines"
+                        "use --on-bad-line skip or replace"
                     ) from None
                 stats.skip(f"{name}:{lineno}")
-                yield None
+                yield raw.decode("utf-8", "replace") if on_bad_line == "replace" else None
     except (OSError, EOFError, gzip.BadGzipFile) as exc:
         raise DataError(f"{name}:{lineno + 1}: cannot read: {exc}") from None
     if stats.skipped:
-        log.warning(
-            "%s: skipped %d line(s) with invalid UTF-8 (first at %s)", name, stats.skipped, stats.first_skipped[0]
-        )
+        log.warning("%s: %s %d line(s) with invalid UTF-8 (first at %s)", name,
+                    "replaced the bad bytes (U+FFFD) in" if on_bad_line == "replace" else "skipped", stats.skipped,
+                    stats.first_skipped[0])
 
 
 def read_lines(path: str | Path, on_bad_line: OnBadLine = "error", stats: ReadStats | None = None) -> Iterator[str]:
