@@ -97,6 +97,23 @@ def load_weights(path: str | Path, device: str = "cpu") -> dict[str, Any]:
     return weights
 
 
+def load_into(model: Any, path: str | Path) -> None:
+    """Load the weights at `path` into `model`, refusing names or shapes that do not match the model (that is,
+    the config it was built from) with a message naming the first mismatch."""
+    path = Path(path)
+    weights, expected = load_weights(path), model.state_dict()
+    missing, unexpected = sorted(set(expected) - set(weights)), sorted(set(weights) - set(expected))
+    if missing or unexpected:
+        what = f"{missing[0]} is missing" if missing else f"{unexpected[0]} is not part of the model"
+        raise CheckpointError(f"{path}: weights do not match {CONFIG}: {what} ({len(missing)} missing, "
+                              f"{len(unexpected)} unexpected)")
+    for name, tensor in expected.items():
+        if weights[name].shape != tensor.shape:
+            raise CheckpointError(f"{path}: weights do not match {CONFIG}: {name} has shape "
+                                  f"{tuple(weights[name].shape)}, the config makes it {tuple(tensor.shape)}")
+    model.load_state_dict(weights, strict=True)
+
+
 def count_parameters(weights: dict[str, Any]) -> int:
     """Parameters of a state dict, counting a tensor shared under several names once."""
     return sum({t.data_ptr(): t.numel() for t in weights.values()}.values())
@@ -130,7 +147,8 @@ def lock_run(run_dir: str | Path) -> Iterator[None]:
     """Hold `run_dir/.lock` while writing the run folder, so a second training process is refused.
 
     The lock is an advisory `flock`, which the kernel releases when its process dies, however it dies: a lock
-    file left by a killed process is detected as stale and taken over. The file names the holder (pid, host,
+    file left by a killed process is detected as stale and taken over, and the temporary files of its
+    unfinished writes are removed. The file names the holder (pid, host,
     start time) for the error message; it is removed on release. A folder this call created and that is still
     empty afterwards (the run failed before writing anything) is removed too.
     """
@@ -160,6 +178,8 @@ def lock_run(run_dir: str | Path) -> Iterator[None]:
     stale = os.read(fd, 4096).decode("utf-8", "replace").strip()
     if stale:
         log.warning("%s: taking over the lock of %s, which is no longer running", run_dir, stale)
+        for tmp in run_dir.rglob(".*.tmp"):  # what its atomic writes left unfinished
+            tmp.unlink()
     started = datetime.datetime.now().isoformat(timespec="seconds")
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"nmtkit pid {os.getpid()} on {socket.gethostname()} since {started}\n".encode(), 0)

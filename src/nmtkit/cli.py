@@ -107,7 +107,7 @@ def _settings(config_file: Optional[Path], flags: dict[str, Any]) -> dict[str, A
 
 ON_BAD_LINE = typer.Option("error", "--on-bad-line", help="What to do with invalid UTF-8: error, skip the line (an empty output line in line-by-line commands) or replace the bad bytes with U+FFFD; skips and replacements are counted on stderr.")
 DEVICE = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps.")
-SETTINGS = typer.Option(None, "--settings", help="TOML/YAML with [model] and [train] tables; flags override it.")
+SETTINGS = typer.Option(None, "--settings", help="TOML/YAML with \\[model] and \\[train] tables; flags override it.")
 RESUME = typer.Option(False, "--resume", help="Continue the run in --output exactly where it stopped.")
 SEED = typer.Option(None, "--seed", help="Random seed.")
 COMPILE = typer.Option(None, "--compile/--no-compile", help="torch.compile the model.")
@@ -419,7 +419,7 @@ def train_translator_cmd(
     with TrainingDisplay() as display:
         summary = workflows.train_translator(
             run_dir=output, arch=arch, train_spec=train_spec, valid_spec=valid_spec, model_settings=model_settings,
-            train_settings=train_settings if not resume else _given(max_steps=max_steps, patience=patience),
+            train_settings=train_settings,
             tokenizer=str(tokenizer) if tokenizer else None, tokenizer_cfg=tok_cfg, device=device, resume=resume,
             on_bad_line=_check_on_bad_line(on_bad_line), progress=display, command=["nmtkit", *sys.argv[1:]],
         )
@@ -614,7 +614,7 @@ def pretrain_cmd(
     with TrainingDisplay() as display:
         summary = workflows.pretrain(
             run_dir=output, inputs=list(inputs or []), column=column, dataset=ds, valid_fraction=valid_fraction,
-            model_settings=model_settings, train_settings=train_settings if not resume else _given(max_steps=max_steps),
+            model_settings=model_settings, train_settings=train_settings,
             batch_size=batch_size, tokenizer=str(tokenizer) if tokenizer else None, tokenizer_cfg=tok_cfg,
             device=device, resume=resume, progress=display, command=["nmtkit", *sys.argv[1:]],
         )
@@ -754,7 +754,7 @@ def finetune_cmd(
         summary = workflows.finetune(
             run_dir=output, task=task, pretrained=str(model) if model else None, from_scratch=from_scratch,
             tokenizer=str(tokenizer) if tokenizer else None, train_spec=train_spec, valid_spec=valid_spec,
-            model_settings=model_settings, train_settings=train_settings if not resume else _given(max_steps=max_steps),
+            model_settings=model_settings, train_settings=train_settings,
             max_len=max_len, stride=stride, batch_size=batch_size, freeze=freeze_body, max_new_tokens=max_new_tokens,
             device=device, resume=resume, on_bad_line=_check_on_bad_line(on_bad_line), progress=display,
             command=["nmtkit", *sys.argv[1:]])
@@ -908,7 +908,7 @@ def compare_cmd(
     archs: str = typer.Option("rnn,attention,transformer", "--archs", help="Which architectures, comma-separated."),
     tokenizer: Optional[Path] = typer.Option(None, "--tokenizer", "-t", help="One tokenizer for all (else a joint one is trained)."),
     vocab_size: int = typer.Option(8000, "--vocab-size", help="Pieces of the tokenizer trained on the fly."),
-    settings_file: Optional[Path] = typer.Option(None, "--settings", help="TOML/YAML with [rnn], [attention], [transformer] model tables and a [train] table."),
+    settings_file: Optional[Path] = typer.Option(None, "--settings", help="TOML/YAML with \\[rnn], \\[attention], \\[transformer] model tables and a \\[train] table."),
     device: str = DEVICE,
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
@@ -1034,7 +1034,7 @@ def train_embeddings_cmd(
         summary = workflows.train_embeddings(
             run_dir=output, inputs=list(inputs or []), column=column, unit=unit,
             tokenizer=str(tokenizer) if tokenizer else None, lowercase=lowercase, min_count=min_count,
-            max_vocab=max_vocab, model_settings=model_settings, train_settings=train_settings if not resume else {},
+            max_vocab=max_vocab, model_settings=model_settings, train_settings=train_settings,
             resume=resume, progress=display, command=["nmtkit", *sys.argv[1:]], on_bad_line=_check_on_bad_line(on_bad_line))
     log.info("trained %s vectors for %s %ss on %s tokens in %.1f s", summary["arch"], f"{summary['vocabulary']:,}",
              summary["unit"], f"{summary['tokens']:,}", summary["seconds"])

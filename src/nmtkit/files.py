@@ -32,7 +32,9 @@ def atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "wb
     except BaseException as exc:
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)
-        if isinstance(exc, OSError) and (exc.filename in (None, tmp) or str(path).startswith(str(exc.filename))):
+        # an error of this write (not of reading what is written): on the file, a temporary beside it, or a folder above
+        if isinstance(exc, OSError) and (exc.filename is None or Path(exc.filename).parent == path.parent
+                                         or str(path).startswith(str(exc.filename))):
             raise _write_error(path, exc) from None
         raise
 

@@ -78,6 +78,14 @@ class TrainConfig:
             raise ConfigError(f"{where}: lr must be positive, got {self.lr}")
 
 
+RESUME_OVERRIDES = ("max_steps", "max_epochs", "max_minutes", "patience")  # what --resume may change; the rest is the run's
+
+
+def resumed_settings(saved: dict[str, Any], given: dict[str, Any] | None) -> dict[str, Any]:
+    """The train settings of a resumed run: those it was started with, but for the `RESUME_OVERRIDES` given."""
+    return {**saved, **{k: v for k, v in (given or {}).items() if k in RESUME_OVERRIDES}}
+
+
 def learning_rate(step: int, cfg: TrainConfig) -> float:
     """The learning rate for optimizer step `step` (from 1): linear warmup, then the schedule (pure function)."""
     if cfg.warmup_steps and step <= cfg.warmup_steps:
@@ -201,7 +209,7 @@ def train(
                              "bad_evals": 0, "last_saved": 0}
     if resume:
         saved = checkpoint.load_train_state(run_dir / checkpoint.TRAIN_STATE)
-        model.load_state_dict(checkpoint.load_weights(run_dir / saved["weights"], device="cpu"), strict=True)
+        checkpoint.load_into(model, run_dir / saved["weights"])
         model.to(device)
         optimizer.load_state_dict(saved["optimizer"])
         state.update(saved["loop"])
@@ -213,6 +221,8 @@ def train(
     else:
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
+        if dist.is_main:  # a run started again from the beginning logs afresh
+            (run_dir / checkpoint.METRICS).unlink(missing_ok=True)
     ddp = None
     net: nn.Module = model
     if dist.enabled:
@@ -406,9 +416,11 @@ def train_word2vec(model, stream, counts: torch.Tensor, cfg: Word2VecTrainConfig
     first_epoch = 0
     if resume:
         saved = checkpoint.load_train_state(run_dir / checkpoint.TRAIN_STATE)
-        model.load_state_dict(checkpoint.load_weights(run_dir / saved["weights"]), strict=True)
+        checkpoint.load_into(model, run_dir / saved["weights"])
         first_epoch = saved["epoch"]
         log.info("resuming after epoch %d of %d", first_epoch, cfg.epochs)
+    else:
+        (run_dir / checkpoint.METRICS).unlink(missing_ok=True)
     L = len(stream)
     chunks = math.ceil(L / CHUNK_TOKENS)
     batch_size = cfg.batch_size or (2048 if model.cfg.arch == "skipgram" else 512)

@@ -240,7 +240,7 @@ class Translator:
         self.tgt_tok = Tokenizer(tgt_dir) if tgt_dir.is_dir() else self.src_tok
         self.device = pick_device(device)
         model = build_translator(self.arch, self.model_cfg)
-        _load_strict(model, self.run_dir)
+        checkpoint.load_into(model, self.run_dir / checkpoint.WEIGHTS)
         self.model = model.to(self.device).eval()
         self.max_src_len = max_source_len(self.model_cfg)
 
@@ -494,7 +494,7 @@ def train_translator(
     from nmtkit.models import build_translator, translator_config
     from nmtkit.objectives import seq2seq_loss
     from nmtkit.runtime import init_distributed, pick_device, seed_everything
-    from nmtkit.training import TrainConfig, train
+    from nmtkit.training import TrainConfig, resumed_settings, train
 
     run_dir = Path(run_dir)
     resume = _resuming(run_dir, resume)
@@ -504,7 +504,7 @@ def train_translator(
         saved = checkpoint.read_config(run_dir, ("translator",))
         arch, model_settings, data = saved["arch"], saved["model"], saved["data"]
         train_spec, valid_spec = data["train"], data.get("valid")
-        train_settings = {**saved["train"], **(train_settings or {})}
+        train_settings = resumed_settings(saved["train"], train_settings)
     else:
         _refuse_existing_run(run_dir, "translator")
         if not train_spec:
@@ -723,7 +723,7 @@ def pretrain(
     from nmtkit.models.gpt import GPT, GPTConfig
     from nmtkit.objectives import lm_loss
     from nmtkit.runtime import init_distributed, pick_device, seed_everything
-    from nmtkit.training import TrainConfig, train
+    from nmtkit.training import TrainConfig, resumed_settings, train
 
     run_dir = Path(run_dir)
     resume = _resuming(run_dir, resume)
@@ -734,7 +734,7 @@ def pretrain(
         model_settings, data = saved["model"], saved["data"]
         inputs, column, dataset, valid_fraction, batch_size = (data["inputs"], data["column"], data["dataset"],
                                                                data["valid_fraction"], data["batch_size"])
-        train_settings = {**saved["train"], **(train_settings or {})}
+        train_settings = resumed_settings(saved["train"], train_settings)
     else:
         _refuse_existing_run(run_dir, "gpt")
         if not inputs and not dataset:
@@ -837,7 +837,7 @@ class LanguageModel:
         self.tok = Tokenizer(self.run_dir / checkpoint.TOKENIZER_DIR)
         self.device = pick_device(device)
         model = GPT(self.cfg)
-        _load_strict(model, self.run_dir)
+        checkpoint.load_into(model, self.run_dir / checkpoint.WEIGHTS)
         self.model = model.to(self.device).eval()
 
     def encode_prompt(self, text: str) -> list[int]:
@@ -1011,7 +1011,7 @@ def train_embeddings(
         data = saved["data"]
         inputs, column, unit, lowercase, min_count, max_vocab = (data["inputs"], data["column"], data["unit"],
                                                                 data["lowercase"], data["min_count"], data["max_vocab"])
-        model_settings, train_settings = saved["model"], {**saved["train"], **(train_settings or {})}
+        model_settings, train_settings = saved["model"], saved["train"]
     else:
         _refuse_existing_run(run_dir, "embeddings")
         if not inputs:
@@ -1436,7 +1436,7 @@ def finetune(
     from nmtkit.files import write_json
     from nmtkit.models.gpt import GPTConfig
     from nmtkit.runtime import Distributed, pick_device, seed_everything
-    from nmtkit.training import TrainConfig, train
+    from nmtkit.training import TrainConfig, resumed_settings, train
 
     run_dir = Path(run_dir)
     resume = _resuming(run_dir, resume)
@@ -1449,7 +1449,7 @@ def finetune(
                                                                       data["stride"], data["batch_size"], data["freeze"])
         labels, max_new_tokens = saved.get("labels"), data.get("max_new_tokens", max_new_tokens)
         model_cfg = from_dict(GPTConfig, saved["model"], str(run_dir / checkpoint.CONFIG))
-        train_settings = {**saved["train"], **(train_settings or {})}
+        train_settings = resumed_settings(saved["train"], train_settings)
     else:
         _refuse_existing_run(run_dir, "finetune")
         if task not in FINETUNE_TASKS:
@@ -1511,7 +1511,7 @@ def finetune(
     model = build_task_model(task, model_cfg, labels)
     body = model if task == "generate" else model.body
     if pretrained and not from_scratch and not resume:
-        body.load_state_dict(checkpoint.load_weights(Path(pretrained) / checkpoint.WEIGHTS), strict=True)
+        checkpoint.load_into(body, Path(pretrained) / checkpoint.WEIGHTS)
     if freeze:
         body.requires_grad_(False)
     result = train(model, task_objective(task), lambda epoch: train_data.batches(batch_size, shuffle=True,
@@ -1558,16 +1558,8 @@ class FineTuned:
         self.device = pick_device(device)
         model = build_task_model(self.task, from_dict(GPTConfig, self.config["model"], str(self.run_dir / checkpoint.CONFIG)),
                                  self.labels)
-        _load_strict(model, self.run_dir)
+        checkpoint.load_into(model, self.run_dir / checkpoint.WEIGHTS)
         self.model = model.to(self.device).eval()
-
-
-def _load_strict(model, run_dir: Path) -> None:
-    try:
-        model.load_state_dict(checkpoint.load_weights(run_dir / checkpoint.WEIGHTS), strict=True)
-    except RuntimeError as exc:
-        raise CheckpointError(f"{run_dir / checkpoint.WEIGHTS}: weights do not match config.json "
-                              f"({str(exc).strip().splitlines()[0]})") from None
 
 
 def classify(ft: FineTuned, lines: Iterable[str | None], batch_size: int = 64, buffer_lines: int = 1024) -> Iterator[dict[str, Any] | None]:
