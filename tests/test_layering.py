@@ -44,7 +44,7 @@ LAYERS = [
     {"tokenization", "vocab", "evaluation", "plots"},
     {"models", "data"},
     {"objectives", "decoding", "checkpoint"},
-    {"training"},
+    {"training", "export"},
     {"workflows"},
     {"cli"},
     {"__main__"},

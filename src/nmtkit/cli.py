@@ -433,7 +433,7 @@ def train_translator_cmd(
 @command("translate")
 def translate_cmd(
     files: List[str] = typer.Argument(None, help="Input files (or known corpus files); stdin when none."),
-    model: Path = typer.Option(..., "--model", "-m", help="A translator run folder."),
+    model: Path = typer.Option(..., "--model", "-m", help="A translator run folder, or its CTranslate2 export."),
     input_: Optional[List[str]] = typer.Option(None, "--input", "-i", help="Input file (repeatable); same as the arguments."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write here instead of stdout."),
     beam: int = typer.Option(5, "--beam", "-b", help="Beam size (1: greedy)."),
@@ -443,13 +443,15 @@ def translate_cmd(
     batch_size: int = typer.Option(64, "--batch-size", help="Sentences per batch (sorted by length)."),
     max_len_ratio: float = typer.Option(2.0, "--max-len-ratio", help="Longest output: ratio x source length + --max-len-extra pieces."),
     max_len_extra: int = typer.Option(10, "--max-len-extra", help="See --max-len-ratio."),
+    compute_type: str = typer.Option("default", "--compute-type", help="CTranslate2 exports: int8, int8_float32, float16, float32... (default: as exported)."),
     device: str = DEVICE,
     on_bad_line: str = ON_BAD_LINE,
 ) -> None:
-    """Translate stdin or files: exactly one output line per input line."""
+    """Translate stdin or files: exactly one output line per input line. -m takes a run folder or its
+    CTranslate2 export (nmtkit export)."""
     from nmtkit import workflows
 
-    translator = workflows.Translator(model, device)
+    translator = workflows.open_translator(model, device, compute_type)
     lines = workflows.translate(
         translator, workflows.input_lines(list(files or []) + list(input_ or []), sys.stdin.buffer, _check_on_bad_line(on_bad_line)),
         beam=beam,
@@ -541,6 +543,29 @@ def evaluate_cmd(
         return
     log.info("%d sentences translated in %.1f s (beam %d)", result["sentences"], result["seconds"], beam)
     _print_scores(result["scores"], False)
+
+
+@command("export")
+def export_cmd(
+    run: Path = typer.Argument(..., help="A Transformer translator or GPT run folder."),
+    output: Path = typer.Argument(..., help="The folder to write (must not exist or be empty)."),
+    format_: str = typer.Option("ctranslate2", "--format", help="ctranslate2 (the only format so far)."),
+    quantization: Optional[str] = typer.Option(None, "--quantization", help="Store weights as int8, int8_float32, float16... (default float32)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Export a run for CTranslate2, the C++ inference engine (pip install ctranslate2); translate and
+    generate run the exported folder with -m."""
+    from nmtkit.export import export_ctranslate2
+
+    if format_ != "ctranslate2":
+        raise NmtkitError(f"--format {format_!r} is not supported; choose ctranslate2")
+    result = export_ctranslate2(run, output, quantization)
+    if as_json:
+        _print_json(result)
+    else:
+        print(result["output"])
+        log.info("exported the %s as CTranslate2 (%s, %.1f MB)", result["kind"], result["quantization"],
+                 result["bytes"] / 1e6)
 
 
 @command("average")

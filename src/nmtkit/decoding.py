@@ -31,23 +31,30 @@ def max_lengths(src_mask: Tensor, ratio: float, extra: int, cap: int) -> Tensor:
 
 @torch.inference_mode()
 def greedy(model, src: Tensor, src_mask: Tensor, *, bos: int, eos: int, max_len: Tensor) -> list[list[int]]:
-    """The most likely next token at every step. Returns ids without <s> and </s>, one list per sentence."""
+    """The most likely next token at every step. Returns ids without <s> and </s>, one list per sentence.
+
+    Sentences that have ended leave the batch (their rows of the memory and cache are dropped), so a batch
+    costs what its live sentences cost, not what its longest one does."""
     B = src.size(0)
     memory = model.encode(src, src_mask)
     prev = torch.full((B, 1), bos, dtype=torch.long, device=src.device)
-    done = torch.zeros(B, dtype=torch.bool, device=src.device)
-    cache, out = None, []
-    for t in range(int(max_len.max())):
+    alive = torch.arange(B, device=src.device)  # the sentence of each row still decoding
+    limit = max_len.clone()
+    out = torch.full((B, int(max_len.max())), eos, dtype=torch.long, device=src.device)  # (B, T)
+    cache = None
+    for t in range(out.size(1)):
         logits, cache = model.decode_step(prev, memory, cache)
-        token = logits.argmax(-1)
-        token = torch.where(t + 1 >= max_len, torch.full_like(token, eos), token)  # at the limit: end
-        token = token.masked_fill(done, eos)
-        out.append(token)
-        done |= token == eos
-        if bool(done.all()):
-            break
+        token = logits.argmax(-1).masked_fill(t + 1 >= limit, eos)  # at the limit: end
+        out[alive, t] = token
+        ended = token == eos
+        if bool(ended.any()):
+            if bool(ended.all()):
+                break
+            keep = (~ended).nonzero().squeeze(1)
+            alive, limit, token = alive[keep], limit[keep], token[keep]
+            memory, cache = tree_map(lambda x: x.index_select(0, keep), (memory, cache))
         prev = token[:, None]
-    rows = torch.stack(out, 1).tolist() if out else [[] for _ in range(B)]
+    rows = out.tolist()
     return [row[: row.index(eos)] if eos in row else row for row in rows]
 
 

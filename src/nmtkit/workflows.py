@@ -248,6 +248,52 @@ class Translator:
         return decode_batch(self.model, self.device, src, self.max_src_len, **options)
 
 
+class CT2Translator:
+    """A folder written by `nmtkit export --format ctranslate2`, run by CTranslate2, with the `Translator`
+    interface (source ids in, (ids, score) lists out), so `translate` treats both alike."""
+
+    def __init__(self, folder: str | Path, device: str = "auto", compute_type: str = "default"):
+        from nmtkit.export import INFO, ctranslate2_module
+
+        ct2 = ctranslate2_module()
+        self.run_dir = Path(folder)
+        self.config = read_json(self.run_dir / INFO)["config"]
+        self.arch = self.config["arch"]
+        self.src_tok = self.tgt_tok = Tokenizer(self.run_dir / checkpoint.TOKENIZER_DIR)
+        self.max_src_len = self.config["model"].get("max_positions", 1024) - 1  # as max_source_len
+        self.model = ct2.Translator(str(self.run_dir), **_ct2_device(ct2, device), compute_type=compute_type)
+
+    def translate_ids(self, src: list[list[int]], *, beam: int = 5, length_penalty: float = 1.0, n_best: int = 1,
+                      max_len_ratio: float = 2.0, max_len_extra: int = 10, scores: bool = False):
+        piece, to_id = self.src_tok.id_to_piece, self.tgt_tok.piece_to_id
+        results = self.model.translate_batch(
+            [[piece(i) for i in ids] for ids in src], beam_size=beam, num_hypotheses=n_best,
+            length_penalty=length_penalty, return_scores=True,
+            max_decoding_length=min(int(max(map(len, src)) * max_len_ratio + max_len_extra), self.max_src_len))
+        return [[([to_id(p) for p in h], float(sc) if (scores or beam > 1) else 0.0) for h, sc in zip(r.hypotheses, r.scores)]
+                for r in results]
+
+
+def _ct2_device(ct2, device: str) -> dict[str, Any]:
+    """CTranslate2's device and threads for nmtkit's --device (auto: the GPU when there is one)."""
+    import torch
+
+    if device.startswith("cuda") or (device == "auto" and ct2.get_cuda_device_count() > 0):
+        return {"device": "cuda", "device_index": int(device.split(":")[1]) if ":" in device else 0}
+    return {"device": "cpu", "intra_threads": torch.get_num_threads()}
+
+
+def open_translator(path: str | Path, device: str = "auto", compute_type: str = "default"):
+    """A translator run folder, or a CTranslate2 export of one (`compute_type`: int8, float16... for those)."""
+    from nmtkit.export import is_ctranslate2_folder
+
+    if is_ctranslate2_folder(path):
+        return CT2Translator(path, device, compute_type)
+    if compute_type != "default":
+        raise ConfigError(f"--compute-type is for CTranslate2 exports; {path} is a run folder")
+    return Translator(path, device)
+
+
 def max_source_len(model_cfg) -> int:
     """The longest source (pieces, </s> included) a translator takes: the Transformer's positions, else 1023."""
     return getattr(model_cfg, "max_positions", 1024) - 1

@@ -1,0 +1,168 @@
+"""Export run folders to CTranslate2, the C++ inference engine (optional: `pip install ctranslate2`).
+
+`export_ctranslate2(run_dir, out)` builds a CTranslate2 model with its model-spec API from a Transformer
+translator or a GPT run: each nmtkit tensor mapped onto the spec's variable of the same role, the vocabulary
+the tokenizer's pieces (special pieces at their fixed ids). The folder it writes is CTranslate2's own
+(`model.bin`, `config.json`, vocabulary) plus `tokenizer/` and `nmtkit.json` (what was exported, from where),
+so `nmtkit translate -m OUT` and `nmtkit generate -m OUT` run it. What is *not* here: running it (see
+`nmtkit.workflows.CT2Translator` and `CT2LanguageModel`).
+
+How the two architectures line up: a CTranslate2 attention layer holds its layer norm (before attention in
+pre-norm, after the residual in post-norm, like nmtkit's `Block`); self-attention's first linear is the fused
+query/key/value projection and cross-attention's second the fused key/value one, in nmtkit's row order; the
+position encodings are written out (nmtkit interleaves sin and cos, CTranslate2's built-in table does not);
+embedding tables and the output layer are cut to the real vocabulary (nmtkit pads them to a multiple of 64).
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+from nmtkit import checkpoint
+from nmtkit.errors import CheckpointError, ConfigError
+from nmtkit.files import write_json
+
+INFO = "nmtkit.json"
+LAYER_NORM_EPS = 1e-5  # torch.nn.LayerNorm's default, which every nmtkit model uses
+
+
+def ctranslate2_module():
+    try:
+        import ctranslate2
+    except ImportError:
+        raise ConfigError("CTranslate2 is not installed: pip install ctranslate2") from None
+    return ctranslate2
+
+
+def is_ctranslate2_folder(path: str | Path) -> bool:
+    return (Path(path) / INFO).is_file() and (Path(path) / "model.bin").is_file()
+
+
+def export_ctranslate2(run_dir: str | Path, out: str | Path, quantization: str | None = None) -> dict[str, Any]:
+    """Write the CTranslate2 model of a Transformer translator or GPT run into `out`; returns what was written.
+    `quantization` (int8, int8_float32, float16, ...) stores the weights so; translation can also quantize at
+    load time (`--compute-type`)."""
+    import torch
+
+    from nmtkit.models import build_translator, translator_config
+    from nmtkit.models.gpt import GPT, GPTConfig
+    from nmtkit.config import from_dict
+    from nmtkit.tokenization import Tokenizer
+
+    ct2 = ctranslate2_module()
+    run_dir, out = Path(run_dir), Path(out)
+    config = checkpoint.read_config(run_dir, ("translator", "gpt"))
+    tok = Tokenizer(run_dir / checkpoint.TOKENIZER_DIR)
+    pieces = [tok.id_to_piece(i) for i in range(len(tok))]
+    if config["kind"] == "translator":
+        if config["arch"] != "transformer":
+            raise ConfigError(f"{run_dir}: a {config['arch']} translator; CTranslate2 export is for Transformers")
+        if (run_dir / "tgt_tokenizer").is_dir():
+            raise ConfigError(f"{run_dir}: separate source and target tokenizers are not supported by the export")
+        model = build_translator("transformer", translator_config("transformer", config["model"], str(run_dir)))
+    else:
+        model = GPT(from_dict(GPTConfig, config["model"], str(run_dir / checkpoint.CONFIG)))
+    checkpoint.load_into(model, run_dir / checkpoint.WEIGHTS)
+    with torch.no_grad():
+        spec = _translator_spec(ct2, model, pieces) if config["kind"] == "translator" else _gpt_spec(ct2, model, pieces)
+    spec.config.layer_norm_epsilon = LAYER_NORM_EPS
+    if out.exists() and any(out.iterdir()):
+        raise CheckpointError(f"{out}: exists and is not empty; choose another output folder")
+    try:
+        spec.validate()
+        spec.optimize(quantization=quantization)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"CTranslate2 refused the model: {exc}") from None
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    spec.save(str(tmp))
+    tok.copy_to(tmp / checkpoint.TOKENIZER_DIR)
+    info = {"format_version": checkpoint.FORMAT_VERSION, "kind": config["kind"], "exported_from": str(run_dir),
+            "quantization": quantization or "float32", "ctranslate2": ct2.__version__, "config": config}
+    write_json(tmp / INFO, info)
+    if out.exists():
+        out.rmdir()
+    tmp.rename(out)
+    return {"output": str(out), "kind": config["kind"], "quantization": info["quantization"],
+            "bytes": sum(f.stat().st_size for f in out.rglob("*") if f.is_file())}
+
+
+def _np(t) -> Any:
+    return t.detach().float().cpu().numpy()
+
+
+def _linear(spec, layer, rows: int | None = None) -> None:
+    spec.weight = _np(layer.weight[:rows])
+    if getattr(layer, "bias", None) is not None:
+        spec.bias = _np(layer.bias[:rows])
+
+
+def _norm(spec, norm) -> None:
+    spec.gamma, spec.beta = _np(norm.weight), _np(norm.bias)
+
+
+def _block(spec, block) -> None:
+    """One nmtkit `Block` onto a CTranslate2 encoder or decoder layer."""
+    _norm(spec.self_attention.layer_norm, block.norms[0])
+    _linear(spec.self_attention.linear[0], block.self_attn.qkv)
+    _linear(spec.self_attention.linear[1], block.self_attn.out)
+    if block.cross_attn is not None:
+        _norm(spec.attention.layer_norm, block.norms[1])
+        _linear(spec.attention.linear[0], block.cross_attn.q)
+        _linear(spec.attention.linear[1], block.cross_attn.kv)
+        _linear(spec.attention.linear[2], block.cross_attn.out)
+    _norm(spec.ffn.layer_norm, block.norms[-1])
+    _linear(spec.ffn.linear_0, block.ff.up)
+    _linear(spec.ffn.linear_1, block.ff.down)
+
+
+def _positions(spec, positions, n: int) -> None:
+    table = positions.table.weight if positions.kind == "learned" else positions.table_
+    spec.encodings = _np(table[:n])
+
+
+def _translator_spec(ct2, model, pieces: list[str]):
+    from ctranslate2.specs import common_spec, transformer_spec
+
+    cfg = model.cfg
+    pre = cfg.norm == "pre"
+    spec = transformer_spec.TransformerSpec.from_config(
+        (cfg.encoder_layers, cfg.decoder_layers), cfg.heads, pre_norm=pre,
+        activation=common_spec.Activation.GELU if cfg.activation == "gelu" else common_spec.Activation.RELU)
+    for side, blocks, table, positions, final in (
+        (spec.encoder, model.encoder, model.src_embed, model.src_pos, model.enc_norm),
+        (spec.decoder, model.decoder, model.tgt_embed, model.tgt_pos, model.dec_norm),
+    ):
+        embeddings = side.embeddings[0] if isinstance(side.embeddings, list) else side.embeddings
+        embeddings.weight = _np(table.weight[: len(pieces)])
+        side.scale_embeddings = True  # nmtkit multiplies embeddings by sqrt(D) too
+        _positions(side.position_encodings, positions, cfg.max_positions)
+        for layer_spec, block in zip(side.layer, blocks):
+            _block(layer_spec, block)
+        if pre:
+            _norm(side.layer_norm, final)
+    _linear(spec.decoder.projection, model.out, len(pieces))
+    spec.register_source_vocabulary(pieces)
+    spec.register_target_vocabulary(pieces)
+    return spec
+
+
+def _gpt_spec(ct2, model, pieces: list[str]):
+    from ctranslate2.specs import common_spec, transformer_spec
+
+    cfg = model.cfg
+    spec = transformer_spec.TransformerDecoderModelSpec.from_config(
+        cfg.layers, cfg.heads, pre_norm=True, activation=common_spec.Activation.GELU)
+    decoder = spec.decoder
+    decoder.embeddings.weight = _np(model.embed.weight[: len(pieces)])
+    decoder.scale_embeddings = False
+    _positions(decoder.position_encodings, model.pos, cfg.block_size)
+    for layer_spec, block in zip(decoder.layer, model.blocks):
+        _block(layer_spec, block)
+    _norm(decoder.layer_norm, model.norm)
+    _linear(decoder.projection, model.out, len(pieces))
+    spec.register_vocabulary(pieces)
+    return spec

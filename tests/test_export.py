@@ -1,0 +1,106 @@
+"""CTranslate2 export: the exported Transformer translates exactly like nmtkit's own greedy decoder, the GPT
+gives the same next tokens, and the commands use an exported folder where they take a run folder."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from nmtkit import workflows
+from nmtkit.cli import app
+
+from conftest import DEMO
+
+ct2 = pytest.importorskip("ctranslate2", reason="ctranslate2 is not installed (pip install ctranslate2)")
+runner = CliRunner()
+
+
+TRANSFORMER = ("--d-model", "64", "--heads", "4", "--ff-dim", "128", "--layers", "2")
+
+
+def train(tmp, *args, model=TRANSFORMER):
+    result = runner.invoke(app, ["train-translator", "--corpus", "demo", "--src-lang", "en", "--tgt-lang", "ko",
+                                 "--vocab-size", "400", "--max-steps", "100", "--eval-every", "100", "--lr", "3e-3",
+                                 "--warmup", "20", "--max-tokens", "2000", *model, "--device", "cpu", *args,
+                                 "-o", str(tmp)])
+    assert result.exit_code == 0, result.output
+    return tmp
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    return train(tmp_path_factory.mktemp("export") / "tf")
+
+
+@pytest.fixture(scope="module")
+def exported(run, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ct2") / "tf-ct2"
+    result = runner.invoke(app, ["export", str(run), str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["kind"] == "translator"
+    return out
+
+
+def translate(model, *extra):
+    result = runner.invoke(app, ["translate", "-m", str(model), str(DEMO / "test.en"), "--device", "cpu", *extra])
+    assert result.exit_code == 0, result.output
+    return result.stdout.splitlines()
+
+
+def test_exported_greedy_output_is_identical_to_nmtkit(run, exported):
+    ours, theirs = translate(run, "--beam", "1"), translate(exported, "--beam", "1")
+    assert len(ours) == len((DEMO / "test.en").read_text().splitlines()) == len(theirs)
+    assert ours == theirs
+
+
+@pytest.mark.parametrize("norm", ["post"])
+def test_post_norm_and_learned_positions_export_exactly(tmp_path, norm):
+    run = train(tmp_path / "run", "--norm", norm, "--positions", "learned", "--max-steps", "60")
+    out = tmp_path / "ct2"
+    assert runner.invoke(app, ["export", str(run), str(out)]).exit_code == 0
+    assert translate(run, "--beam", "1") == translate(out, "--beam", "1")
+
+
+def test_beam_search_int8_and_n_best_run_on_the_export(exported):
+    lines = translate(exported, "--beam", "4", "--compute-type", "int8", "--n-best", "2")
+    assert len(lines) == len((DEMO / "test.en").read_text().splitlines())
+    first = json.loads(lines[0])
+    assert first["line"] == 1 and len(first["hypotheses"]) == 2
+    assert first["hypotheses"][0]["score"] >= first["hypotheses"][1]["score"]
+
+
+def test_gpt_export_predicts_the_same_next_tokens(tmp_path):
+    import torch
+
+    from nmtkit.export import export_ctranslate2
+
+    result = runner.invoke(app, ["pretrain", str(DEMO / "train.en"), "--vocab-size", "200", "--max-steps", "40",
+                                 "--eval-every", "40", "--block-size", "32", "--d-model", "32", "--heads", "2",
+                                 "--layers", "2", "--device", "cpu", "-o", str(tmp_path / "gpt")])
+    assert result.exit_code == 0, result.output
+    export_ctranslate2(tmp_path / "gpt", tmp_path / "gpt-ct2")
+    lm = workflows.LanguageModel(tmp_path / "gpt", "cpu")
+    prompt = lm.encode_prompt("A man is")
+    generator = ct2.Generator(str(tmp_path / "gpt-ct2"), device="cpu")
+    pieces = [lm.tok.id_to_piece(i) for i in prompt]
+    (theirs,) = generator.generate_batch([pieces], max_length=10, sampling_topk=1, include_prompt_in_result=False)
+    ids = torch.tensor([prompt])
+    ours = []
+    with torch.inference_mode():
+        for _ in range(len(theirs.sequences_ids[0])):
+            token = int(lm.model(ids)[0, -1].argmax())
+            ours.append(token)
+            ids = torch.cat([ids, torch.tensor([[token]])], 1)
+    assert ours == theirs.sequences_ids[0]
+
+
+def test_export_refuses_what_it_cannot_export(run, exported, tmp_path):
+    rnn = train(tmp_path / "rnn", "--arch", "rnn", "--max-steps", "5", model=("--embed-dim", "16", "--hidden-dim", "16"))
+    result = runner.invoke(app, ["export", str(rnn), str(tmp_path / "out")])
+    assert result.exit_code == 1 and "CTranslate2 export is for Transformers" in result.stderr
+    result = runner.invoke(app, ["export", str(run), str(exported)])
+    assert result.exit_code == 1 and "exists and is not empty" in result.stderr
+    result = runner.invoke(app, ["translate", "-m", str(run), "--compute-type", "int8"], input="hello\n")
+    assert result.exit_code == 1 and "--compute-type is for CTranslate2 exports" in result.stderr
