@@ -83,8 +83,10 @@ def beam_search(
     scores[:, 0] = 0.0  # all beams start identical: expand only the first
     finished: list[list[Hypothesis]] = [[] for _ in range(B)]
     done = [False] * B
+    sent = list(range(B))  # the sentence of each group of K rows; done sentences leave the batch
     cache = None
     for t in range(int(max_len.max())):
+        B = len(sent)
         logits, cache = model.decode_step(tokens, memory, cache)
         logp = torch.log_softmax(logits.float(), -1)  # (B*K, V)
         V = logp.size(-1)
@@ -97,13 +99,13 @@ def beam_search(
         top_scores, top_idx = cand.topk(min(2 * K, K * V), dim=1)  # (B, 2K)
         beam_idx, token = top_idx // V, top_idx % V
         is_eos = token == eos
-        # finished hypotheses: </s> among the top K candidates of a sentence that is still open
+        # finished hypotheses: </s> among the top K candidates
         for b, k in (is_eos[:, :K]).nonzero().tolist():
-            if done[b] or top_scores[b, k].item() == float("-inf"):
+            if top_scores[b, k].item() == float("-inf"):
                 continue
             seq = tokens[b * K + beam_idx[b, k].item(), 1:].tolist()
             lp = top_scores[b, k].item()
-            finished[b].append(Hypothesis(seq, lp / max(len(seq) + 1, 1) ** length_penalty, lp))
+            finished[sent[b]].append(Hypothesis(seq, lp / max(len(seq) + 1, 1) ** length_penalty, lp))
         # the K best candidates that do not end continue (there are always at least K of them among 2K)
         order = torch.sort(is_eos.int(), dim=1, stable=True).indices[:, :K]  # non-</s> first, in score order
         scores = top_scores.gather(1, order)
@@ -111,14 +113,22 @@ def beam_search(
         # a sentence is done when its K best finished hypotheses cannot be beaten by its best live beam
         # (the live beam's score so far, normalised at its current length: Hugging Face's criterion)
         best_alive = (scores.max(1).values / (t + 1) ** length_penalty).tolist()
-        for b in range(B):
-            if not done[b] and len(finished[b]) >= K:
-                finished[b] = sorted(finished[b], key=lambda h: -h.score)[:K]
-                done[b] = best_alive[b] <= finished[b][-1].score
+        for b, s in enumerate(sent):
+            if len(finished[s]) >= K:
+                finished[s] = sorted(finished[s], key=lambda h: -h.score)[:K]
+                done[s] = best_alive[b] <= finished[s][-1].score
         if all(done):
             break
-        scores = scores.masked_fill(torch.tensor(done, device=device)[:, None], float("-inf"))
-        tokens = torch.cat([tokens[rows], token.gather(1, order).view(-1, 1)], 1)
+        new_tokens = token.gather(1, order)  # (B, K)
+        keep = [b for b, s in enumerate(sent) if not done[s]]
+        if len(keep) < B:  # drop the sentences that are done: their rows of everything
+            kept = torch.tensor(keep, device=device)
+            scores, rows, new_tokens = scores[kept], rows.view(B, K)[kept].view(-1), new_tokens[kept]
+            limit = limit.view(B, K)[kept].view(-1)
+            memory = tree_map(lambda x: x.index_select(0, (kept[:, None] * K + torch.arange(K, device=device)).view(-1)),
+                              memory)
+            sent = [sent[b] for b in keep]
+        tokens = torch.cat([tokens[rows], new_tokens.view(-1, 1)], 1)
         cache = tree_map(lambda x: x.index_select(0, rows), cache)
     return [sorted(f, key=lambda h: -h.score)[:n_best] for f in finished]
 

@@ -79,12 +79,16 @@ class Transformer(nn.Module):
     def embed(self, table: nn.Embedding, pos: Positions, ids: Tensor, offset: int = 0) -> Tensor:
         return self.drop(pos(table(ids) * math.sqrt(self.cfg.d_model), offset))  # (B, T) -> (B, T, D)
 
-    def encode(self, src: Tensor, src_mask: Tensor) -> dict[str, Tensor]:
+    def encode(self, src: Tensor, src_mask: Tensor) -> dict:
+        """The memory: encoder output, its mask, and each decoder layer's cross-attention keys and values
+        (computed once per sentence here, so search never copies them along with the growing cache)."""
         x = self.embed(self.src_embed, self.src_pos, src)
         attn_mask = src_mask[:, None, None, :]  # (B, S) -> (B, 1, 1, S)
         for block in self.encoder:
             x, _ = block(x, self_mask=attn_mask)
-        return {"out": self.enc_norm(x), "mask": src_mask}
+        out = self.enc_norm(x)
+        cross = [block.cross_attn.project_kv(out) for block in self.decoder]  # each (B, H, S, K) twice
+        return {"out": out, "mask": src_mask, "cross": cross}
 
     def logits(self, x: Tensor) -> Tensor:
         return self.out(self.dec_norm(x))[..., : self.cfg.tgt_vocab]  # (B, T, D) -> (B, T, V)
@@ -92,22 +96,22 @@ class Transformer(nn.Module):
     def decode(self, tgt_in: Tensor, memory: dict[str, Tensor]) -> Tensor:
         x = self.embed(self.tgt_embed, self.tgt_pos, tgt_in)
         mem_mask = memory["mask"][:, None, None, :]
-        for block in self.decoder:
-            x, _ = block(x, causal=True, memory=memory["out"], memory_mask=mem_mask)
+        for block, cross_kv in zip(self.decoder, memory["cross"]):
+            x, _ = block(x, causal=True, memory=memory["out"], memory_mask=mem_mask, cache=(None, cross_kv))
         return self.logits(x)
 
-    def decode_step(self, prev: Tensor, memory: dict[str, Tensor], cache: dict | None):
-        """prev (B, 1) -> logits (B, V); the cache holds each layer's self- and cross-attention keys/values."""
+    def decode_step(self, prev: Tensor, memory: dict, cache: dict | None):
+        """prev (B, 1) -> logits (B, V); the cache holds each layer's self-attention keys/values (the
+        cross-attention ones are in the memory)."""
         offset = 0 if cache is None else cache["self"][0][0].size(2)
         x = self.embed(self.tgt_embed, self.tgt_pos, prev[:, -1:], offset)
         mem_mask = memory["mask"][:, None, None, :]
-        new_self, new_cross = [], []
+        new_self = []
         for i, block in enumerate(self.decoder):
-            layer_cache = None if cache is None else (cache["self"][i], cache["cross"][i])
-            x, (self_kv, cross_kv) = block(x, memory=memory["out"], memory_mask=mem_mask, cache=layer_cache)
+            self_kv = None if cache is None else cache["self"][i]
+            x, (self_kv, _) = block(x, memory=memory["out"], memory_mask=mem_mask, cache=(self_kv, memory["cross"][i]))
             new_self.append(self_kv)
-            new_cross.append(cross_kv)
-        return self.logits(x)[:, -1], {"self": new_self, "cross": new_cross}
+        return self.logits(x)[:, -1], {"self": new_self}
 
     def forward(self, src: Tensor, src_mask: Tensor, tgt_in: Tensor, teacher_forcing: float = 1.0) -> Tensor:
         return self.decode(tgt_in, self.encode(src, src_mask))

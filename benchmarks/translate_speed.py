@@ -1,0 +1,85 @@
+"""Translation speed: nmtkit's own decoder vs CTranslate2 running the same weights, side by side.
+
+    python benchmarks/translate_speed.py -m checkpoints/bench-m30k-cpu/transformer-de-en \
+        [--src ../shared/corpora/multi30k/test_2016_flickr.de] [--lines 1000] [--device cpu] [--append]
+
+Exports the run with `nmtkit export --format ctranslate2` (float32) into a temporary folder, then translates
+the same lines through the same `nmtkit.workflows.translate` pipeline (tokenize, sort by length, batch,
+detokenize) twice: with nmtkit's decoder (`Translator`) and with CTranslate2 (`CT2Translator`, same thread
+count as torch). For beam 1 and 5 and batch 1 and 32 it reports target tokens per second of each and their
+ratio, and how many greedy outputs are identical. Prints a Markdown table; `--append` adds it to
+docs/benchmarks.md with the command, machine and date.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def timed(translator, lines: list[str], beam: int, batch: int) -> tuple[list[str], float]:
+    from nmtkit import workflows
+
+    t = time.perf_counter()
+    out = list(workflows.translate(translator, lines, beam=beam, batch_size=batch, buffer_lines=max(batch * 8, 64)))
+    return out, time.perf_counter() - t
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("-m", "--model", required=True, help="a Transformer translator run folder")
+    ap.add_argument("--src", default=str(ROOT.parent / "shared" / "corpora" / "multi30k" / "test_2016_flickr.de"))
+    ap.add_argument("--lines", type=int, default=1000)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--append", action="store_true", help="append the table to docs/benchmarks.md")
+    args = ap.parse_args()
+    sys.path.insert(0, str(ROOT / "src"))
+    import ctranslate2
+    import torch
+
+    from nmtkit import workflows
+    from nmtkit.export import export_ctranslate2
+
+    lines = Path(args.src).read_text(encoding="utf-8").splitlines()[: args.lines]
+    out = Path(tempfile.mkdtemp(prefix="nmtkit-ct2-")) / "model"
+    export_ctranslate2(args.model, out)
+    ours = workflows.Translator(args.model, args.device)
+    theirs = workflows.CT2Translator(out, args.device)
+    threads = torch.get_num_threads()
+    rows = []
+    for beam in (1, 5):
+        for batch in (1, 32):
+            timed(ours, lines[:32], beam, batch)  # warm up both
+            timed(theirs, lines[:32], beam, batch)
+            a, ta = timed(ours, lines, beam, batch)
+            b, tb = timed(theirs, lines, beam, batch)
+            tokens_a = sum(len(x) for x in ours.tgt_tok.encode(a))
+            tokens_b = sum(len(x) for x in ours.tgt_tok.encode(b))
+            same = sum(x == y for x, y in zip(a, b))
+            rows.append(f"| {beam} | {batch} | {tokens_a / ta:,.0f} | {tokens_b / tb:,.0f} | "
+                        f"**{(tokens_a / ta) / (tokens_b / tb):.2f}x** | {same}/{len(lines)} |")
+            print(rows[-1], flush=True)
+    command = "python benchmarks/translate_speed.py " + " ".join(sys.argv[1:])
+    machine = f"{platform.machine()}, {threads} torch threads, {args.device}, torch {torch.__version__}, ctranslate2 {ctranslate2.__version__}"
+    table = "\n".join([
+        f"`{command}`: {len(lines)} lines of {Path(args.src).name}, {datetime.date.today()}, {machine}",
+        "",
+        "| beam | batch | nmtkit tokens/s | CTranslate2 tokens/s | nmtkit / CTranslate2 | identical outputs |",
+        "| --- | --- | --- | --- | --- | --- |",
+        *rows,
+    ])
+    print(table)
+    if args.append:
+        with open(ROOT / "docs" / "benchmarks.md", "a", encoding="utf-8") as f:
+            f.write("\n" + table + "\n")
+
+
+if __name__ == "__main__":
+    main()
