@@ -196,7 +196,7 @@ def _write_lines(lines, output: Optional[Path]) -> None:
 def _copy_lines(lines, handle) -> None:
     block: list[str] = []
     for line in lines:
-        block.append(line.replace("\n", " ") if "\n" in line else line)  # one output line per input line
+        block.append(line.replace("\n", " "))  # one output line per input line, whatever the line holds
         if len(block) >= 1024:
             handle.write(("\n".join(block) + "\n").encode("utf-8"))
             block.clear()
@@ -553,8 +553,8 @@ def export_cmd(
     quantization: Optional[str] = typer.Option(None, "--quantization", help="Store weights as int8, int8_float32, float16... (default float32)."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
-    """Export a run for CTranslate2, the C++ inference engine (pip install ctranslate2); translate and
-    generate run the exported folder with -m."""
+    """Export a run for CTranslate2, the C++ inference engine (pip install ctranslate2); nmtkit translate
+    runs an exported translator with -m."""
     from nmtkit.export import export_ctranslate2
 
     if format_ != "ctranslate2":

@@ -4,8 +4,8 @@
 translator or a GPT run: each nmtkit tensor mapped onto the spec's variable of the same role, the vocabulary
 the tokenizer's pieces (special pieces at their fixed ids). The folder it writes is CTranslate2's own
 (`model.bin`, `config.json`, vocabulary) plus `tokenizer/` and `nmtkit.json` (what was exported, from where),
-so `nmtkit translate -m OUT` and `nmtkit generate -m OUT` run it. What is *not* here: running it (see
-`nmtkit.workflows.CT2Translator` and `CT2LanguageModel`).
+so `nmtkit translate -m OUT` runs it (a GPT export runs with `ctranslate2.Generator`; `nmtkit generate` does
+not take it yet). What is *not* here: running it (`nmtkit.workflows.CT2Translator`).
 
 How the two architectures line up: a CTranslate2 attention layer holds its layer norm (before attention in
 pre-norm, after the residual in post-norm, like nmtkit's `Block`); self-attention's first linear is the fused
@@ -46,9 +46,9 @@ def export_ctranslate2(run_dir: str | Path, out: str | Path, quantization: str |
     load time (`--compute-type`)."""
     import torch
 
+    from nmtkit.config import from_dict
     from nmtkit.models import build_translator, translator_config
     from nmtkit.models.gpt import GPT, GPTConfig
-    from nmtkit.config import from_dict
     from nmtkit.tokenization import Tokenizer
 
     ct2 = ctranslate2_module()
