@@ -39,7 +39,7 @@ def greedy(model, src: Tensor, src_mask: Tensor, *, bos: int, eos: int, max_len:
     memory = model.encode(src, src_mask)
     prev = torch.full((B, 1), bos, dtype=torch.long, device=src.device)
     alive = torch.arange(B, device=src.device)  # the sentence of each row still decoding
-    limit = max_len.clone()
+    limit = max_len
     out = torch.full((B, int(max_len.max())), eos, dtype=torch.long, device=src.device)  # (B, T)
     cache = None
     for t in range(out.size(1)):

@@ -53,6 +53,8 @@ def export_ctranslate2(run_dir: str | Path, out: str | Path, quantization: str |
 
     ct2 = ctranslate2_module()
     run_dir, out = Path(run_dir), Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise CheckpointError(f"{out}: exists and is not empty; choose another output folder")
     config = checkpoint.read_config(run_dir, ("translator", "gpt"))
     tok = Tokenizer(run_dir / checkpoint.TOKENIZER_DIR)
     pieces = [tok.id_to_piece(i) for i in range(len(tok))]
@@ -68,8 +70,6 @@ def export_ctranslate2(run_dir: str | Path, out: str | Path, quantization: str |
     with torch.no_grad():
         spec = _translator_spec(ct2, model, pieces) if config["kind"] == "translator" else _gpt_spec(ct2, model, pieces)
     spec.config.layer_norm_epsilon = LAYER_NORM_EPS
-    if out.exists() and any(out.iterdir()):
-        raise CheckpointError(f"{out}: exists and is not empty; choose another output folder")
     try:
         spec.validate()
         spec.optimize(quantization=quantization)

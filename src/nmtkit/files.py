@@ -58,8 +58,8 @@ def read_json(path: str | Path) -> Any:
 
 
 def write_lines(path: str | Path, lines: Iterable[str]) -> None:
-    """Lines of text, atomically."""
-    atomic_write(path, lambda f: f.writelines(line + "\n" for line in lines), mode="w")
+    """Lines of UTF-8 text, each ended by "\n", atomically."""
+    atomic_write(path, lambda f: f.writelines((line + "\n").encode("utf-8") for line in lines))
 
 
 def append_jsonl(path: str | Path, record: dict[str, Any]) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from nmtkit.errors import DataError
-from nmtkit.files import atomic_write
+from nmtkit.files import write_lines
 from nmtkit.tokenization import UNK_ID, Tokenizer
 
 # A word: letters/digits with inner apostrophes (don't, o'er), or one punctuation mark.
@@ -100,8 +100,7 @@ def unescape(text: str) -> str:
 
 def write_vocab_file(path: str | Path, entries: Iterable[tuple[str, int]]) -> None:
     """`entry<TAB>count` lines in id order (line N is id N-1), written atomically; entries escaped."""
-    text = "".join(f"{escape(entry)}\t{count}\n" for entry, count in entries)
-    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+    write_lines(path, (f"{escape(entry)}\t{count}" for entry, count in entries))
 
 
 def read_vocab_file(path: str | Path) -> list[tuple[str, int]]:

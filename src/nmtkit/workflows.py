@@ -504,14 +504,16 @@ def _resuming(run_dir: Path, resume: bool) -> bool:
 
 def _one_writer(train_workflow):
     """Run a training workflow holding its run folder's lock (`checkpoint.lock_run`), so a second process
-    pointed at the same folder is refused. Under torchrun, rank 0 holds it for all."""
+    pointed at the same folder is refused (under torchrun, rank 0 holds it for all), and with `resume` turned
+    off when there is nothing to resume yet (`_resuming`)."""
 
     @functools.wraps(train_workflow)
-    def locked(*, run_dir: str | Path, **kwargs: Any) -> Any:
+    def locked(*, run_dir: str | Path, resume: bool = False, **kwargs: Any) -> Any:
+        run_dir = Path(run_dir)
         if int(os.environ.get("RANK", "0")):
-            return train_workflow(run_dir=run_dir, **kwargs)
+            return train_workflow(run_dir=run_dir, resume=_resuming(run_dir, resume), **kwargs)
         with checkpoint.lock_run(run_dir):
-            return train_workflow(run_dir=run_dir, **kwargs)
+            return train_workflow(run_dir=run_dir, resume=_resuming(run_dir, resume), **kwargs)
 
     return locked
 
@@ -543,7 +545,6 @@ def train_translator(
     from nmtkit.training import TrainConfig, resumed_settings, train
 
     run_dir = Path(run_dir)
-    resume = _resuming(run_dir, resume)
     dev = pick_device(device)
     dist = init_distributed(dev)
     if resume:
@@ -772,7 +773,6 @@ def pretrain(
     from nmtkit.training import TrainConfig, resumed_settings, train
 
     run_dir = Path(run_dir)
-    resume = _resuming(run_dir, resume)
     dev = pick_device(device)
     dist = init_distributed(dev)
     if resume:
@@ -1051,7 +1051,6 @@ def train_embeddings(
     from nmtkit.training import Word2VecTrainConfig, train_word2vec
 
     run_dir = Path(run_dir)
-    resume = _resuming(run_dir, resume)
     if resume:
         saved = checkpoint.read_config(run_dir, ("embeddings",))
         data = saved["data"]
@@ -1240,19 +1239,17 @@ class EmbeddingTable:
     def export(self, folder: Path) -> None:
         """`vectors.txt` in word2vec text format, and `projector/vectors.tsv` + `projector/metadata.tsv` for
         embedding projectors; the rows are the entries that `neighbors` searches."""
-        from nmtkit.files import atomic_write
+        from nmtkit.files import write_lines
         from nmtkit.vocab import escape
 
         rows = self.allowed.nonzero().flatten().tolist()
         names = [escape(e).replace(" ", "\\s") for e in self.entries]
         vectors = [" ".join(f"{x:.6g}" for x in self.vectors[r].tolist()) for r in rows]
-        word2vec = f"{len(rows)} {self.vectors.shape[1]}\n" + "".join(f"{names[r]} {v}\n" for r, v in zip(rows, vectors))
-        atomic_write(folder / "vectors.txt", lambda f: f.write(word2vec.encode("utf-8")))
-        tsv = "".join(v.replace(" ", "\t") + "\n" for v in vectors)
-        atomic_write(folder / "projector" / "vectors.tsv", lambda f: f.write(tsv.encode("utf-8")))
+        write_lines(folder / "vectors.txt",
+                    [f"{len(rows)} {self.vectors.shape[1]}", *(f"{names[r]} {v}" for r, v in zip(rows, vectors))])
+        write_lines(folder / "projector" / "vectors.tsv", (v.replace(" ", "\t") for v in vectors))
         counts = self.counts or [0] * len(self.entries)
-        meta = "word\tcount\n" + "".join(f"{names[r]}\t{counts[r]}\n" for r in rows)
-        atomic_write(folder / "projector" / "metadata.tsv", lambda f: f.write(meta.encode("utf-8")))
+        write_lines(folder / "projector" / "metadata.tsv", ["word\tcount", *(f"{names[r]}\t{counts[r]}" for r in rows)])
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -1485,7 +1482,6 @@ def finetune(
     from nmtkit.training import TrainConfig, resumed_settings, train
 
     run_dir = Path(run_dir)
-    resume = _resuming(run_dir, resume)
     dev = pick_device(device)
     labels = None
     if resume:
