@@ -71,29 +71,31 @@ def test_beam_search_int8_and_n_best_run_on_the_export(exported):
     assert first["hypotheses"][0]["score"] >= first["hypotheses"][1]["score"]
 
 
-def test_gpt_export_predicts_the_same_next_tokens(tmp_path):
-    import torch
-
-    from nmtkit.export import export_ctranslate2
-
+def test_gpt_export_generates_the_same_text(tmp_path):
     result = runner.invoke(app, ["pretrain", str(DEMO / "train.en"), "--vocab-size", "200", "--max-steps", "40",
                                  "--eval-every", "40", "--block-size", "32", "--d-model", "32", "--heads", "2",
                                  "--layers", "2", "--device", "cpu", "-o", str(tmp_path / "gpt")])
     assert result.exit_code == 0, result.output
-    export_ctranslate2(tmp_path / "gpt", tmp_path / "gpt-ct2")
-    lm = workflows.LanguageModel(tmp_path / "gpt", "cpu")
-    prompt = lm.encode_prompt("A man is")
-    generator = ct2.Generator(str(tmp_path / "gpt-ct2"), device="cpu")
-    pieces = [lm.tok.id_to_piece(i) for i in prompt]
-    (theirs,) = generator.generate_batch([pieces], max_length=10, sampling_topk=1, include_prompt_in_result=False)
-    ids = torch.tensor([prompt])
-    ours = []
-    with torch.inference_mode():
-        for _ in range(len(theirs.sequences_ids[0])):
-            token = int(lm.model(ids)[0, -1].argmax())
-            ours.append(token)
-            ids = torch.cat([ids, torch.tensor([[token]])], 1)
-    assert ours == theirs.sequences_ids[0]
+    result = runner.invoke(app, ["export", str(tmp_path / "gpt"), str(tmp_path / "gpt-ct2")])
+    assert result.exit_code == 0, result.output
+    greedy = ["--temperature", "0", "--max-new-tokens", "12", "--device", "cpu"]
+
+    def generate(model, *args, stdin=None):
+        result = runner.invoke(app, ["generate", "-m", str(tmp_path / model), *greedy, *args], input=stdin)
+        assert result.exit_code == 0, result.output
+        return result.stdout
+
+    one = generate("gpt", "A man is")  # streamed token by token
+    assert one == generate("gpt-ct2", "A man is") and len(one) > len("A man is\n")
+    many = "A man is\nTwo dogs\nA woman in a red\n"  # prompts of different lengths, batched by length
+    ours = [json.loads(line) for line in generate("gpt", "--json", stdin=many).splitlines()]
+    theirs = [json.loads(line) for line in generate("gpt-ct2", "--json", stdin=many).splitlines()]
+    assert ours == theirs and [r["prompt"] for r in ours] == many.splitlines()
+    assert generate("gpt-ct2", "--compute-type", "int8", "A man is").startswith("A man is")
+    sampled = ["--temperature", "1", "--top-k", "20", "--seed", "3", "--num-samples", "2", "--json"]
+    assert generate("gpt-ct2", *sampled, stdin=many) == generate("gpt-ct2", *sampled, stdin=many)  # seeded
+    result = runner.invoke(app, ["generate", "-m", str(tmp_path / "gpt-ct2"), "--max-new-tokens", "100", "A man"])
+    assert result.exit_code == 0 and "the CTranslate2 export has 32 positions: at most" in " ".join(result.stderr.split())
 
 
 def test_export_refuses_what_it_cannot_export(run, exported, tmp_path):

@@ -107,6 +107,7 @@ def _settings(config_file: Optional[Path], flags: dict[str, Any]) -> dict[str, A
 
 ON_BAD_LINE = typer.Option("error", "--on-bad-line", help="What to do with invalid UTF-8: error, skip the line (an empty output line in line-by-line commands) or replace the bad bytes with U+FFFD; skips and replacements are counted on stderr.")
 DEVICE = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps.")
+COMPUTE_TYPE = typer.Option("default", "--compute-type", help="CTranslate2 exports: int8, int8_float32, float16, float32... (default: as exported).")
 SETTINGS = typer.Option(None, "--settings", help="TOML/YAML with \\[model] and \\[train] tables; flags override it.")
 RESUME = typer.Option(False, "--resume", help="Continue the run in --output exactly where it stopped.")
 SEED = typer.Option(None, "--seed", help="Random seed.")
@@ -443,7 +444,7 @@ def translate_cmd(
     batch_size: int = typer.Option(64, "--batch-size", help="Sentences per batch (sorted by length)."),
     max_len_ratio: float = typer.Option(2.0, "--max-len-ratio", help="Longest output: ratio x source length + --max-len-extra pieces."),
     max_len_extra: int = typer.Option(10, "--max-len-extra", help="See --max-len-ratio."),
-    compute_type: str = typer.Option("default", "--compute-type", help="CTranslate2 exports: int8, int8_float32, float16, float32... (default: as exported)."),
+    compute_type: str = COMPUTE_TYPE,
     device: str = DEVICE,
     on_bad_line: str = ON_BAD_LINE,
 ) -> None:
@@ -654,7 +655,7 @@ def pretrain_cmd(
 @command("generate")
 def generate_cmd(
     prompts: List[str] = typer.Argument(None, help="Prompts; with none, one prompt per line of --prompts-file or stdin."),
-    model: Path = typer.Option(..., "--model", "-m", help="A GPT run (nmtkit pretrain) or an instruction-tuned one (finetune --task generate)."),
+    model: Path = typer.Option(..., "--model", "-m", help="A GPT run (nmtkit pretrain), an instruction-tuned one (finetune --task generate), or a CTranslate2 export of either."),
     prompts_file: Optional[str] = typer.Option(None, "--prompts-file", "-f", help="A file of prompts, one per line."),
     max_new_tokens: int = typer.Option(200, "--max-new-tokens", "-n", help="Tokens to generate at most."),
     temperature: float = typer.Option(1.0, "--temperature", help="Sampling temperature; 0 means greedy."),
@@ -666,6 +667,7 @@ def generate_cmd(
     instruction: Optional[str] = typer.Option(None, "--instruction", help="An instruction, put into the prompt template of finetune --task generate."),
     instruction_input: Optional[str] = typer.Option(None, "--input", help="With --instruction: its input (the context it works on), if any."),
     device: str = DEVICE,
+    compute_type: str = COMPUTE_TYPE,
 ) -> None:
     """Continue prompts with a pretrained decoder (sampling with temperature, top-k and top-p, and a KV cache), or
     answer an --instruction with an instruction-tuned one."""
@@ -673,7 +675,7 @@ def generate_cmd(
 
     if instruction_input is not None and instruction is None:
         raise NmtkitError("--input goes with --instruction (a file of prompts is --prompts-file)")
-    lm = workflows.LanguageModel(model, device)
+    lm = workflows.open_language_model(model, device, compute_type)
     if instruction is not None:
         from nmtkit.data.datasets import format_prompt
 

@@ -1,11 +1,12 @@
 """Export run folders to CTranslate2, the C++ inference engine (optional: `pip install ctranslate2`).
 
 `export_ctranslate2(run_dir, out)` builds a CTranslate2 model with its model-spec API from a Transformer
-translator or a GPT run: each nmtkit tensor mapped onto the spec's variable of the same role, the vocabulary
-the tokenizer's pieces (special pieces at their fixed ids). The folder it writes is CTranslate2's own
+translator or a GPT run (pretrained, or instruction-tuned by finetune --task generate): each nmtkit tensor
+mapped onto the spec's variable of the same role, the vocabulary the tokenizer's pieces (special pieces at
+their fixed ids). The folder it writes is CTranslate2's own
 (`model.bin`, `config.json`, vocabulary) plus `tokenizer/` and `nmtkit.json` (what was exported, from where),
-so `nmtkit translate -m OUT` runs it (a GPT export runs with `ctranslate2.Generator`; `nmtkit generate` does
-not take it yet). What is *not* here: running it (`nmtkit.workflows.CT2Translator`).
+so `nmtkit translate -m OUT` and `nmtkit generate -m OUT` run it. What is *not* here: running it
+(`nmtkit.workflows.CT2Translator`, `nmtkit.workflows.CT2LanguageModel`).
 
 How the two architectures line up: a CTranslate2 attention layer holds its layer norm (before attention in
 pre-norm, after the residual in post-norm, like nmtkit's `Block`); self-attention's first linear is the fused
@@ -55,7 +56,9 @@ def export_ctranslate2(run_dir: str | Path, out: str | Path, quantization: str |
     run_dir, out = Path(run_dir), Path(out)
     if out.exists() and any(out.iterdir()):
         raise CheckpointError(f"{out}: exists and is not empty; choose another output folder")
-    config = checkpoint.read_config(run_dir, ("translator", "gpt"))
+    config = checkpoint.read_config(run_dir, ("translator", "gpt", "finetune"))
+    if config["kind"] == "finetune" and config["task"] != "generate":
+        raise ConfigError(f"{run_dir}: a --task {config['task']} run; CTranslate2 export is for translators and GPTs")
     tok = Tokenizer(run_dir / checkpoint.TOKENIZER_DIR)
     pieces = [tok.id_to_piece(i) for i in range(len(tok))]
     if config["kind"] == "translator":

@@ -865,15 +865,22 @@ class LanguageModel:
     """A GPT run folder loaded for generation."""
 
     def __init__(self, run_dir: str | Path, device: str = "auto"):
-        from nmtkit.config import from_dict
-        from nmtkit.models.gpt import GPT, GPTConfig
+        from nmtkit.models.gpt import GPT
         from nmtkit.runtime import pick_device
 
+        self.run_dir = Path(run_dir)
+        self._settings(checkpoint.read_config(self.run_dir, ("gpt", "finetune")))
+        self.device = pick_device(device)
+        model = GPT(self.cfg)
+        checkpoint.load_into(model, self.run_dir / checkpoint.WEIGHTS)
+        self.model = model.to(self.device).eval()
+
+    def _settings(self, config: dict[str, Any]) -> None:
+        from nmtkit.config import from_dict
         from nmtkit.data.datasets import prompt_budget
+        from nmtkit.models.gpt import GPTConfig
         from nmtkit.tokenization import EOS_ID
 
-        self.run_dir = Path(run_dir)
-        config = checkpoint.read_config(self.run_dir, ("gpt", "finetune"))
         if config["kind"] == "finetune" and config["task"] != "generate":
             raise CheckpointError(f"{self.run_dir}: a --task {config['task']} run cannot generate text")
         # instruction examples start a new document with </s> and keep at most half the context for the prompt
@@ -881,10 +888,6 @@ class LanguageModel:
         self.max_prompt = prompt_budget(config["data"]["max_len"]) if config["kind"] == "finetune" else None
         self.cfg = from_dict(GPTConfig, config["model"], str(self.run_dir / checkpoint.CONFIG))
         self.tok = Tokenizer(self.run_dir / checkpoint.TOKENIZER_DIR)
-        self.device = pick_device(device)
-        model = GPT(self.cfg)
-        checkpoint.load_into(model, self.run_dir / checkpoint.WEIGHTS)
-        self.model = model.to(self.device).eval()
 
     def encode_prompt(self, text: str) -> list[int]:
         """Prompt ids, line breaks as the newline piece; an empty prompt starts a new document (</s>)."""
@@ -897,6 +900,76 @@ class LanguageModel:
 
     def decode(self, ids: list[int]) -> str:
         return self.tok.decode([ids])[0]
+
+    def seeded(self, seed: int):
+        """The random state that `steps` draws from."""
+        import torch
+
+        return torch.Generator(device=self.device).manual_seed(seed)
+
+    def steps(self, prompts: list[list[int]], rng, *, max_new_tokens: int, temperature: float, top_k: int,
+              top_p: float) -> Iterator[list[int]]:
+        """Continue prompts of one length together; yields each step's new token of every prompt (</s> once a
+        prompt has ended) until all have ended or max_new_tokens."""
+        import torch
+
+        from nmtkit import decoding
+        from nmtkit.runtime import autocast
+        from nmtkit.tokenization import EOS_ID
+
+        with autocast(self.device):
+            for token in decoding.sample_stream(self.model, torch.tensor(prompts, device=self.device),
+                                                max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
+                                                top_p=top_p, eos=EOS_ID, generator=rng, context=self.cfg.block_size):
+                yield token.tolist()
+
+
+class CT2LanguageModel(LanguageModel):
+    """A GPT exported by `nmtkit export --format ctranslate2`, run by CTranslate2's Generator, with the
+    `LanguageModel` interface. It cannot slide its window: generation stops at the model's last position."""
+
+    def __init__(self, folder: str | Path, device: str = "auto", compute_type: str = "default"):
+        from nmtkit.export import INFO, ctranslate2_module
+
+        self.ct2 = ctranslate2_module()
+        self.run_dir = Path(folder)
+        self._settings(read_json(self.run_dir / INFO)["config"])
+        self.model = self.ct2.Generator(str(self.run_dir), **_ct2_device(self.ct2, device), compute_type=compute_type)
+
+    def seeded(self, seed: int):
+        self.ct2.set_random_seed(seed)
+
+    def steps(self, prompts: list[list[int]], rng, *, max_new_tokens: int, temperature: float, top_k: int,
+              top_p: float) -> Iterator[list[int]]:
+        from nmtkit.tokenization import EOS_ID
+
+        room = self.cfg.block_size - len(prompts[0])
+        if max_new_tokens > room:
+            log.warning("the CTranslate2 export has %d positions: at most %d new tokens after this prompt",
+                        self.cfg.block_size, max(room, 0))
+        if room <= 0:
+            return
+        options = dict(max_length=min(max_new_tokens, room), sampling_temperature=temperature if temperature > 0 else 1.0,
+                       sampling_topk=1 if temperature <= 0 else top_k, sampling_topp=top_p)
+        pieces = [[self.tok.id_to_piece(i) for i in ids] for ids in prompts]
+        if len(prompts) == 1:  # token by token, for streaming
+            for step in self.model.generate_tokens(pieces[0], **options):
+                yield [step.token_id]
+            return
+        rows = [r.sequences_ids[0] for r in self.model.generate_batch(pieces, include_prompt_in_result=False, **options)]
+        for i in range(max(map(len, rows), default=0)):
+            yield [row[i] if i < len(row) else EOS_ID for row in rows]
+
+
+def open_language_model(path: str | Path, device: str = "auto", compute_type: str = "default") -> LanguageModel:
+    """A GPT run folder, or a CTranslate2 export of one (`compute_type`: int8, float16... for those)."""
+    from nmtkit.export import is_ctranslate2_folder
+
+    if is_ctranslate2_folder(path):
+        return CT2LanguageModel(path, device, compute_type)
+    if compute_type != "default":
+        raise ConfigError(f"--compute-type is for CTranslate2 exports; {path} is a run folder")
+    return LanguageModel(path, device)
 
 
 def generate(
@@ -912,27 +985,20 @@ def generate(
 ) -> Iterator[dict[str, Any]]:
     """Continue each prompt; yields one record per prompt and sample, in order: {"index", "prompt", "sample", "text"}.
     Prompts of the same token length are sampled together as one batch."""
-    import torch
-
-    from nmtkit import decoding
-    from nmtkit.runtime import autocast
     from nmtkit.tokenization import EOS_ID
 
-    generator = torch.Generator(device=lm.device).manual_seed(seed)
+    rng = lm.seeded(seed)
+    options = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p)
     jobs = [(i, s, _crop(lm, lm.encode_prompt(p), i)) for i, p in enumerate(prompts) for s in range(num_samples)]
     results: dict[tuple[int, int], str] = {}
     by_length: dict[int, list] = {}
     for job in jobs:
         by_length.setdefault(len(job[2]), []).append(job)
     for group in by_length.values():
-        prompt = torch.tensor([ids for _, _, ids in group], device=lm.device)
-        with autocast(lm.device):
-            steps = list(decoding.sample_stream(lm.model, prompt, max_new_tokens=max_new_tokens, temperature=temperature,
-                                                top_k=top_k, top_p=top_p, eos=EOS_ID, generator=generator,
-                                                context=lm.cfg.block_size))
-        rows = torch.stack(steps, 1).tolist() if steps else [[] for _ in group]
-        for (i, s, _), row in zip(group, rows):
-            results[(i, s)] = lm.decode(row[: row.index(EOS_ID)] if EOS_ID in row else row)
+        steps = list(lm.steps([ids for _, _, ids in group], rng, **options))
+        for row, (i, s, _) in enumerate(group):
+            new = [step[row] for step in steps]
+            results[(i, s)] = lm.decode(new[: new.index(EOS_ID)] if EOS_ID in new else new)
     for i, p in enumerate(prompts):
         for s in range(num_samples):
             yield {"index": i + 1, "prompt": p, "sample": s + 1, "text": results[(i, s)]}
@@ -941,27 +1007,19 @@ def generate(
 def generate_stream(lm: LanguageModel, prompt: str, *, max_new_tokens: int = 200, temperature: float = 1.0,
                     top_k: int = 0, top_p: float = 1.0, seed: int = 0) -> Iterator[str]:
     """Continue one prompt, yielding the new text as soon as each token is produced."""
-    import torch
-
-    from nmtkit import decoding
-    from nmtkit.runtime import autocast
     from nmtkit.tokenization import EOS_ID
 
-    generator = torch.Generator(device=lm.device).manual_seed(seed)
-    prompt = torch.tensor([_crop(lm, lm.encode_prompt(prompt), 0)], device=lm.device)
     ids: list[int] = []
     shown = ""
-    with autocast(lm.device):
-        for token in decoding.sample_stream(lm.model, prompt, max_new_tokens=max_new_tokens, temperature=temperature,
-                                            top_k=top_k, top_p=top_p, eos=EOS_ID, generator=generator,
-                                            context=lm.cfg.block_size):
-            if int(token[0]) == EOS_ID:
-                return
-            ids.append(int(token[0]))
-            text = lm.decode(ids)
-            if text.startswith(shown):
-                yield text[len(shown):]
-                shown = text
+    for (token,) in lm.steps([_crop(lm, lm.encode_prompt(prompt), 0)], lm.seeded(seed), max_new_tokens=max_new_tokens,
+                             temperature=temperature, top_k=top_k, top_p=top_p):
+        if token == EOS_ID:
+            return
+        ids.append(token)
+        text = lm.decode(ids)
+        if text.startswith(shown):
+            yield text[len(shown):]
+            shown = text
 
 
 def _crop(lm: LanguageModel, ids: list[int], index: int) -> list[int]:
