@@ -610,8 +610,12 @@ def train_translator(
     seed_everything(train_cfg.seed)  # the initial weights depend on the seed alone
     model = build_translator(arch, model_cfg)
     objective = seq2seq_loss(train_cfg.label_smoothing, train_cfg.teacher_forcing)
+    flops = None
+    if arch == "transformer":  # for MFU on GPU
+        mean = lambda seqs: sum(map(len, seqs)) / max(len(seqs), 1)
+        flops = model.flops_per_token(mean(train_data.src), mean(train_data.tgt) - 1)  # targets: <s> ... </s>
     result = train(model, objective, batches, cfg=train_cfg, run_dir=run_dir, device=dev, evaluate=evaluate,
-                   dist=dist, resume=resume, progress=progress)
+                   dist=dist, resume=resume, progress=progress, flops_per_token=flops)
     return _record_training(run_dir, arch, model, result, dist)
 
 

@@ -115,3 +115,13 @@ class Transformer(nn.Module):
 
     def forward(self, src: Tensor, src_mask: Tensor, tgt_in: Tensor, teacher_forcing: float = 1.0) -> Tensor:
         return self.decode(tgt_in, self.encode(src, src_mask))
+
+    def flops_per_token(self, src_len: float, tgt_len: float) -> float:
+        """Training FLOPs per (source + target) token for pairs of these lengths (PaLM appendix B): 6 N per
+        token of the weights it passes through (encoder for source tokens; decoder and output layer for target
+        tokens), plus 12 L T D for each attention over T positions (decoder: self and cross)."""
+        count = lambda modules: sum(p.numel() for m in modules for p in m.parameters())
+        D = self.cfg.d_model
+        enc = 6 * count([self.encoder, self.enc_norm]) + 12 * len(self.encoder) * src_len * D
+        dec = 6 * (count([self.decoder, self.dec_norm]) + self.out.weight.numel()) + 12 * len(self.decoder) * (tgt_len + src_len) * D
+        return (src_len * enc + tgt_len * dec) / (src_len + tgt_len)
