@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from nmtkit.models import build_translator, translator_config
-from nmtkit.models.layers import MultiHeadAttention, pad_vocab, sinusoidal_table
+from nmtkit.models.layers import CPUInferenceLinear, MultiHeadAttention, for_cpu_inference, pad_vocab, sinusoidal_table
 
 VARIANTS = [
     ("transformer", {"d_model": 32, "heads": 4, "encoder_layers": 2, "decoder_layers": 2, "ff_dim": 64}),
@@ -63,6 +63,30 @@ def test_padding_does_not_change_results(arch, settings):
     together = model(src, mask, tgt)[1]
     alone = model(src[1:2, :5], mask[1:2, :5], tgt[1:2])[0]  # the same sentence without its padding
     torch.testing.assert_close(together, alone, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("arch, settings", VARIANTS, ids=IDS)
+def test_cpu_inference_layout_gives_the_same_results(arch, settings):
+    model = make(arch, settings)
+    src, mask, tgt = batch()
+    before, keys = model(src, mask, tgt), set(model.state_dict())
+    for_cpu_inference(model)
+    with torch.inference_mode():
+        after = model(src, mask, tgt)
+        alone = step_by_step(model, src[1:2, :5], mask[1:2, :5], tgt[1:2])[0]  # no padding: no attention mask
+    assert set(model.state_dict()) == keys and any(isinstance(m, CPUInferenceLinear) for m in model.modules())
+    torch.testing.assert_close(after, before, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(alone, before[1], atol=1e-5, rtol=1e-5)
+
+
+def test_transformer_flops_per_token_by_hand():
+    model = make("transformer", {"d_model": 32, "heads": 4, "encoder_layers": 1, "decoder_layers": 1, "ff_dim": 64})
+    # encoder layer: qkv 3,168 + out 1,056 + ff 2,112 + 2,080 + two norms 128, final norm 64 = 8,608 weights
+    # decoder layer: self 4,224 + cross 1,056 + 2,112 + 1,056 + ff 4,192 + three norms 192, final norm 64,
+    # output layer 64 x 32 = 2,048: 14,944 weights; attention 12 L T D over 10 source and 6 target positions
+    encoder = 6 * 8608 + 12 * 1 * 10 * 32
+    decoder = 6 * 14944 + 12 * 1 * (6 + 10) * 32
+    assert model.flops_per_token(10, 6) == (10 * encoder + 6 * decoder) / 16 == 70608
 
 
 def test_attention_matches_torch_multihead_attention():

@@ -224,6 +224,14 @@ def _versions() -> dict[str, str]:
 # Translators: loading and translating
 
 
+def ready_for_inference(model, device):
+    """The model on `device` in eval mode; on a CPU with its linear layers in the faster decoding layout."""
+    from nmtkit.models.layers import for_cpu_inference
+
+    model = model.to(device).eval()
+    return for_cpu_inference(model) if device.type == "cpu" else model
+
+
 class Translator:
     """A translator run folder loaded for use: model (in eval mode), tokenizers, settings."""
 
@@ -241,7 +249,7 @@ class Translator:
         self.device = pick_device(device)
         model = build_translator(self.arch, self.model_cfg)
         checkpoint.load_into(model, self.run_dir / checkpoint.WEIGHTS)
-        self.model = model.to(self.device).eval()
+        self.model = ready_for_inference(model, self.device)
         self.max_src_len = max_source_len(self.model_cfg)
 
     def translate_ids(self, src: list[list[int]], **options):
@@ -877,7 +885,7 @@ class LanguageModel:
         self.device = pick_device(device)
         model = GPT(self.cfg)
         checkpoint.load_into(model, self.run_dir / checkpoint.WEIGHTS)
-        self.model = model.to(self.device).eval()
+        self.model = ready_for_inference(model, self.device)
 
     def _settings(self, config: dict[str, Any]) -> None:
         from nmtkit.config import from_dict
@@ -1663,7 +1671,7 @@ class FineTuned:
         model = build_task_model(self.task, from_dict(GPTConfig, self.config["model"], str(self.run_dir / checkpoint.CONFIG)),
                                  self.labels)
         checkpoint.load_into(model, self.run_dir / checkpoint.WEIGHTS)
-        self.model = model.to(self.device).eval()
+        self.model = ready_for_inference(model, self.device)
 
 
 def classify(ft: FineTuned, lines: Iterable[str | None], batch_size: int = 64, buffer_lines: int = 1024) -> Iterator[dict[str, Any] | None]:

@@ -104,6 +104,30 @@ def record_attention(model: nn.Module):
             m.recorded = None
 
 
+class CPUInferenceLinear(nn.Linear):
+    """An `nn.Linear` that multiplies by a transposed copy of its weight (in x out, contiguous); made by
+    `for_cpu_inference`."""
+
+    weight_t: Tensor
+
+    def forward(self, x: Tensor) -> Tensor:
+        rows = x.reshape(-1, self.in_features)
+        y = rows @ self.weight_t if self.bias is None else torch.addmm(self.bias, rows, self.weight_t)
+        return y.view(*x.shape[:-1], self.out_features)
+
+
+def for_cpu_inference(model: nn.Module) -> nn.Module:
+    """Turn every `nn.Linear` of an inference model into a `CPUInferenceLinear` (in place; weights, names and
+    state dict unchanged). For the few-row inputs of step-by-step decoding, CPU BLAS streams a weight stored
+    (in x out) 1.5-2.5x faster than nn.Linear's (out x in). The copies are taken now: for a model that is no
+    longer trained."""
+    for m in model.modules():
+        if type(m) is nn.Linear:
+            m.register_buffer("weight_t", m.weight.detach().t().contiguous(), persistent=False)
+            m.__class__ = CPUInferenceLinear
+    return model
+
+
 class FeedForward(nn.Module):
     def __init__(self, d_model: int, ff_dim: int, dropout: float, activation: str = "relu"):
         super().__init__()

@@ -16,6 +16,7 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
+import torch
 from torch import Tensor, nn
 
 from nmtkit.errors import ConfigError
@@ -80,24 +81,26 @@ class Transformer(nn.Module):
         return self.drop(pos(table(ids) * math.sqrt(self.cfg.d_model), offset))  # (B, T) -> (B, T, D)
 
     def encode(self, src: Tensor, src_mask: Tensor) -> dict:
-        """The memory: encoder output, its mask, and each decoder layer's cross-attention keys and values
-        (computed once per sentence here, so search never copies them along with the growing cache)."""
-        x = self.embed(self.src_embed, self.src_pos, src)
+        """The memory: encoder output, its mask, the attention mask made of it, and each decoder layer's
+        cross-attention keys and values (computed once per sentence here, so search never copies them along
+        with the growing cache). When translating a batch without padding, there is no attention mask."""
         attn_mask = src_mask[:, None, None, :]  # (B, S) -> (B, 1, 1, S)
+        if not self.training and not torch.is_grad_enabled() and bool(src_mask.all()):
+            attn_mask = None  # e.g. one sentence at a time: attention takes its faster unmasked path
+        x = self.embed(self.src_embed, self.src_pos, src)
         for block in self.encoder:
             x, _ = block(x, self_mask=attn_mask)
         out = self.enc_norm(x)
         cross = [block.cross_attn.project_kv(out) for block in self.decoder]  # each (B, H, S, K) twice
-        return {"out": out, "mask": src_mask, "cross": cross}
+        return {"out": out, "mask": src_mask, "attn_mask": attn_mask, "cross": cross}
 
     def logits(self, x: Tensor) -> Tensor:
         return self.out(self.dec_norm(x))[..., : self.cfg.tgt_vocab]  # (B, T, D) -> (B, T, V)
 
     def decode(self, tgt_in: Tensor, memory: dict[str, Tensor]) -> Tensor:
         x = self.embed(self.tgt_embed, self.tgt_pos, tgt_in)
-        mem_mask = memory["mask"][:, None, None, :]
         for block, cross_kv in zip(self.decoder, memory["cross"]):
-            x, _ = block(x, causal=True, memory=memory["out"], memory_mask=mem_mask, cache=(None, cross_kv))
+            x, _ = block(x, causal=True, memory=memory["out"], memory_mask=memory["attn_mask"], cache=(None, cross_kv))
         return self.logits(x)
 
     def decode_step(self, prev: Tensor, memory: dict, cache: dict | None):
@@ -105,11 +108,10 @@ class Transformer(nn.Module):
         cross-attention ones are in the memory)."""
         offset = 0 if cache is None else cache["self"][0][0].size(2)
         x = self.embed(self.tgt_embed, self.tgt_pos, prev[:, -1:], offset)
-        mem_mask = memory["mask"][:, None, None, :]
         new_self = []
         for i, block in enumerate(self.decoder):
             self_kv = None if cache is None else cache["self"][i]
-            x, (self_kv, _) = block(x, memory=memory["out"], memory_mask=mem_mask, cache=(self_kv, memory["cross"][i]))
+            x, (self_kv, _) = block(x, memory=memory["out"], memory_mask=memory["attn_mask"], cache=(self_kv, memory["cross"][i]))
             new_self.append(self_kv)
         return self.logits(x)[:, -1], {"self": new_self}
 
