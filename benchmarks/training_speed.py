@@ -10,7 +10,8 @@ model) over the device's measured bf16 matrix-multiply peak (`nmtkit.runtime.mea
 the table gives the achieved FLOP/s over a measured float32 matrix-multiply peak instead. Peak memory: the
 most CUDA memory allocated, or the process's peak resident set on a CPU. The first logging window (start-up,
 compilation) is left out; the others are averaged. Prints a Markdown table; --append adds it to
-docs/benchmarks.md with the command, machine and date.
+docs/benchmarks.md with the command, machine and date. `--profile DIR` also writes, for each model, the
+torch.profiler table of five training steps (the operators that take the time), to see what to fix.
 """
 
 from __future__ import annotations
@@ -18,12 +19,14 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import multiprocessing
 import os
 import platform
 import resource
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
@@ -86,6 +89,37 @@ def build(name: str, device: torch.device, max_tokens: int | None):
     return model, batches, seq2seq_loss(0.1, 1.0), flops, f"{rows} x ({src_len} + {tgt_len + 1})"
 
 
+def profile(name: str, device: torch.device, max_tokens: int | None, out: Path) -> None:
+    """Five training steps (forward, loss, backward, AdamW) under torch.profiler; the operator table to a file."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as profiler
+
+    from nmtkit.runtime import autocast
+
+    model, batches, objective, _, _ = build(name, device, max_tokens)
+    model.to(device).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+
+    def step(batch) -> None:
+        with autocast(device):
+            loss, items = objective(model, batch.to(device))
+        (loss / items).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    for batch in batches[:2]:
+        step(batch)
+    with profiler(activities=activities) as prof:
+        for i in range(5):
+            step(batches[i % len(batches)])
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.txt").write_text(prof.key_averages().table(sort_by=sort, row_limit=40))
+
+
 def measure(name: str, device: torch.device, steps: int, window: int, compile_: bool, max_tokens: int | None) -> dict:
     from nmtkit.training import TrainConfig, train
 
@@ -120,17 +154,23 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, help="Tokens per batch (default: the preset's).")
     ap.add_argument("--compile", action="store_true", help="torch.compile the model (GPU).")
     ap.add_argument("--append", action="store_true", help="Append the table to docs/benchmarks.md.")
+    ap.add_argument("--profile", type=Path, help="Also write each model's torch.profiler table into this folder.")
     args = ap.parse_args()
     device = torch.device(args.device)
     window = args.window or max(args.steps // 4, 1)
-    rows = [measure(name, device, args.steps, window, args.compile, args.max_tokens) for name in args.model]
+    rows = []
+    for name in args.model:  # each in a fresh process, so its peak memory is its own
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            rows.append(pool.submit(measure, name, device, args.steps, window, args.compile, args.max_tokens).result())
+    for name in args.model if args.profile else []:
+        profile(name, device, args.max_tokens, args.profile)
 
     if device.type == "cuda":
         where, of = torch.cuda.get_device_name(device), "MFU (of measured bf16 matmul peak)"
     else:
         where, of = f"CPU {platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads", \
                     "share of measured fp32 matmul peak"
-    command = "python benchmarks/training_speed.py " + " ".join(sys.argv[1:]).replace(" --append", "")
+    command = "python benchmarks/training_speed.py " + " ".join(a for a in sys.argv[1:] if a != "--append")
     table = (f"\n### Training throughput and MFU, {where} ({datetime.date.today()})\n\n"
              f"Command: `{command}`. torch {torch.__version__}; {'bf16 autocast' if device.type == 'cuda' else 'float32'}"
              f"{', torch.compile' if args.compile else ''}; steps {window + 1}-{args.steps} averaged.\n\n"

@@ -1,5 +1,5 @@
 """CTranslate2 export: the exported Transformer translates exactly like nmtkit's own greedy decoder, the GPT
-gives the same next tokens, and the commands use an exported folder where they take a run folder."""
+generates the same greedy text, and the commands use an exported folder where they take a run folder."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from nmtkit import workflows
 from nmtkit.cli import app
 
 from conftest import DEMO
