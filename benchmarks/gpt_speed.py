@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
+from report import add_append_flag, command, publish  # noqa: E402
 
 
 def timed_loop(model, logits_of, batches, device, steps: int, warmup: int) -> float:
@@ -62,6 +63,7 @@ def main() -> None:
     ap.add_argument("--heads", type=int, default=6)
     ap.add_argument("--vocab", type=int, default=65)
     ap.add_argument("--compile", action="store_true")
+    add_append_flag(ap)
     args = ap.parse_args()
     from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -108,13 +110,15 @@ def main() -> None:
     where = torch.cuda.get_device_name(0) if device.type == "cuda" else f"CPU {platform.machine()}, {os.cpu_count()} cores"
     import transformers
 
-    print(f"{where}; torch {torch.__version__}; transformers {transformers.__version__}; {datetime.date.today()}")
-    print(f"model: d_model {args.d_model}, {args.layers} layers, {args.heads} heads, block {args.block}, vocab {args.vocab}, "
-          f"batch {args.batch}; parameters nmtkit {n_ours:,}, transformers {n_theirs:,}; {args.steps} timed steps")
-    print("| implementation | tokens/s | ratio to transformers |")
-    print("| --- | --- | --- |")
-    for name, tps in rows:
-        print(f"| {name} | {tps:,.0f} | {tps / base:.2f} |")
+    publish("\n".join([
+        f"`{command()}`: {where}; torch {torch.__version__}; transformers {transformers.__version__}; {datetime.date.today()}",
+        f"model: d_model {args.d_model}, {args.layers} layers, {args.heads} heads, block {args.block}, vocab {args.vocab}, "
+        f"batch {args.batch}; parameters nmtkit {n_ours:,}, transformers {n_theirs:,}; {args.steps} timed steps",
+        "",
+        "| implementation | tokens/s | ratio to transformers |",
+        "| --- | --- | --- |",
+        *(f"| {name} | {tps:,.0f} | {tps / base:.2f} |" for name, tps in rows),
+    ]), args.append)
 
 
 if __name__ == "__main__":

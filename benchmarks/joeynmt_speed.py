@@ -13,7 +13,7 @@ first window (start-up) is left out and the rest averaged. JoeyNMT counts target
 sentence included); nmtkit counts source and target tokens, so its figure is converted to target tokens with
 the target share of the training lines' tokens, and the table reports target tokens per second for both.
 
-Prints a Markdown table (and appends it to docs/benchmarks.md with --append).
+Prints a Markdown table; --append adds it to docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
+from report import add_append_flag, command, publish  # noqa: E402
 
 MODEL = {"d_model": 256, "heads": 4, "layers": 3, "ff_dim": 1024, "dropout": 0.1}
 
@@ -132,7 +133,7 @@ def main() -> None:
     ap.add_argument("--log-every", type=int, default=20)
     ap.add_argument("--max-tokens", type=int, default=4096)
     ap.add_argument("--out", type=Path, help="Keep logs and runs here (default: a temporary folder).")
-    ap.add_argument("--append", action="store_true", help="Append the table to docs/benchmarks.md.")
+    add_append_flag(ap)
     args = ap.parse_args()
     from nmtkit.tokenization import Tokenizer
 
@@ -184,8 +185,7 @@ def main() -> None:
 
     cpu = platform.processor() or platform.machine()
     table = (f"\n### Training speed on CPU: nmtkit vs JoeyNMT 2.3 ({datetime.date.today()})\n\n"
-             f"Command: `python benchmarks/joeynmt_speed.py --corpus multi30k --joeynmt-python JOEY/bin/python "
-             f"--lines {args.lines} --steps {args.steps} --max-tokens {args.max_tokens}`. Machine: {cpu}, "
+             f"Command: `{command()}`. Machine: {cpu}, "
              f"{os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads. Transformer "
              f"{MODEL['layers']}+{MODEL['layers']} layers, {MODEL['d_model']} wide, {MODEL['heads']} heads, "
              f"feed-forward {MODEL['ff_dim']}; Multi30k {args.src}->{args.tgt}, first {args.lines:,} lines; batches "
@@ -194,11 +194,8 @@ def main() -> None:
              "| toolkit | target tokens/s | ratio |\n| --- | --- | --- |\n"
              f"| nmtkit | {ours_tgt:,.0f} ({ours_all:,.0f} source+target) | **{ours_tgt / theirs_tgt:.2f}x** |\n"
              f"| JoeyNMT 2.3.0 | {theirs_tgt:,.0f} | 1.00x |\n")
-    print(table)
+    publish(table, args.append)
     print(f"logs: {log}", file=sys.stderr)
-    if args.append:
-        with open(ROOT / "docs" / "benchmarks.md", "a", encoding="utf-8") as f:
-            f.write(table)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ Prints a Markdown table row set for docs/benchmarks.md.
 from __future__ import annotations
 
 import argparse
+import datetime
 import os
 import platform
 import subprocess
@@ -23,6 +24,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "src"))
+from report import add_append_flag, command, publish  # noqa: E402
 
 
 def run_nmtkit(tok: Path, data: Path) -> tuple[float, float]:
@@ -45,10 +48,10 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--corpus", default=str(ROOT.parent / "shared" / "corpora" / "multi30k"))
     ap.add_argument("--lines", type=int, default=1_000_000)
+    add_append_flag(ap)
     args = ap.parse_args()
     import sentencepiece as spm
 
-    sys.path.insert(0, str(ROOT / "src"))
     from nmtkit.config import TokenizerConfig
     from nmtkit.data.corpora import read_lines
     from nmtkit.tokenization import train_tokenizer
@@ -80,15 +83,18 @@ def main() -> None:
     _, rss_small = run_nmtkit(tok_dir, small)
 
     machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, sentencepiece {spm.__version__}"
-    print(f"machine: {machine}")
-    print(f"train-tokenizer multi30k en+de joint unigram 8000: {train_s:.1f} s")
-    print("| what | lines | seconds | lines/s | ratio to sentencepiece | peak RSS |")
-    print("| --- | --- | --- | --- | --- | --- |")
-    print(f"| sentencepiece batch encode (in memory, no I/O) | {args.lines:,} | {spm_s:.2f} | {args.lines / spm_s:,.0f} | 1.00 | - |")
-    print(f"| sentencepiece batch encode, 4096-line batches (in memory) | {args.lines:,} | {chunked_s:.2f} | "
-          f"{args.lines / chunked_s:,.0f} | {spm_s / chunked_s:.2f} | - |")
-    print(f"| nmtkit tokenize FILE > /dev/null (end to end) | {args.lines:,} | {nmt_s:.2f} | {args.lines / nmt_s:,.0f} | "
-          f"{spm_s / nmt_s:.2f} | {rss_big:.0f} MiB (at {args.lines // 10:,} lines: {rss_small:.0f} MiB) |")
+    publish("\n".join([
+        f"`{command()}`: {machine}, {datetime.date.today()}",
+        f"train-tokenizer multi30k en+de joint unigram 8000: {train_s:.1f} s",
+        "",
+        "| what | lines | seconds | lines/s | ratio to sentencepiece | peak RSS |",
+        "| --- | --- | --- | --- | --- | --- |",
+        f"| sentencepiece batch encode (in memory, no I/O) | {args.lines:,} | {spm_s:.2f} | {args.lines / spm_s:,.0f} | 1.00 | - |",
+        f"| sentencepiece batch encode, 4096-line batches (in memory) | {args.lines:,} | {chunked_s:.2f} | "
+        f"{args.lines / chunked_s:,.0f} | {spm_s / chunked_s:.2f} | - |",
+        f"| nmtkit tokenize FILE > /dev/null (end to end) | {args.lines:,} | {nmt_s:.2f} | {args.lines / nmt_s:,.0f} | "
+        f"{spm_s / nmt_s:.2f} | {rss_big:.0f} MiB (at {args.lines // 10:,} lines: {rss_small:.0f} MiB) |",
+    ]), args.append)
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
+from report import add_append_flag, command, publish  # noqa: E402
 
 # name: (kind, model settings, sentence lengths (source, target) or the GPT's window, tokens per batch)
 PRESETS = {
@@ -153,7 +154,7 @@ def main() -> None:
     ap.add_argument("--window", type=int, default=0, help="Steps per logging window (default: steps / 4).")
     ap.add_argument("--max-tokens", type=int, help="Tokens per batch (default: the preset's).")
     ap.add_argument("--compile", action="store_true", help="torch.compile the model (GPU).")
-    ap.add_argument("--append", action="store_true", help="Append the table to docs/benchmarks.md.")
+    add_append_flag(ap)
     ap.add_argument("--profile", type=Path, help="Also write each model's torch.profiler table into this folder.")
     args = ap.parse_args()
     device = torch.device(args.device)
@@ -170,18 +171,14 @@ def main() -> None:
     else:
         where, of = f"CPU {platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads", \
                     "share of measured fp32 matmul peak"
-    command = "python benchmarks/training_speed.py " + " ".join(a for a in sys.argv[1:] if a != "--append")
     table = (f"\n### Training throughput and MFU, {where} ({datetime.date.today()})\n\n"
-             f"Command: `{command}`. torch {torch.__version__}; {'bf16 autocast' if device.type == 'cuda' else 'float32'}"
+             f"Command: `{command()}`. torch {torch.__version__}; {'bf16 autocast' if device.type == 'cuda' else 'float32'}"
              f"{', torch.compile' if args.compile else ''}; steps {window + 1}-{args.steps} averaged.\n\n"
              f"| model | parameters | batch (sentences x tokens) | tokens/s | model TFLOP/s | {of} | peak memory |\n"
              "| --- | --- | --- | --- | --- | --- | --- |\n"
              + "".join(f"| {r['model']} | {r['params']:,} | {r['batch']} | {r['tokens_per_s']:,.0f} | {r['tflops']:.2f} "
                        f"| {r['mfu']:.1%} | {r['memory']} |\n" for r in rows))
-    print(table)
-    if args.append:
-        with open(ROOT / "docs" / "benchmarks.md", "a", encoding="utf-8") as f:
-            f.write(table)
+    publish(table, args.append)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "src"))
+from report import add_append_flag, command, publish  # noqa: E402
 
 
 def timed(translator, lines: list[str], beam: int, batch: int) -> tuple[list[str], float]:
@@ -39,9 +41,8 @@ def main() -> None:
     ap.add_argument("--src", default=str(ROOT.parent / "shared" / "corpora" / "multi30k" / "test_2016_flickr.de"))
     ap.add_argument("--lines", type=int, default=1000)
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--append", action="store_true", help="append the table to docs/benchmarks.md")
+    add_append_flag(ap)
     args = ap.parse_args()
-    sys.path.insert(0, str(ROOT / "src"))
     import torch
 
     from nmtkit import workflows
@@ -75,21 +76,17 @@ def main() -> None:
                 rows.append(f"| {beam} | {batch} | {ours_tps:,.0f} | {theirs_tps:,.0f} | "
                             f"**{ours_tps / theirs_tps:.2f}x** | {same}/{len(lines)} |")
             print(rows[-1], flush=True)
-    command = "python benchmarks/translate_speed.py " + " ".join(sys.argv[1:]).replace(" --append", "")
     where = torch.cuda.get_device_name(ours.device) if ours.device.type == "cuda" else platform.machine()
     machine = (f"{where}, {threads} torch threads, {args.device}, torch {torch.__version__}, "
                f"ctranslate2 {ctranslate2.__version__ if ctranslate2 else 'not installed'}")
     table = "\n".join([
-        f"`{command}`: {len(lines)} lines of {Path(args.src).name}, {datetime.date.today()}, {machine}",
+        f"`{command()}`: {len(lines)} lines of {Path(args.src).name}, {datetime.date.today()}, {machine}",
         "",
         "| beam | batch | nmtkit tokens/s | CTranslate2 tokens/s | nmtkit / CTranslate2 | identical outputs |",
         "| --- | --- | --- | --- | --- | --- |",
         *rows,
     ])
-    print(table)
-    if args.append:
-        with open(ROOT / "docs" / "benchmarks.md", "a", encoding="utf-8") as f:
-            f.write("\n" + table + "\n")
+    publish(table, args.append)
 
 
 if __name__ == "__main__":
