@@ -1,6 +1,7 @@
 """GPT training throughput: nmtkit's GPT vs Hugging Face transformers' GPT2LMHeadModel, same architecture,
 size, batch, data and machine, both driven by the same plain PyTorch loop (AdamW, forward, loss, backward,
-step); bf16 autocast on GPU. Also nmtkit's own training loop (`nmtkit.training.train`) on the same model.
+step), their steps taken in turn; bf16 autocast on GPU. Also nmtkit's own training loop
+(`nmtkit.training.train`) on the same model.
 
     pip install transformers          # for this benchmark only; never an nmtkit dependency
     python benchmarks/gpt_speed.py --device cpu --steps 20
@@ -29,26 +30,29 @@ sys.path.insert(0, str(ROOT / "src"))
 from report import add_append_flag, command, publish  # noqa: E402
 
 
-def timed_loop(model, logits_of, batches, device, steps: int, warmup: int) -> float:
-    """Tokens per second of a plain training loop over `steps` steps after `warmup` steps."""
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
+def interleaved_loops(models: list, batches, device, steps: int, warmup: int) -> list[float]:
+    """Tokens per second of a plain training loop for each (model, logits_of), their steps taken in turn (A B A
+    B ...) so that a machine that speeds up or slows down during the run weighs on all of them alike."""
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
-    model.train()
+    optimizers = [torch.optim.AdamW(m.parameters(), lr=1e-4, fused=device.type == "cuda") for m, _ in models]
+    seconds = [0.0] * len(models)
     for i in range(warmup + steps):
-        if i == warmup:
+        x, y = batches[i % len(batches)]
+        for k, ((model, logits_of), opt) in enumerate(zip(models, optimizers)):
+            model.train()
             if device.type == "cuda":
                 torch.cuda.synchronize()
             start = time.perf_counter()
-        x, y = batches[i % len(batches)]
-        with amp:
-            logits = logits_of(model, x)
-            loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return steps * x.numel() / (time.perf_counter() - start)
+            with amp:
+                loss = F.cross_entropy(logits_of(model, x).float().flatten(0, 1), y.flatten())
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            if i >= warmup:
+                seconds[k] += time.perf_counter() - start
+    return [steps * batches[0][0].numel() / s for s in seconds]
 
 
 def main() -> None:
@@ -85,10 +89,9 @@ def main() -> None:
         ours, theirs = torch.compile(ours), torch.compile(theirs)
     n_ours = sum(p.numel() for p in ours.parameters())
     n_theirs = sum(p.numel() for p in theirs.parameters())
-    rows = []
-    for name, model, fn in [("transformers GPT2LMHeadModel", theirs, lambda m, x: m(input_ids=x).logits),
-                            ("nmtkit GPT", ours, lambda m, x: m(x))]:
-        rows.append((name, timed_loop(model, fn, batches, device, args.steps, args.warmup)))
+    rates = interleaved_loops([(theirs, lambda m, x: m(input_ids=x).logits), (ours, lambda m, x: m(x))], batches,
+                              device, args.steps, args.warmup)
+    rows = list(zip(["transformers GPT2LMHeadModel", "nmtkit GPT"], rates))
 
     # nmtkit's own loop (checkpointing, logging, schedule) on the same model and batch size
     from nmtkit.data.batching import LMBatch
