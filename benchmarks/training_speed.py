@@ -116,7 +116,7 @@ def profile(name: str, device: torch.device, max_tokens: int | None, out: Path) 
             step(batches[i % len(batches)])
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-    sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    sort = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{name}.txt").write_text(prof.key_averages().table(sort_by=sort, row_limit=40))
 

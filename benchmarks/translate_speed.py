@@ -5,9 +5,9 @@
 
 Exports the run with `nmtkit export --format ctranslate2` (float32) into a temporary folder, then translates
 the same lines through the same `nmtkit.workflows.translate` pipeline (tokenize, sort by length, batch,
-detokenize) twice: with nmtkit's decoder (`Translator`) and with CTranslate2 (`CT2Translator`, same thread
-count as torch). For beam 1 and 5 and batch 1 and 32 it reports target tokens per second of each and their
-ratio, and how many greedy outputs are identical. Without ctranslate2 installed (the GPU machine has none),
+detokenize) twice, in alternating chunks: with nmtkit's decoder (`Translator`) and with CTranslate2
+(`CT2Translator`, same thread count as torch). For beam 1 and 5 and batch 1 and 32 it reports target tokens
+per second of each and their ratio, and how many greedy outputs are identical. Without ctranslate2 installed (the GPU machine has none),
 it reports nmtkit's figures alone. Prints a Markdown table; `--append` adds it to docs/benchmarks.md with the
 command, machine and date.
 """
@@ -27,12 +27,20 @@ sys.path.insert(0, str(ROOT / "src"))
 from report import add_append_flag, command, publish  # noqa: E402
 
 
-def timed(translator, lines: list[str], beam: int, batch: int) -> tuple[list[str], float]:
+def timed(translators: list, lines: list[str], beam: int, batch: int, chunks: int = 5) -> list[tuple[list[str], float]]:
+    """Each translator's outputs and seconds for `lines`, the lines cut into chunks that the translators take in
+    turn (A B A B ...), so that a machine whose speed drifts during the run weighs on all of them alike."""
     from nmtkit import workflows
 
-    t = time.perf_counter()
-    out = list(workflows.translate(translator, lines, beam=beam, batch_size=batch, buffer_lines=max(batch * 8, 64)))
-    return out, time.perf_counter() - t
+    results = [([], 0.0) for _ in translators]
+    size = -(-len(lines) // chunks)
+    for i in range(0, len(lines), size):
+        for k, translator in enumerate(translators):
+            t = time.perf_counter()
+            out = list(workflows.translate(translator, lines[i : i + size], beam=beam, batch_size=batch,
+                                           buffer_lines=max(batch * 8, 64)))
+            results[k] = (results[k][0] + out, results[k][1] + time.perf_counter() - t)
+    return results
 
 
 def main() -> None:
@@ -63,14 +71,14 @@ def main() -> None:
     rows = []
     for beam in (1, 5):
         for batch in (1, 32):
-            timed(ours, lines[:32], beam, batch)  # warm up
-            a, ta = timed(ours, lines, beam, batch)
+            translators = [ours] if theirs is None else [ours, theirs]
+            timed(translators, lines[:32], beam, batch, chunks=1)  # warm up
+            (a, ta), *other = timed(translators, lines, beam, batch)
             ours_tps = sum(len(x) for x in ours.tgt_tok.encode(a)) / ta
-            if theirs is None:
+            if not other:
                 rows.append(f"| {beam} | {batch} | {ours_tps:,.0f} | - | - | - |")
             else:
-                timed(theirs, lines[:32], beam, batch)
-                b, tb = timed(theirs, lines, beam, batch)
+                ((b, tb),) = other
                 theirs_tps = sum(len(x) for x in ours.tgt_tok.encode(b)) / tb
                 same = sum(x == y for x, y in zip(a, b))
                 rows.append(f"| {beam} | {batch} | {ours_tps:,.0f} | {theirs_tps:,.0f} | "
