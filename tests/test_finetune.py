@@ -1,5 +1,6 @@
 """Downstream: heads, span mapping, SQuAD metric, the instruction loss mask, and each task learning a tiny set."""
 
+import importlib.util
 import json
 
 import pytest
@@ -20,6 +21,9 @@ from conftest import DEMO, write
 runner = CliRunner()
 TINY = {"block_size": 64, "d_model": 48, "heads": 4, "layers": 2, "dropout": 0.0}
 FAST = {"max_steps": 150, "eval_every": 50, "log_every": 10, "warmup_steps": 10, "lr": 3e-3}
+
+
+CT2 = importlib.util.find_spec("ctranslate2") is not None
 
 
 def run(*args):
@@ -176,6 +180,9 @@ def test_each_task_learns_a_tiny_data_set(pretrained, tiny_tasks, task):
         lines = result.stdout.split("\n")
         assert result.exit_code == 0 and lines[0].startswith("pos\t") and lines[1] == "" and lines[2].startswith("neg\t")
         assert len(lines) == 4  # three input lines, three output lines
+        if CT2:
+            refused = run("export", run_dir, tiny_tasks["folder"] / "ft-classify-ct2")
+            assert refused.exit_code == 1 and "a --task classify run" in refused.stderr
     elif task == "qa":
         assert best["exact_match"] == 100.0 and best["f1"] == 100.0
         context = write(tiny_tasks["folder"] / "context.txt", "The cat sat on the mat. The dog ran in the park.\n")
@@ -187,6 +194,12 @@ def test_each_task_learns_a_tiny_data_set(pretrained, tiny_tasks, task):
         result = run("generate", "-m", run_dir, "--instruction", "Repeat the word.", "--input", "cat", "-n", "20",
                      "--temperature", "0", "--device", "cpu")
         assert result.stdout == "cat cat\n"
+        if CT2:  # the instruction-tuned run exported for CTranslate2 answers the same
+            exported = tiny_tasks["folder"] / "ft-generate-ct2"
+            assert run("export", run_dir, exported).exit_code == 0
+            result = run("generate", "-m", exported, "--instruction", "Repeat the word.", "--input", "cat", "-n", "20",
+                         "--temperature", "0", "--device", "cpu")
+            assert result.stdout == "cat cat\n"
     evaluated = run("evaluate", "-m", run_dir, "--data", data, "--json", "--device", "cpu")
     assert evaluated.exit_code == 0, evaluated.output
     metric = {"classify": "accuracy", "qa": "f1", "generate": "chrf"}[task]
