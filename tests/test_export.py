@@ -54,6 +54,17 @@ def test_exported_greedy_output_is_identical_to_nmtkit(run, exported):
     assert ours == theirs
 
 
+def test_evaluate_scores_an_export_like_its_run(run, exported):
+    def bleu(model, *extra):
+        result = runner.invoke(app, ["evaluate", "-m", str(model), "--src", str(DEMO / "test.en"), "--ref",
+                                     str(DEMO / "test.ko"), "--beam", "1", "--device", "cpu", "--json", *extra])
+        assert result.exit_code == 0, result.output
+        return json.loads(result.stdout)["scores"]["bleu"]["score"]
+
+    assert bleu(exported) == bleu(run) > 0
+    assert bleu(exported, "--compute-type", "int8") > 0
+
+
 @pytest.mark.parametrize("norm", ["post"])
 def test_post_norm_and_learned_positions_export_exactly(tmp_path, norm):
     run = train(tmp_path / "run", "--norm", norm, "--positions", "learned", "--max-steps", "60")

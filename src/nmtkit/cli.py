@@ -500,7 +500,7 @@ def score_cmd(
 
 @command("evaluate")
 def evaluate_cmd(
-    model: Path = typer.Option(..., "--model", "-m", help="A translator or fine-tuned run folder."),
+    model: Path = typer.Option(..., "--model", "-m", help="A translator or fine-tuned run folder, or a translator's CTranslate2 export."),
     src: Optional[str] = typer.Option(None, "--src", help="Translators: test source file (or known corpus file, e.g. demo/test.en)."),
     ref: Optional[str] = typer.Option(None, "--ref", help="Translators: test reference file."),
     data: Optional[str] = typer.Option(None, "--data", help="Fine-tuned runs: test data in the task's format (sst2/valid.tsv, squad/valid.json...)."),
@@ -513,13 +513,15 @@ def evaluate_cmd(
     tokenize: Optional[str] = typer.Option(None, "--tokenize", help=TOKENIZE_HELP),
     lowercase: bool = typer.Option(False, "--lowercase", "-lc", help="Case-insensitive scores."),
     device: str = DEVICE,
+    compute_type: str = COMPUTE_TYPE,
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Score a run on test data with its task's metric (translators: BLEU, chrF, TER; classify: accuracy and
     macro-F1; qa: exact match and F1; generate: chrF and BLEU); the result is recorded in its run.json."""
     from nmtkit import checkpoint, workflows
+    from nmtkit.export import is_ctranslate2_folder
 
-    if checkpoint.read_config(model)["kind"] == "finetune":
+    if not is_ctranslate2_folder(model) and checkpoint.read_config(model)["kind"] == "finetune":
         if not (data or dataset):
             raise NmtkitError("a fine-tuned run is evaluated on --data FILE or --dataset NAME")
         spec = {"file": data} if data else {"dataset": dataset, "config": dataset_config, "split": split}
@@ -538,7 +540,8 @@ def evaluate_cmd(
     if not (src and ref):
         raise NmtkitError("a translator is evaluated on --src FILE and --ref FILE")
     result = workflows.evaluate_translator(model, src, ref, device=device, beam=beam, batch_size=batch_size,
-                                           length_penalty=length_penalty, tokenize=tokenize, lowercase=lowercase)
+                                           length_penalty=length_penalty, tokenize=tokenize, lowercase=lowercase,
+                                           compute_type=compute_type)
     if as_json:
         _print_json(result)
         return

@@ -428,12 +428,13 @@ def score(hypotheses: list[str], references: list[list[str]], names: tuple[str, 
 def evaluate_translator(
     run_dir: str | Path, src: str, ref: str, *, device: str = "auto", beam: int = 5, batch_size: int = 64,
     length_penalty: float = 1.0, tokenize: str | None = None, lowercase: bool = False, target_lang: str | None = None,
-    record: bool = True,
+    record: bool = True, compute_type: str = "default",
 ) -> dict[str, Any]:
-    """Translate a test set, score it, and record the result in the run folder's run.json."""
+    """Translate a test set, score it, and record the result in the run folder's run.json (a run folder or a
+    CTranslate2 export of one, as `open_translator` takes)."""
     import time
 
-    translator = Translator(run_dir, device)
+    translator = open_translator(run_dir, device, compute_type)
     src_path, ref_path = registry.resolve(src), registry.resolve(ref)
     sources = list(corpora.read_lines(src_path))
     references = list(corpora.read_lines(ref_path))
