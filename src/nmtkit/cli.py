@@ -108,6 +108,11 @@ def _settings(config_file: Optional[Path], flags: dict[str, Any]) -> dict[str, A
 ON_BAD_LINE = typer.Option("error", "--on-bad-line", help="What to do with invalid UTF-8: error, skip the line (an empty output line in line-by-line commands) or replace the bad bytes with U+FFFD; skips and replacements are counted on stderr.")
 DEVICE = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps.")
 COMPUTE_TYPE = typer.Option("default", "--compute-type", help="CTranslate2 exports: int8, int8_float32, float16, float32... (default: as exported).")
+TRAIN_SRC = typer.Option(None, "--src", help="Training source file (or known corpus file, e.g. demo/train.en).")
+TRAIN_TGT = typer.Option(None, "--tgt", help="Training target file, line-aligned with --src.")
+VALID_SRC = typer.Option(None, "--valid-src", help="Validation source file.")
+VALID_TGT = typer.Option(None, "--valid-tgt", help="Validation target file.")
+VOCAB_SIZE = typer.Option(8000, "--vocab-size", help="Pieces of the tokenizer trained on the fly.")
 SETTINGS = typer.Option(None, "--settings", help="TOML/YAML with \\[model] and \\[train] tables; flags override it.")
 RESUME = typer.Option(False, "--resume", help="Continue the run in --output exactly where it stopped.")
 SEED = typer.Option(None, "--seed", help="Random seed.")
@@ -340,10 +345,10 @@ def _translation_data(src, tgt, valid_src, valid_tgt, corpus, src_lang, tgt_lang
 def train_translator_cmd(
     arch: Optional[str] = typer.Option(None, "--arch", help="rnn (fixed context vector), attention, or transformer (default)."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Run folder (default checkpoints/ARCH-DATE-TIME)."),
-    src: Optional[str] = typer.Option(None, "--src", help="Training source file (or known corpus file, e.g. demo/train.en)."),
-    tgt: Optional[str] = typer.Option(None, "--tgt", help="Training target file, line-aligned with --src."),
-    valid_src: Optional[str] = typer.Option(None, "--valid-src", help="Validation source file."),
-    valid_tgt: Optional[str] = typer.Option(None, "--valid-tgt", help="Validation target file."),
+    src: Optional[str] = TRAIN_SRC,
+    tgt: Optional[str] = TRAIN_TGT,
+    valid_src: Optional[str] = VALID_SRC,
+    valid_tgt: Optional[str] = VALID_TGT,
     corpus: Optional[str] = typer.Option(None, "--corpus", help="A known translation corpus (demo, multi30k): its train and valid splits."),
     src_lang: Optional[str] = typer.Option(None, "--src-lang", help="Source language code (with --corpus or --dataset)."),
     tgt_lang: Optional[str] = typer.Option(None, "--tgt-lang", help="Target language code (with --corpus or --dataset)."),
@@ -355,7 +360,7 @@ def train_translator_cmd(
     src_column: Optional[str] = typer.Option(None, "--src-column", help="Dataset column holding source text."),
     tgt_column: Optional[str] = typer.Option(None, "--tgt-column", help="Dataset column holding target text."),
     tokenizer: Optional[Path] = typer.Option(None, "--tokenizer", "-t", help="Use this tokenizer (else train a joint one on the training data)."),
-    vocab_size: int = typer.Option(8000, "--vocab-size", help="Pieces of the tokenizer trained on the fly."),
+    vocab_size: int = VOCAB_SIZE,
     tokenizer_type: str = typer.Option("unigram", "--tokenizer-type", help="bpe or unigram, for the tokenizer trained on the fly."),
     # model
     d_model: Optional[int] = typer.Option(None, "--d-model", help="Transformer width."),
@@ -602,7 +607,7 @@ def pretrain_cmd(
     data_files: Optional[List[str]] = typer.Option(None, "--data-files", help="Local files for --dataset json/csv/text."),
     valid_fraction: float = typer.Option(0.1, "--valid-fraction", help="The last share of the text (in characters) kept for validation."),
     tokenizer: Optional[Path] = typer.Option(None, "--tokenizer", "-t", help="Use this tokenizer (else train one on the text)."),
-    vocab_size: int = typer.Option(8000, "--vocab-size", help="Pieces of the tokenizer trained on the fly."),
+    vocab_size: int = VOCAB_SIZE,
     tokenizer_type: str = typer.Option("unigram", "--tokenizer-type", help="bpe, unigram or char, for the tokenizer trained on the fly."),
     block_size: Optional[int] = typer.Option(None, "--block-size", help="Context length in tokens (default 256)."),
     d_model: Optional[int] = typer.Option(None, "--d-model", help="Width (default 384)."),
@@ -925,10 +930,10 @@ def plot_cmd(
 @command("compare")
 def compare_cmd(
     output: Path = typer.Option(..., "--output", "-o", help="Folder for the runs (rnn/, attention/, transformer/), the tokenizer and curves.png."),
-    src: Optional[str] = typer.Option(None, "--src", help="Training source file (or known corpus file)."),
-    tgt: Optional[str] = typer.Option(None, "--tgt", help="Training target file."),
-    valid_src: Optional[str] = typer.Option(None, "--valid-src", help="Validation source file."),
-    valid_tgt: Optional[str] = typer.Option(None, "--valid-tgt", help="Validation target file."),
+    src: Optional[str] = TRAIN_SRC,
+    tgt: Optional[str] = TRAIN_TGT,
+    valid_src: Optional[str] = VALID_SRC,
+    valid_tgt: Optional[str] = VALID_TGT,
     test_src: Optional[str] = typer.Option(None, "--test-src", help="Test source file (default: the corpus's test split, else validation)."),
     test_ref: Optional[str] = typer.Option(None, "--test-ref", help="Test reference file."),
     corpus: Optional[str] = typer.Option(None, "--corpus", help="A known translation corpus (demo, multi30k): train, valid and test splits."),
@@ -937,7 +942,7 @@ def compare_cmd(
     budget: str = typer.Option("300", "--budget", help="Each architecture's training budget: steps (300) or minutes (5m)."),
     archs: str = typer.Option("rnn,attention,transformer", "--archs", help="Which architectures, comma-separated."),
     tokenizer: Optional[Path] = typer.Option(None, "--tokenizer", "-t", help="One tokenizer for all (else a joint one is trained)."),
-    vocab_size: int = typer.Option(8000, "--vocab-size", help="Pieces of the tokenizer trained on the fly."),
+    vocab_size: int = VOCAB_SIZE,
     settings_file: Optional[Path] = typer.Option(None, "--settings", help="TOML/YAML with \\[rnn], \\[attention], \\[transformer] model tables and a \\[train] table."),
     device: str = DEVICE,
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),

@@ -263,12 +263,14 @@ class CT2Translator:
     def __init__(self, folder: str | Path, device: str = "auto", compute_type: str = "default"):
         from nmtkit.export import INFO, ctranslate2_module
 
+        from nmtkit.models import translator_config
+
         ct2 = ctranslate2_module()
         self.run_dir = Path(folder)
         self.config = read_json(self.run_dir / INFO)["config"]
         self.arch = self.config["arch"]
         self.src_tok = self.tgt_tok = Tokenizer(self.run_dir / checkpoint.TOKENIZER_DIR)
-        self.max_src_len = self.config["model"].get("max_positions", 1024) - 1  # as max_source_len
+        self.max_src_len = max_source_len(translator_config(self.arch, self.config["model"], str(self.run_dir / INFO)))
         self.model = ct2.Translator(str(self.run_dir), **_ct2_device(ct2, device), compute_type=compute_type)
 
     def translate_ids(self, src: list[list[int]], *, beam: int = 5, length_penalty: float = 1.0, n_best: int = 1,
@@ -291,15 +293,21 @@ def _ct2_device(ct2, device: str) -> dict[str, Any]:
     return {"device": "cpu", "intra_threads": torch.get_num_threads()}
 
 
-def open_translator(path: str | Path, device: str = "auto", compute_type: str = "default"):
-    """A translator run folder, or a CTranslate2 export of one (`compute_type`: int8, float16... for those)."""
+def _run_or_export(path: str | Path, device: str, compute_type: str, run_class, export_class):
+    """A run folder loaded as `run_class`, or a CTranslate2 export of one as `export_class` (`compute_type`:
+    int8, float16... for those)."""
     from nmtkit.export import is_ctranslate2_folder
 
     if is_ctranslate2_folder(path):
-        return CT2Translator(path, device, compute_type)
+        return export_class(path, device, compute_type)
     if compute_type != "default":
         raise ConfigError(f"--compute-type is for CTranslate2 exports; {path} is a run folder")
-    return Translator(path, device)
+    return run_class(path, device)
+
+
+def open_translator(path: str | Path, device: str = "auto", compute_type: str = "default"):
+    """A translator run folder, or a CTranslate2 export of one."""
+    return _run_or_export(path, device, compute_type, Translator, CT2Translator)
 
 
 def max_source_len(model_cfg) -> int:
@@ -975,14 +983,8 @@ class CT2LanguageModel(LanguageModel):
 
 
 def open_language_model(path: str | Path, device: str = "auto", compute_type: str = "default") -> LanguageModel:
-    """A GPT run folder, or a CTranslate2 export of one (`compute_type`: int8, float16... for those)."""
-    from nmtkit.export import is_ctranslate2_folder
-
-    if is_ctranslate2_folder(path):
-        return CT2LanguageModel(path, device, compute_type)
-    if compute_type != "default":
-        raise ConfigError(f"--compute-type is for CTranslate2 exports; {path} is a run folder")
-    return LanguageModel(path, device)
+    """A GPT run folder, or a CTranslate2 export of one."""
+    return _run_or_export(path, device, compute_type, LanguageModel, CT2LanguageModel)
 
 
 def generate(
