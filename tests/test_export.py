@@ -104,6 +104,8 @@ def test_gpt_export_generates_the_same_text(tmp_path):
     assert generate("gpt-ct2", "--compute-type", "int8", "A man is").startswith("A man is")
     sampled = ["--temperature", "1", "--top-k", "20", "--seed", "3", "--num-samples", "2", "--json"]
     assert generate("gpt-ct2", *sampled, stdin=many) == generate("gpt-ct2", *sampled, stdin=many)  # seeded
+    result = runner.invoke(app, ["translate", "-m", str(tmp_path / "gpt-ct2")], input="A man\n")
+    assert result.exit_code == 1 and "a CTranslate2 export of a 'gpt' run" in result.stderr
     result = runner.invoke(app, ["generate", "-m", str(tmp_path / "gpt-ct2"), "--max-new-tokens", "100", "A man"])
     assert result.exit_code == 0 and "the CTranslate2 export has 32 positions: at most" in " ".join(result.stderr.split())
 
@@ -116,3 +118,5 @@ def test_export_refuses_what_it_cannot_export(run, exported, tmp_path):
     assert result.exit_code == 1 and "exists and is not empty" in result.stderr
     result = runner.invoke(app, ["translate", "-m", str(run), "--compute-type", "int8"], input="hello\n")
     assert result.exit_code == 1 and "--compute-type is for CTranslate2 exports" in result.stderr
+    result = runner.invoke(app, ["generate", "-m", str(exported), "hello"])  # a translator's export
+    assert result.exit_code == 1 and "a CTranslate2 export of a 'translator' run" in result.stderr

@@ -41,6 +41,17 @@ def is_ctranslate2_folder(path: str | Path) -> bool:
     return (Path(path) / INFO).is_file() and (Path(path) / "model.bin").is_file()
 
 
+def read_export(folder: str | Path, kinds: tuple[str, ...]) -> dict[str, Any]:
+    """The config of the run an export was made from; refuses an export of another kind of run."""
+    from nmtkit.files import read_json
+
+    info = read_json(Path(folder) / INFO)
+    if info.get("kind") not in kinds:
+        raise CheckpointError(f"{folder}: a CTranslate2 export of a {info.get('kind')!r} run, but this command needs "
+                              f"one of: {', '.join(kinds)}")
+    return info["config"]
+
+
 def export_ctranslate2(run_dir: str | Path, out: str | Path, quantization: str | None = None) -> dict[str, Any]:
     """Write the CTranslate2 model of a Transformer translator or GPT run into `out`; returns what was written.
     `quantization` (int8, int8_float32, float16, ...) stores the weights so; translation can also quantize at

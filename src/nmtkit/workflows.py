@@ -261,13 +261,12 @@ class CT2Translator:
     interface (source ids in, (ids, score) lists out), so `translate` treats both alike."""
 
     def __init__(self, folder: str | Path, device: str = "auto", compute_type: str = "default"):
-        from nmtkit.export import INFO, ctranslate2_module
-
+        from nmtkit.export import INFO, ctranslate2_module, read_export
         from nmtkit.models import translator_config
 
         ct2 = ctranslate2_module()
         self.run_dir = Path(folder)
-        self.config = read_json(self.run_dir / INFO)["config"]
+        self.config = read_export(self.run_dir, ("translator",))
         self.arch = self.config["arch"]
         self.src_tok = self.tgt_tok = Tokenizer(self.run_dir / checkpoint.TOKENIZER_DIR)
         self.max_src_len = max_source_len(translator_config(self.arch, self.config["model"], str(self.run_dir / INFO)))
@@ -950,11 +949,11 @@ class CT2LanguageModel(LanguageModel):
     `LanguageModel` interface. It cannot slide its window: generation stops at the model's last position."""
 
     def __init__(self, folder: str | Path, device: str = "auto", compute_type: str = "default"):
-        from nmtkit.export import INFO, ctranslate2_module
+        from nmtkit.export import ctranslate2_module, read_export
 
         self.ct2 = ctranslate2_module()
         self.run_dir = Path(folder)
-        self._settings(read_json(self.run_dir / INFO)["config"])
+        self._settings(read_export(self.run_dir, ("gpt", "finetune")))
         self.model = self.ct2.Generator(str(self.run_dir), **_ct2_device(self.ct2, device), compute_type=compute_type)
 
     def seeded(self, seed: int):
