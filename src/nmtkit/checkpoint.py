@@ -12,7 +12,8 @@ A run folder (`checkpoints/<run>/`) alone is enough to use a model on any machin
     .lock              while a training process writes the folder: who (`lock_run`)
 
 Every file is written to a temporary name in the same folder, flushed to disk and renamed, so a crash never
-leaves a half-written file. One training process writes a run folder at a time. What is *not* here: what the config means (models and workflows decide that).
+leaves a half-written file. One training process writes a run folder at a time. What is *not* here: what the
+config means (models and workflows decide that).
 """
 
 from __future__ import annotations
@@ -141,15 +142,14 @@ def load_train_state(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: refused: not a safe training-state file ({first})") from None
 
 
-
 @contextlib.contextmanager
 def lock_run(run_dir: str | Path) -> Iterator[None]:
     """Hold `run_dir/.lock` while writing the run folder, so a second training process is refused.
 
     The lock is an advisory `flock`, which the kernel releases when its process dies, however it dies: a lock
     file left by a killed process is detected as stale and taken over, and the temporary files of its
-    unfinished writes are removed. The file names the holder (pid, host,
-    start time) for the error message; it is removed on release. A folder this call created and that is still
+    unfinished writes are removed. The file names the holder (pid, host, start time) for the error message;
+    it is removed on release. A folder this call created and that is still
     empty afterwards (the run failed before writing anything) is removed too.
     """
     import datetime
