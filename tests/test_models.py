@@ -65,12 +65,18 @@ def test_padding_does_not_change_results(arch, settings):
     torch.testing.assert_close(together, alone, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("onednn", [True, False], ids=["onednn", "blas-only"])
 @pytest.mark.parametrize("arch, settings", VARIANTS, ids=IDS)
-def test_cpu_inference_layout_gives_the_same_results(arch, settings):
+def test_cpu_inference_layout_gives_the_same_results(arch, settings, onednn, monkeypatch):
     model = make(arch, settings)
     src, mask, tgt = batch()
     before, keys = model(src, mask, tgt), set(model.state_dict())
+    monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: onednn)
     for_cpu_inference(model)
+    linears = [m for m in model.modules() if isinstance(m, CPUInferenceLinear)]
+    assert all((m.packed is not None) == onednn for m in linears)
+    tied = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
+    assert all(m.weight.data_ptr() == m.weight_t.data_ptr() for m in linears if id(m.weight) not in tied)  # no 3rd copy
     with torch.inference_mode():
         after = model(src, mask, tgt)
         alone = step_by_step(model, src[1:2, :5], mask[1:2, :5], tgt[1:2])[0]  # no padding: no attention mask

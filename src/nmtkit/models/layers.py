@@ -65,7 +65,8 @@ class MultiHeadAttention(nn.Module):
             q = self.split(self.q(x))
             k, v = cache if cache is not None else self.project_kv(context)
         else:
-            q, k, v = map(self.split, self.qkv(x).chunk(3, dim=-1))
+            B, T, D = x.shape  # one projection, viewed as q, k, v of (B, H, T, K) each
+            q, k, v = self.qkv(x).view(B, T, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
             if cache is not None:
                 k, v = torch.cat([cache[0], k], dim=2), torch.cat([cache[1], v], dim=2)
                 causal = False  # one new query position sees every cached key
@@ -105,25 +106,36 @@ def record_attention(model: nn.Module):
 
 
 class CPUInferenceLinear(nn.Linear):
-    """An `nn.Linear` that multiplies by a transposed copy of its weight (in x out, contiguous); made by
-    `for_cpu_inference`."""
+    """An `nn.Linear` for decoding on a CPU, made by `for_cpu_inference`. One row (greedy decoding, one sentence)
+    is multiplied by the weight stored transposed (in x out, contiguous), which CPU BLAS streams 1.5-2.5x faster
+    than nn.Linear's (out x in); more rows (beams, batches, a whole source sentence) go through oneDNN with the
+    weight in its own blocked layout (`packed`), 1.3-2x faster than BLAS for 2 to 32 rows."""
 
     weight_t: Tensor
+    packed: Tensor | None
 
     def forward(self, x: Tensor) -> Tensor:
         rows = x.reshape(-1, self.in_features)
+        if self.packed is not None and rows.size(0) > 1:
+            return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
         y = rows @ self.weight_t if self.bias is None else torch.addmm(self.bias, rows, self.weight_t)
         return y.view(*x.shape[:-1], self.out_features)
 
 
 def for_cpu_inference(model: nn.Module) -> nn.Module:
-    """Turn every `nn.Linear` of an inference model into a `CPUInferenceLinear` (in place; weights, names and
-    state dict unchanged). For the few-row inputs of step-by-step decoding, CPU BLAS streams a weight stored
-    (in x out) 1.5-2.5x faster than nn.Linear's (out x in). The copies are taken now: for a model that is no
-    longer trained."""
+    """Turn every `nn.Linear` of an inference model into a `CPUInferenceLinear` (in place; names, values and
+    state dict unchanged). The weight becomes a view of its transposed copy, so the two layouts cost one extra
+    copy (none where oneDNN is missing), except for a weight tied to an embedding table, which keeps its rows
+    contiguous for lookups. For a model that is no longer trained."""
+    pack = getattr(torch.ops.mkldnn, "_reorder_linear_weight", None) if torch.backends.mkldnn.is_available() else None
+    tables = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
     for m in model.modules():
         if type(m) is nn.Linear:
-            m.register_buffer("weight_t", m.weight.detach().t().contiguous(), persistent=False)
+            weight = m.weight.detach()
+            m.packed = pack(weight) if pack is not None else None
+            m.weight_t = weight.t().contiguous()
+            if id(m.weight) not in tables:
+                m.weight.data = m.weight_t.t()  # same values, one storage
             m.__class__ = CPUInferenceLinear
     return model
 
@@ -133,11 +145,11 @@ class FeedForward(nn.Module):
         super().__init__()
         self.up = nn.Linear(d_model, ff_dim)
         self.down = nn.Linear(ff_dim, d_model)
-        self.act = nn.GELU() if activation == "gelu" else nn.ReLU()
-        self.drop = nn.Dropout(dropout)
+        self.act = F.gelu if activation == "gelu" else F.relu
+        self.dropout = dropout  # functional dropout and activation: no module call per layer when decoding
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.down(self.drop(self.act(self.up(x))))
+        return self.down(F.dropout(self.act(self.up(x)), self.dropout, self.training))
 
 
 class Block(nn.Module):
@@ -152,11 +164,11 @@ class Block(nn.Module):
         self.cross_attn = MultiHeadAttention(d_model, heads, attention_dropout, cross=True) if cross else None
         self.ff = FeedForward(d_model, ff_dim, dropout, activation)
         self.norms = nn.ModuleList(nn.LayerNorm(d_model) for _ in range(3 if cross else 2))
-        self.drop = nn.Dropout(dropout)
+        self.dropout = dropout
 
     def sublayer(self, i: int, x: Tensor, fn) -> tuple[Tensor, object]:
         y, extra = fn(self.norms[i](x) if self.pre else x)
-        x = x + self.drop(y)
+        x = x + F.dropout(y, self.dropout, self.training)
         return (x if self.pre else self.norms[i](x)), extra
 
     def forward(self, x, self_mask=None, causal=False, memory=None, memory_mask=None, cache=None):
