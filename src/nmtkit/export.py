@@ -23,7 +23,7 @@ from typing import Any
 
 from nmtkit import checkpoint
 from nmtkit.errors import CheckpointError, ConfigError
-from nmtkit.files import write_json
+from nmtkit.files import read_json, write_json
 
 INFO = "nmtkit.json"
 LAYER_NORM_EPS = 1e-5  # torch.nn.LayerNorm's default, which every nmtkit model uses
@@ -43,8 +43,6 @@ def is_ctranslate2_folder(path: str | Path) -> bool:
 
 def read_export(folder: str | Path, kinds: tuple[str, ...]) -> dict[str, Any]:
     """The config of the run an export was made from; refuses an export of another kind of run."""
-    from nmtkit.files import read_json
-
     info = read_json(Path(folder) / INFO)
     if info.get("kind") not in kinds:
         raise CheckpointError(f"{folder}: a CTranslate2 export of a {info.get('kind')!r} run, but this command needs "
@@ -82,7 +80,7 @@ def export_ctranslate2(run_dir: str | Path, out: str | Path, quantization: str |
         model = GPT(from_dict(GPTConfig, config["model"], str(run_dir / checkpoint.CONFIG)))
     checkpoint.load_into(model, run_dir / checkpoint.WEIGHTS)
     with torch.no_grad():
-        spec = _translator_spec(ct2, model, pieces) if config["kind"] == "translator" else _gpt_spec(ct2, model, pieces)
+        spec = _translator_spec(model, pieces) if config["kind"] == "translator" else _gpt_spec(model, pieces)
     spec.config.layer_norm_epsilon = LAYER_NORM_EPS
     try:
         spec.validate()
@@ -138,7 +136,7 @@ def _positions(spec, positions, n: int) -> None:
     spec.encodings = _np(table[:n])
 
 
-def _translator_spec(ct2, model, pieces: list[str]):
+def _translator_spec(model, pieces: list[str]):
     from ctranslate2.specs import common_spec, transformer_spec
 
     cfg = model.cfg
@@ -164,7 +162,7 @@ def _translator_spec(ct2, model, pieces: list[str]):
     return spec
 
 
-def _gpt_spec(ct2, model, pieces: list[str]):
+def _gpt_spec(model, pieces: list[str]):
     from ctranslate2.specs import common_spec, transformer_spec
 
     cfg = model.cfg

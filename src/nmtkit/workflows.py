@@ -6,6 +6,7 @@ libraries (torch, datasets) are imported inside the functions that need them.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import logging
@@ -526,9 +527,8 @@ def _one_writer(train_workflow):
     @functools.wraps(train_workflow)
     def locked(*, run_dir: str | Path, resume: bool = False, **kwargs: Any) -> Any:
         run_dir = Path(run_dir)
-        if int(os.environ.get("RANK", "0")):
-            return train_workflow(run_dir=run_dir, resume=_resuming(run_dir, resume), **kwargs)
-        with checkpoint.lock_run(run_dir):
+        lock = contextlib.nullcontext() if int(os.environ.get("RANK", "0")) else checkpoint.lock_run(run_dir)
+        with lock:
             return train_workflow(run_dir=run_dir, resume=_resuming(run_dir, resume), **kwargs)
 
     return locked

@@ -17,14 +17,14 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Iterable, Iterator, Literal
+from typing import IO, Any, Iterable, Iterator, Literal, get_args
 
 from nmtkit.errors import DataError
 
 log = logging.getLogger("nmtkit")
 
 OnBadLine = Literal["error", "skip", "replace"]
-ON_BAD_LINE_CHOICES = ("error", "skip", "replace")
+ON_BAD_LINE_CHOICES = get_args(OnBadLine)
 TABLE_SUFFIXES = (".tsv", ".csv")
 JSON_SUFFIXES = (".json", ".jsonl")
 
