@@ -65,13 +65,15 @@ def test_padding_does_not_change_results(arch, settings):
     torch.testing.assert_close(together, alone, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("threads", [1, 2], ids=["1-thread", "2-threads"])  # 2: one row in column blocks
 @pytest.mark.parametrize("onednn", [True, False], ids=["onednn", "blas-only"])
 @pytest.mark.parametrize("arch, settings", VARIANTS, ids=IDS)
-def test_cpu_inference_layout_gives_the_same_results(arch, settings, onednn, monkeypatch):
+def test_cpu_inference_layout_gives_the_same_results(arch, settings, onednn, threads, monkeypatch):
     model = make(arch, settings)
     src, mask, tgt = batch()
     before, keys = model(src, mask, tgt), set(model.state_dict())
     monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: onednn)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
     for_cpu_inference(model)
     linears = [m for m in model.modules() if isinstance(m, CPUInferenceLinear)]
     assert all((m.packed is not None) == onednn for m in linears)
@@ -83,6 +85,19 @@ def test_cpu_inference_layout_gives_the_same_results(arch, settings, onednn, mon
     assert set(model.state_dict()) == keys and any(isinstance(m, CPUInferenceLinear) for m in model.modules())
     torch.testing.assert_close(after, before, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(alone, before[1], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("threads, blocks", [(1, None), (2, (2, 8, 3)), (4, None)])  # 4 does not divide 6 columns
+def test_one_row_is_multiplied_in_a_column_block_per_thread(threads, blocks, monkeypatch):
+    torch.manual_seed(0)
+    layer = for_cpu_inference(torch.nn.Sequential(torch.nn.Linear(8, 6)))[0]
+    x = torch.randn(1, 1, 8)
+    expected = torch.nn.functional.linear(x, layer.weight, layer.bias)
+    real, seen = torch.baddbmm, []
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
+    monkeypatch.setattr(torch, "baddbmm", lambda bias, row, w: seen.append(tuple(w.shape)) or real(bias, row, w))
+    torch.testing.assert_close(layer(x), expected)
+    assert seen == ([blocks] if blocks else [])
 
 
 def test_transformer_flops_per_token_by_hand():
