@@ -117,10 +117,11 @@ class CPUInferenceLinear(nn.Linear):
     packed: Tensor | None
 
     def forward(self, x: Tensor) -> Tensor:
-        rows, n = x.reshape(-1, self.in_features), torch.get_num_threads()
+        rows = x.reshape(-1, self.in_features)
         if rows.size(0) > 1 and self.packed is not None:
             return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
-        if rows.size(0) == 1 and n > 1 and self.out_features % n == 0:
+        n = torch.get_num_threads() if rows.size(0) == 1 else 1  # column blocks: one a thread, for one row
+        if n > 1 and self.out_features % n == 0:
             blocks = self.weight_t.view(self.in_features, n, -1).transpose(0, 1)  # (n, in, out / n), no copy
             row = rows.expand(n, 1, self.in_features)
             y = torch.bmm(row, blocks) if self.bias is None else torch.baddbmm(self.bias.view(n, 1, -1), row, blocks)
