@@ -52,13 +52,14 @@ def main() -> None:
     add_append_flag(ap)
     args = ap.parse_args()
     from nmtkit.models.gpt import GPT, GPTConfig
-    from nmtkit.workflows import ready_for_inference
+    from nmtkit.models.layers import for_cpu_inference
 
     device = torch.device(args.device)
     torch.manual_seed(0)
     cfg = GPTConfig(vocab_size=65, block_size=args.prompt_tokens + args.new_tokens, d_model=384, heads=6, layers=6,
                     dropout=0.0)
-    model = ready_for_inference(GPT(cfg), device)  # as `nmtkit generate` loads a run
+    model = GPT(cfg).to(device).eval()
+    model = for_cpu_inference(model) if device.type == "cpu" else model  # as `nmtkit generate` loads a run
     prompt = torch.randint(4, cfg.vocab_size, (1, args.prompt_tokens), device=device)
     with_cache(model, prompt, 8)  # warm up both paths
     without_cache(model, prompt, 8)

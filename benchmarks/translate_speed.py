@@ -4,7 +4,7 @@
         [--src ../shared/corpora/multi30k/test_2016_flickr.de] [--lines 1000] [--device cpu] [--append]
 
 Exports the run with `nmtkit export --format ctranslate2` (float32) into a temporary folder, then translates
-the same lines through the same `nmtkit.workflows.translate` pipeline (tokenize, sort by length, batch,
+the same lines through the same `nmtkit.workflows.translation.translate` pipeline (tokenize, sort by length, batch,
 detokenize) twice, in alternating chunks: with nmtkit's decoder (`Translator`) and with CTranslate2
 (`CT2Translator`, same thread count as torch). For beam 1 and 5 and batch 1 and 32 it reports target tokens
 per second of each and their ratio, and how many greedy outputs are identical. Without ctranslate2 installed (the GPU machine has none),
@@ -30,14 +30,14 @@ from report import add_append_flag, command, publish  # noqa: E402
 def timed(translators: list, lines: list[str], beam: int, batch: int, chunks: int = 5) -> list[tuple[list[str], float]]:
     """Each translator's outputs and seconds for `lines`, the lines cut into chunks that the translators take in
     turn (A B A B ...), so that a machine whose speed drifts during the run weighs on all of them alike."""
-    from nmtkit import workflows
+    from nmtkit.workflows import translation
 
     results = [([], 0.0) for _ in translators]
     size = -(-len(lines) // chunks)
     for i in range(0, len(lines), size):
         for k, translator in enumerate(translators):
             t = time.perf_counter()
-            out = list(workflows.translate(translator, lines[i : i + size], beam=beam, batch_size=batch,
+            out = list(translation.translate(translator, lines[i : i + size], beam=beam, batch_size=batch,
                                            buffer_lines=max(batch * 8, 64)))
             results[k] = (results[k][0] + out, results[k][1] + time.perf_counter() - t)
     return results
@@ -53,7 +53,7 @@ def main() -> None:
     args = ap.parse_args()
     import torch
 
-    from nmtkit import workflows
+    from nmtkit.workflows import translation
     from nmtkit.export import export_ctranslate2
 
     try:
@@ -61,12 +61,12 @@ def main() -> None:
     except ImportError:
         ctranslate2 = None
     lines = Path(args.src).read_text(encoding="utf-8").splitlines()[: args.lines]
-    ours = workflows.Translator(args.model, args.device)
+    ours = translation.Translator(args.model, args.device)
     theirs = None
     if ctranslate2 is not None:
         out = Path(tempfile.mkdtemp(prefix="nmtkit-ct2-")) / "model"
         export_ctranslate2(args.model, out)
-        theirs = workflows.CT2Translator(out, args.device)
+        theirs = translation.CT2Translator(out, args.device)
     threads = torch.get_num_threads()
     rows = []
     for beam in (1, 5):
@@ -74,12 +74,12 @@ def main() -> None:
             translators = [ours] if theirs is None else [ours, theirs]
             timed(translators, lines[:32], beam, batch, chunks=1)  # warm up
             (a, ta), *other = timed(translators, lines, beam, batch)
-            ours_tps = sum(len(x) for x in ours.tgt_tok.encode(a)) / ta
+            ours_tps = sum(len(x) for x in ours.tok.encode(a)) / ta
             if not other:
                 rows.append(f"| {beam} | {batch} | {ours_tps:,.0f} | - | - | - |")
             else:
                 ((b, tb),) = other
-                theirs_tps = sum(len(x) for x in ours.tgt_tok.encode(b)) / tb
+                theirs_tps = sum(len(x) for x in ours.tok.encode(b)) / tb
                 same = sum(x == y for x, y in zip(a, b))
                 rows.append(f"| {beam} | {batch} | {ours_tps:,.0f} | {theirs_tps:,.0f} | "
                             f"**{ours_tps / theirs_tps:.2f}x** | {same}/{len(lines)} |")

@@ -7,7 +7,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from nmtkit import vocab, workflows
+from nmtkit import vocab
+from nmtkit.data.sources import TextSource
+from nmtkit.workflows.vectors import EmbeddingTable, train_embeddings
 from nmtkit.cli import app
 from nmtkit.models.embeddings import Word2Vec, Word2VecConfig, analogy_query, cosine, nearest
 
@@ -39,7 +41,7 @@ def test_cosine_known_answers(a, b, expected):
 
 
 def test_analogy_on_the_lecture_table_answers_queen(lecture_vectors):
-    table = workflows.EmbeddingTable.load(lecture_vectors)
+    table = EmbeddingTable.load(lecture_vectors)
     answers = table.analogy("man", "king", "woman", k=3)["answers"]
     assert answers[0] == {"entry": "queen", "cosine": 1.0}
     assert {"man", "king", "woman"}.isdisjoint(a["entry"] for a in answers)
@@ -138,10 +140,10 @@ def test_skipgram_pulls_co_occurring_words_together(tmp_path):
                   f"the {'car' if i % 2 else 'bus'} drove down the road with its engine"]
     corpus = write(tmp_path / "pets.txt", "\n".join(lines) + "\n")
     for arch in ("skipgram", "cbow"):
-        summary = workflows.train_embeddings(
-            run_dir=tmp_path / arch, inputs=[str(corpus)], min_count=1,
+        summary = train_embeddings(
+            run_dir=tmp_path / arch, source=TextSource(inputs=(str(corpus),)), min_count=1,
             model_settings={"dim": 16, "arch": arch}, train_settings={"epochs": 20, "sample": 0.0, "window": 3, "lr": 0.05})
-        table = workflows.EmbeddingTable.load(tmp_path / arch)
+        table = EmbeddingTable.load(tmp_path / arch)
         same, other = table.similarity("cat", "dog")["cosine"], table.similarity("cat", "car")["cosine"]
         margin = 0.3 if arch == "skipgram" else 0.0  # CBOW's input vectors all drift together on so tiny a corpus
         assert same > 0.5 and same > other + margin, (arch, same, other)
@@ -152,23 +154,23 @@ def test_skipgram_pulls_co_occurring_words_together(tmp_path):
     exported = (tmp_path / "skipgram" / "vectors.txt").read_text().splitlines()
     assert exported[0] == "17 16" and len(exported) == 18
     meta = (tmp_path / "skipgram" / "projector" / "metadata.tsv").read_text().splitlines()
-    vectors = (tmp_path / "skipgram" / "projector" / "vectors.tsv").read_text().splitlines()
-    assert meta[0] == "word\tcount" and len(meta) == 18 and len(vectors) == 17 and len(vectors[0].split("\t")) == 16
-    assert workflows.EmbeddingTable.load(tmp_path / "skipgram" / "vectors.txt").neighbors("bus", k=1)["neighbors"][0]["entry"] == "car"
+    rows = (tmp_path / "skipgram" / "projector" / "vectors.tsv").read_text().splitlines()
+    assert meta[0] == "word\tcount" and len(meta) == 18 and len(rows) == 17 and len(rows[0].split("\t")) == 16
+    assert EmbeddingTable.load(tmp_path / "skipgram" / "vectors.txt").neighbors("bus", k=1)["neighbors"][0]["entry"] == "car"
 
 
 def test_train_embeddings_resumes_after_the_last_epoch(tmp_path):
     corpus = write(tmp_path / "c.txt", "a b c d e f g\n" * 50)
     settings = {"model_settings": {"dim": 8}, "min_count": 1}
-    workflows.train_embeddings(run_dir=tmp_path / "full", inputs=[str(corpus)], train_settings={"epochs": 3}, **settings)
-    workflows.train_embeddings(run_dir=tmp_path / "part", inputs=[str(corpus)], train_settings={"epochs": 1}, **settings)
+    train_embeddings(run_dir=tmp_path / "full", source=TextSource(inputs=(str(corpus),)), train_settings={"epochs": 3}, **settings)
+    train_embeddings(run_dir=tmp_path / "part", source=TextSource(inputs=(str(corpus),)), train_settings={"epochs": 1}, **settings)
     # a run stopped after epoch 1 of 3: --resume with the full number of epochs finishes it identically
     config = json.loads((tmp_path / "part" / "config.json").read_text())
     config["train"]["epochs"] = 3
     (tmp_path / "part" / "config.json").write_text(json.dumps(config))
-    workflows.train_embeddings(run_dir=tmp_path / "part", resume=True)
-    full = workflows.EmbeddingTable.load(tmp_path / "full").vectors
-    assert torch.equal(workflows.EmbeddingTable.load(tmp_path / "part").vectors, full)
+    train_embeddings(run_dir=tmp_path / "part", resume=True)
+    full = EmbeddingTable.load(tmp_path / "full").vectors
+    assert torch.equal(EmbeddingTable.load(tmp_path / "part").vectors, full)
 
 
 def test_build_vocab_statistics_file_and_embedding_table(demo_tokenizer, tmp_path):
@@ -189,7 +191,7 @@ def test_build_vocab_statistics_file_and_embedding_table(demo_tokenizer, tmp_pat
     entries = vocab.read_vocab_file(out / "vocab.tsv")
     assert len(entries) == 600 and entries[0] == ("<pad>", 0)
     assert sum(n for _, n in entries) == tokens
-    table = workflows.EmbeddingTable.load(out)
+    table = EmbeddingTable.load(out)
     assert table.vectors.shape == (600, 8) and table.vectors[0].abs().sum() == 0  # the <pad> row is zero
     note = table.neighbors("students", k=3)
     assert len(note["neighbors"]) == 3
@@ -220,7 +222,7 @@ def test_translator_and_gpt_tables_average_word_pieces(demo_tokenizer, tmp_path)
     write_config(run_dir, "gpt", model={})
     vectors = torch.randn(640, 4)  # padded to a multiple of 64 rows, as models do
     save_weights(run_dir / "model.safetensors", {"embed.weight": vectors})
-    table = workflows.EmbeddingTable.load(run_dir)
+    table = EmbeddingTable.load(run_dir)
     assert table.vectors.shape == (600, 4)
     word = "unbelievably"
     ids = demo_tokenizer.encode([word])[0]
@@ -234,9 +236,9 @@ def test_translator_and_gpt_tables_average_word_pieces(demo_tokenizer, tmp_path)
 
 def test_embeddings_on_real_text(shared_corpora, tmp_path):
     """Multi30k's English side: after a short run the neighbours of common words make sense."""
-    summary = workflows.train_embeddings(run_dir=tmp_path / "m30k", inputs=[str(shared_corpora / "multi30k" / "train.en")],
+    summary = train_embeddings(run_dir=tmp_path / "m30k", source=TextSource(inputs=(str(shared_corpora / "multi30k" / "train.en"),)),
                                          train_settings={"epochs": 2})
-    table = workflows.EmbeddingTable.load(tmp_path / "m30k")
+    table = EmbeddingTable.load(tmp_path / "m30k")
     colours = [n["entry"] for n in table.neighbors("red", k=5)["neighbors"]]
     assert {"blue", "green", "yellow", "black", "white", "orange", "pink", "purple"} & set(colours[:3]), colours
     assert summary["tokens"] > 300_000

@@ -7,7 +7,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from nmtkit import evaluation, workflows
+from nmtkit import evaluation
+from nmtkit.data.sources import TaskSource, TextSource
+from nmtkit.workflows import finetune, lm
 from nmtkit.cli import app
 from nmtkit.config import TokenizerConfig
 from nmtkit.data import corpora, datasets
@@ -41,7 +43,7 @@ def tok(tmp_path_factory):
 def pretrained(tmp_path_factory):
     folder = tmp_path_factory.mktemp("base")
     text = write(folder / "text.txt", (DEMO / "train.en").read_text(encoding="utf-8"))
-    workflows.pretrain(run_dir=folder / "gpt", inputs=[str(text)], model_settings=TINY, batch_size=16, device="cpu",
+    lm.pretrain(run_dir=folder / "gpt", source=TextSource(inputs=(str(text),)), model_settings=TINY, batch_size=16, device="cpu",
                        train_settings={**FAST, "max_steps": 60}, tokenizer_cfg=TokenizerConfig(model_type="char", vocab_size=60))
     return folder / "gpt"
 
@@ -168,9 +170,9 @@ def tiny_tasks(tmp_path_factory):
 def test_each_task_learns_a_tiny_data_set(pretrained, tiny_tasks, task):
     data = tiny_tasks[task]
     run_dir = tiny_tasks["folder"] / f"ft-{task}"
-    summary = workflows.finetune(run_dir=run_dir, task=task, pretrained=str(pretrained), device="cpu",
-                                 train_spec={"file": str(data), "text_column": "text", "label_column": "label"},
-                                 valid_spec={"file": str(data), "text_column": "text", "label_column": "label"},
+    summary = finetune.finetune(run_dir=run_dir, task=task, pretrained=str(pretrained), device="cpu",
+                                 train_source=TaskSource(file=str(data)),
+                                 valid_source=TaskSource(file=str(data)),
                                  train_settings=FAST, batch_size=8, max_new_tokens=20)
     best = summary["best"]
     if task == "classify":
@@ -209,17 +211,17 @@ def test_each_task_learns_a_tiny_data_set(pretrained, tiny_tasks, task):
 def test_from_scratch_keeps_the_architecture_and_freeze_trains_the_head_only(pretrained, tiny_tasks):
     from nmtkit import checkpoint
 
-    spec = {"file": str(tiny_tasks["classify"]), "text_column": "text", "label_column": "label"}
+    spec = TaskSource(file=str(tiny_tasks["classify"]))
     settings = {**FAST, "max_steps": 5, "eval_every": 5}
     frozen = tiny_tasks["folder"] / "frozen"
-    workflows.finetune(run_dir=frozen, task="classify", pretrained=str(pretrained), freeze=True, device="cpu",
-                       train_spec=spec, valid_spec=spec, train_settings=settings)
+    finetune.finetune(run_dir=frozen, task="classify", pretrained=str(pretrained), freeze=True, device="cpu",
+                       train_source=spec, valid_source=spec, train_settings=settings)
     before = checkpoint.load_weights(pretrained / "model.safetensors")
     after = checkpoint.load_weights(frozen / "model.safetensors")
     assert all(torch.equal(after[f"body.{k}"], v) for k, v in before.items())
     scratch = tiny_tasks["folder"] / "scratch"
-    workflows.finetune(run_dir=scratch, task="classify", pretrained=str(pretrained), from_scratch=True, device="cpu",
-                       train_spec=spec, valid_spec=spec, train_settings=settings)
+    finetune.finetune(run_dir=scratch, task="classify", pretrained=str(pretrained), from_scratch=True, device="cpu",
+                       train_source=spec, valid_source=spec, train_settings=settings)
     config = json.loads((scratch / "config.json").read_text())
     assert config["model"] == json.loads((pretrained / "config.json").read_text())["model"]
     assert config["labels"] == ["neg", "pos"]
@@ -246,12 +248,12 @@ def test_unknown_label_in_validation_names_it(pretrained, tiny_tasks, tmp_path):
 
 
 def test_finetune_resumes_where_it_stopped(pretrained, tiny_tasks):
-    spec = {"file": str(tiny_tasks["classify"]), "text_column": "text", "label_column": "label"}
+    spec = TaskSource(file=str(tiny_tasks["classify"]))
     run_dir = tiny_tasks["folder"] / "resumed"
-    first = workflows.finetune(run_dir=run_dir, task="classify", pretrained=str(pretrained), device="cpu",
-                               train_spec=spec, valid_spec=spec, train_settings={**FAST, "max_steps": 10, "eval_every": 5})
+    first = finetune.finetune(run_dir=run_dir, task="classify", pretrained=str(pretrained), device="cpu",
+                               train_source=spec, valid_source=spec, train_settings={**FAST, "max_steps": 10, "eval_every": 5})
     assert first["steps"] == 10
-    again = workflows.finetune(run_dir=run_dir, resume=True, device="cpu", train_settings={"max_steps": 20})
+    again = finetune.finetune(run_dir=run_dir, resume=True, device="cpu", train_settings={"max_steps": 20})
     assert again["steps"] == 20 and again["arch"] == "classify"
     steps = [json.loads(l)["step"] for l in (run_dir / "metrics.jsonl").read_text().splitlines() if '"eval"' in l]
     assert steps == [5, 10, 15, 20]

@@ -7,7 +7,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from nmtkit import workflows
+from nmtkit.data.sources import TextSource
+from nmtkit.workflows import lm
 from nmtkit.cli import app
 from nmtkit.config import TokenizerConfig
 from nmtkit.decoding import pick, sample_stream
@@ -78,8 +79,8 @@ def test_split_documents_cuts_at_the_exact_character():
 def gpt_run(tmp_path_factory):
     folder = tmp_path_factory.mktemp("gpt")
     text = write(folder / "text.txt", (DEMO / "train.en").read_text(encoding="utf-8"))
-    summary = workflows.pretrain(
-        run_dir=folder / "run", inputs=[str(text)], model_settings={"block_size": 48, "d_model": 64, "heads": 4,
+    summary = lm.pretrain(
+        run_dir=folder / "run", source=TextSource(inputs=(str(text),)), model_settings={"block_size": 48, "d_model": 64, "heads": 4,
                                                                       "layers": 2, "dropout": 0.0},
         train_settings={"max_steps": 150, "eval_every": 50, "log_every": 10, "warmup_steps": 10, "lr": 3e-3},
         batch_size=16, tokenizer_cfg=TokenizerConfig(model_type="char", vocab_size=60), device="cpu")
@@ -108,13 +109,13 @@ def test_token_cache_is_reused_until_text_or_tokenizer_changes(gpt_run):
 
     run = folder / "run"
     tok = Tokenizer(run / "tokenizer")
-    spec = {"inputs": [str(folder / "text.txt")], "column": None, "dataset": None}
+    spec = TextSource(inputs=(str(folder / "text.txt"),))
     before = (run / "data" / "train.bin").stat().st_mtime_ns
-    workflows.prepare_lm_data(run, spec, tok, 0.1)
+    lm.prepare_lm_data(run, spec, tok, 0.1)
     assert (run / "data" / "train.bin").stat().st_mtime_ns == before  # not rewritten
-    workflows.prepare_lm_data(run, spec, tok, 0.2)  # a different split re-tokenizes
+    lm.prepare_lm_data(run, spec, tok, 0.2)  # a different split re-tokenizes
     assert json.loads((run / "data" / "meta.json").read_text())["valid_fraction"] == 0.2
-    workflows.prepare_lm_data(run, spec, tok, 0.1)
+    lm.prepare_lm_data(run, spec, tok, 0.1)
 
 
 def test_newlines_survive_tokenization(gpt_run):
@@ -122,11 +123,11 @@ def test_newlines_survive_tokenization(gpt_run):
     from nmtkit.data.datasets import load_stream
 
     run = folder / "run"
-    lm = workflows.LanguageModel(run, "cpu")
+    model = lm.LanguageModel(run, "cpu")
     meta = json.loads((run / "data" / "meta.json").read_text())
     ids = load_stream(run / "data", "train", meta["dtype"])[:200].tolist()
     text = (DEMO / "train.en").read_text(encoding="utf-8")
-    assert lm.decode(ids).startswith(text[:100])
+    assert model.decode(ids).startswith(text[:100])
 
 
 def test_generate_command(gpt_run):

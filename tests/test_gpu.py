@@ -8,7 +8,8 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
 
 def test_bf16_training_on_cuda_learns_and_decodes_like_cpu(tmp_path):
     from test_translation import ARCH_SETTINGS, FAST
-    from nmtkit import workflows
+    from nmtkit.data.sources import ParallelSource
+    from nmtkit.workflows import translation
     from nmtkit.config import TokenizerConfig
 
     from conftest import DEMO, write
@@ -16,16 +17,16 @@ def test_bf16_training_on_cuda_learns_and_decodes_like_cpu(tmp_path):
     en = (DEMO / "train.en").read_text(encoding="utf-8").splitlines()[:24]
     ko = (DEMO / "train.ko").read_text(encoding="utf-8").splitlines()[:24]
     src, tgt = write(tmp_path / "t.en", "\n".join(en) + "\n"), write(tmp_path / "t.ko", "\n".join(ko) + "\n")
-    spec = {"src": str(src), "tgt": str(tgt), "src_lang": "en", "tgt_lang": "ko"}
+    spec = ParallelSource(src=str(src), tgt=str(tgt), src_lang="en", tgt_lang="ko")
     for arch in ARCH_SETTINGS:
         run = tmp_path / arch
-        summary = workflows.train_translator(
-            run_dir=run, arch=arch, train_spec=spec, valid_spec=spec, model_settings=ARCH_SETTINGS[arch],
+        summary = translation.train_translator(
+            run_dir=run, arch=arch, train_source=spec, valid_source=spec, model_settings=ARCH_SETTINGS[arch],
             train_settings={**FAST, "max_steps": 300}, tokenizer_cfg=TokenizerConfig(model_type="char", vocab_size=400),
             device="cuda")
         assert summary["best"]["bleu"] > 90, (arch, summary)
-        gpu = list(workflows.translate(workflows.Translator(run, "cuda"), en, beam=1))
-        cpu = list(workflows.translate(workflows.Translator(run, "cpu"), en, beam=1))
+        gpu = list(translation.translate(translation.Translator(run, "cuda"), en, beam=1))
+        cpu = list(translation.translate(translation.Translator(run, "cpu"), en, beam=1))
         assert sum(a == b for a, b in zip(gpu, cpu)) >= 22, arch  # bf16 vs fp32 may flip a near-tie
 
 

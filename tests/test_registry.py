@@ -5,7 +5,7 @@ import pytest
 from nmtkit.data import registry
 from nmtkit.errors import DataError
 from nmtkit.files import file_sha256
-from nmtkit.workflows import expand_inputs
+from nmtkit.data.sources import expand_inputs
 
 from conftest import DEMO
 

@@ -19,7 +19,8 @@ import torch
 from hypothesis import HealthCheck, given, settings, strategies as st
 from typer.testing import CliRunner
 
-from nmtkit import checkpoint, workflows
+from nmtkit import checkpoint
+from nmtkit.workflows import translation
 from nmtkit.cli import app
 from nmtkit.config import TokenizerConfig
 from nmtkit.data import corpora
@@ -385,7 +386,7 @@ def test_out_of_memory_in_training_names_the_batch_and_what_to_lower(data, tmp_p
 def test_translation_retries_out_of_memory_batches_in_halves(run, monkeypatch):
     lines = [f"line {i} of the test" for i in range(9)]
     expected = runner.invoke(app, ["translate", "-m", str(run), "--beam", "2"], input="\n".join(lines) + "\n").stdout
-    real = workflows.Translator.translate_ids
+    real = translation.Translator.translate_ids
     sizes = []
 
     def small_batches_only(self, batch, **kwargs):
@@ -394,7 +395,7 @@ def test_translation_retries_out_of_memory_batches_in_halves(run, monkeypatch):
             raise torch.OutOfMemoryError("CUDA out of memory")
         return real(self, batch, **kwargs)
 
-    monkeypatch.setattr(workflows.Translator, "translate_ids", small_batches_only)
+    monkeypatch.setattr(translation.Translator, "translate_ids", small_batches_only)
     result = runner.invoke(app, ["translate", "-m", str(run), "--beam", "2"], input="\n".join(lines) + "\n")
     assert result.exit_code == 0 and result.stdout == expected
     assert sizes == [9, 4, 2, 2, 5, 2, 3, 1, 2]
@@ -404,7 +405,7 @@ def test_translation_retries_out_of_memory_batches_in_halves(run, monkeypatch):
     def never_fits(self, batch, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory")
 
-    monkeypatch.setattr(workflows.Translator, "translate_ids", never_fits)
+    monkeypatch.setattr(translation.Translator, "translate_ids", never_fits)
     result = runner.invoke(app, ["translate", "-m", str(run), "--beam", "2"], input="x\nlonger line\n")
     assert result.exit_code == 1
     assert result.stderr.strip().splitlines()[-1].startswith(

@@ -1,5 +1,6 @@
 """See it: attention maps are the model's weights, plots are real images, compare's table matches the runs."""
 
+import dataclasses
 import json
 import sys
 from statistics import mean
@@ -8,7 +9,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from nmtkit import workflows
+from nmtkit.data.sources import ParallelSource
+from nmtkit.workflows import see
 from nmtkit.cli import app
 from nmtkit.config import TokenizerConfig
 from nmtkit.models import attention_maps
@@ -79,9 +81,9 @@ def compared(tmp_path_factory):
     folder = tmp_path_factory.mktemp("compare")
     en = (DEMO / "train.en").read_text(encoding="utf-8").splitlines()[:24]
     ko = (DEMO / "train.ko").read_text(encoding="utf-8").splitlines()[:24]
-    spec = {"src": str(write(folder / "t.en", "\n".join(en) + "\n")), "tgt": str(write(folder / "t.ko", "\n".join(ko) + "\n"))}
-    result = workflows.compare(out_dir=folder / "cmp", train_spec={**spec, "src_lang": "en", "tgt_lang": "ko"},
-                               valid_spec=spec, budget="60", model_settings=SMALL, device="cpu",
+    spec = ParallelSource(src=str(write(folder / "t.en", "\n".join(en) + "\n")), tgt=str(write(folder / "t.ko", "\n".join(ko) + "\n")))
+    result = see.compare(out_dir=folder / "cmp", train_source=dataclasses.replace(spec, src_lang="en", tgt_lang="ko"),
+                               valid_source=spec, budget="60", model_settings=SMALL, device="cpu",
                                train_settings={"lr": 3e-3, "warmup_steps": 10, "eval_every": 20, "max_tokens": 1000,
                                                "log_every": 10, "label_smoothing": 0.0},
                                tokenizer_cfg=TokenizerConfig(model_type="char", vocab_size=400))

@@ -6,7 +6,7 @@ import sentencepiece as spm
 from nmtkit.config import TokenizerConfig
 from nmtkit.errors import CheckpointError, DataError
 from nmtkit.tokenization import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Tokenizer, train_tokenizer
-from nmtkit.workflows import tokenize
+from nmtkit.workflows.text import tokenize
 
 from conftest import DEMO
 

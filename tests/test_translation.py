@@ -10,7 +10,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from nmtkit import workflows
+from nmtkit.data.sources import ParallelSource
+from nmtkit.workflows import translation
 from nmtkit.cli import app
 from nmtkit.config import TokenizerConfig
 from nmtkit.decoding import beam_search, greedy
@@ -38,9 +39,9 @@ def tiny(tmp_path_factory):
 
 
 def train(tiny, arch, run_dir, **overrides):
-    spec = {"src": str(tiny["src"]), "tgt": str(tiny["tgt"]), "src_lang": "en", "tgt_lang": "ko"}
-    return workflows.train_translator(
-        run_dir=run_dir, arch=arch, train_spec=spec, valid_spec=spec, model_settings=ARCH_SETTINGS[arch],
+    spec = ParallelSource(src=str(tiny["src"]), tgt=str(tiny["tgt"]), src_lang="en", tgt_lang="ko")
+    return translation.train_translator(
+        run_dir=run_dir, arch=arch, train_source=spec, valid_source=spec, model_settings=ARCH_SETTINGS[arch],
         train_settings={**FAST, **overrides}, tokenizer_cfg=TokenizerConfig(model_type="char", vocab_size=400),
         device="cpu",
     )
@@ -54,8 +55,8 @@ def runs(tiny):
 @pytest.mark.parametrize("arch", list(ARCH_SETTINGS))
 def test_each_architecture_learns_a_tiny_corpus_exactly(runs, tiny, arch):
     summary, run_dir = runs[arch]
-    translator = workflows.Translator(run_dir, "cpu")
-    assert list(workflows.translate(translator, tiny["en"], beam=1)) == tiny["ko"]
+    translator = translation.Translator(run_dir, "cpu")
+    assert list(translation.translate(translator, tiny["en"], beam=1)) == tiny["ko"]
     assert summary["best"]["bleu"] == 100.0
     history = [m for m in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if m["kind"] == "train"]
     assert history[-1]["train_loss"] < history[0]["train_loss"] / 10  # the loss really drops
@@ -63,9 +64,9 @@ def test_each_architecture_learns_a_tiny_corpus_exactly(runs, tiny, arch):
 
 @pytest.mark.parametrize("arch", list(ARCH_SETTINGS))
 def test_greedy_equals_beam_one_and_cache_equals_no_cache(runs, tiny, arch):
-    translator = workflows.Translator(runs[arch][1], "cpu")
+    translator = translation.Translator(runs[arch][1], "cpu")
     model = translator.model
-    src_ids = [ids + [EOS_ID] for ids in translator.src_tok.encode(tiny["en"][:8] + ["I like tea.", "They are farmers."])]
+    src_ids = [ids + [EOS_ID] for ids in translator.tok.encode(tiny["en"][:8] + ["I like tea.", "They are farmers."])]
     from nmtkit.data.batching import pad
 
     x = pad(src_ids)
@@ -96,10 +97,10 @@ def sequence_logprob(model, x, mask, ids):
 
 @pytest.mark.parametrize("arch", list(ARCH_SETTINGS))
 def test_beam_search_scores_are_model_scores_and_never_below_greedy(runs, tiny, arch):
-    translator = workflows.Translator(runs[arch][1], "cpu")
+    translator = translation.Translator(runs[arch][1], "cpu")
     model = translator.model
     for sentence in tiny["en"][:12] + ["My friend likes tea very much.", "We went to school yesterday."]:
-        x = torch.tensor([translator.src_tok.encode([sentence])[0] + [EOS_ID]])
+        x = torch.tensor([translator.tok.encode([sentence])[0] + [EOS_ID]])
         mask = x != 0
         limit = torch.tensor([50])
         (g,) = greedy(model, x, mask, bos=BOS_ID, eos=EOS_ID, max_len=limit)
@@ -111,8 +112,8 @@ def test_beam_search_scores_are_model_scores_and_never_below_greedy(runs, tiny, 
 
 
 def test_beam_search_n_best_is_sorted_and_distinct(runs, tiny):
-    translator = workflows.Translator(runs["transformer"][1], "cpu")
-    (line,) = workflows.translate(translator, ["I am a student."], beam=5, n_best=3)
+    translator = translation.Translator(runs["transformer"][1], "cpu")
+    (line,) = translation.translate(translator, ["I am a student."], beam=5, n_best=3)
     hyps = json.loads(line)["hypotheses"]
     assert len(hyps) == 3 and hyps[0]["text"] == "저는 학생입니다."
     assert [h["score"] for h in hyps] == sorted((h["score"] for h in hyps), reverse=True)
@@ -152,7 +153,7 @@ def test_ctrl_c_saves_and_resume_continues_exactly(tiny, tmp_path, monkeypatch):
     monkeypatch.setattr(objectives, "seq2seq_loss", real)
     state = torch.load(tmp_path / "broken" / "train_state.pt", weights_only=True)
     assert state["loop"]["step"] == 18
-    workflows.train_translator(run_dir=tmp_path / "broken", resume=True, device="cpu")
+    translation.train_translator(run_dir=tmp_path / "broken", resume=True, device="cpu")
 
     def records(run):
         return [(m["kind"], m["step"], m.get("train_loss"), m.get("bleu"))
@@ -298,7 +299,7 @@ def test_average_and_info(runs, tmp_path):
     steps = sorted((run_dir / "steps").glob("*.safetensors"))[-3:]
     expected = sum(load_weights(s)["out.weight"] for s in steps) / 3
     torch.testing.assert_close(load_weights(tmp_path / "avg" / "model.safetensors")["out.weight"], expected)
-    translator = workflows.Translator(tmp_path / "avg", "cpu")
+    translator = translation.Translator(tmp_path / "avg", "cpu")
     assert translator.arch == "transformer"
     info = json.loads(runner.invoke(app, ["info", str(run_dir), "--json"]).stdout)
     assert info["kind"] == "translator" and info["config"]["arch"] == "transformer"

@@ -59,6 +59,11 @@ def read_config(run_dir: str | Path, kinds: tuple[str, ...] | None = None) -> di
     return config
 
 
+def update_config(run_dir: str | Path, **sections: Any) -> None:
+    """Replace sections of a run's config.json (a resumed run's new training limits)."""
+    write_json(Path(run_dir) / CONFIG, {**read_config(run_dir), **sections})
+
+
 def save_weights(path: str | Path, state_dict: dict[str, Any]) -> None:
     """Weights as safetensors. A tensor shared under several names (tied embeddings) is stored once; the
     other names are recorded in the file's metadata and restored by `load_weights`."""

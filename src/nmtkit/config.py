@@ -2,7 +2,11 @@
 
 Every config is a frozen dataclass with commented defaults. `from_dict` rejects unknown keys and values
 outside a `Literal` and lists the valid choices in its error (JoeyNMT's habit). Model configs live next to
-their models; this module holds the machinery and the configs shared by several commands.
+their models; this module holds the machinery and the configs shared by several commands: the tokenizer's,
+training's and word2vec training's. Their fields are declared with `option`, which gives each its help text
+(and any extra flag names): the command line makes one flag per field from it (Hugging Face's argument
+dataclasses), so a flag's name, default and help live here alone, and a settings file takes the same names.
+No torch here: the command line reads these classes to build its help.
 """
 
 from __future__ import annotations
@@ -54,10 +58,27 @@ def _check_value(name: str, value: Any, hint: Any, where: str) -> Any:
     return value
 
 
+def option(default: Any, help: str, *flags: str) -> Any:
+    """A config field with its command-line help; `flags` are extra names for it (`--warmup` for
+    `warmup_steps`), accepted on the command line and, without the dashes, in settings files."""
+    return dataclasses.field(default=default, metadata={"help": help, "flags": flags})
+
+
+def canonical_keys(cls: type, data: dict[str, Any]) -> dict[str, Any]:
+    """`data` with each key as the field name of `cls` it stands for: `-` or `_` alike, flag names too."""
+    names = {}
+    for f in dataclasses.fields(cls):
+        for name in (f.name, *(flag.lstrip("-") for flag in f.metadata.get("flags", ()))):
+            names[name.replace("-", "_")] = f.name
+    return {names.get(k.replace("-", "_"), k): v for k, v in data.items()}
+
+
 def from_dict(cls: type[T], data: dict[str, Any], where: str = "config") -> T:
-    """Build the dataclass `cls` from `data`, checking keys, types and `Literal` choices."""
+    """Build the dataclass `cls` from `data`, checking keys, types and `Literal` choices. Keys may be written
+    with `-` or `_`, or as a field's flag name (`warmup` for `warmup_steps`)."""
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
+    data = canonical_keys(cls, data)
     unknown = sorted(set(data) - set(names))
     if unknown:
         raise ConfigError(f"{where}: unknown setting(s) {', '.join(unknown)}; valid settings: {', '.join(names)}")
@@ -113,13 +134,13 @@ def load_settings_file(path: str | Path) -> dict[str, Any]:
 class TokenizerConfig:
     """How a SentencePiece tokenizer is trained."""
 
-    model_type: Literal["bpe", "unigram", "char", "word"] = "unigram"
-    vocab_size: int = 8000  # ignored by "char", which keeps every character it sees
-    character_coverage: float = 1.0  # 0.9995 is usual for languages with large character sets
-    max_sentences: int = 0  # 0: train on every sentence; else a random sample of this many
-    user_defined_symbols: tuple[str, ...] = ()  # pieces never split, e.g. ("<sep>", "<cls>")
-    seed: int = 0
-    byte_fallback: bool = False  # unknown characters become byte pieces instead of <unk>
+    model_type: Literal["bpe", "unigram", "char", "word"] = option("unigram", "bpe, unigram, char or word.")
+    vocab_size: int = option(8000, "Number of pieces, special ones included (char keeps every character it sees).")
+    character_coverage: float = option(1.0, "Share of characters covered (0.9995 is usual for CJK).")
+    max_sentences: int = option(0, "Train on a random sample of this many sentences (0: all).")
+    user_defined_symbols: tuple[str, ...] = option((), "A piece never split, e.g. <sep> (repeatable).", "--user-symbol")
+    seed: int = option(0, "Random seed of the sample.")
+    byte_fallback: bool = option(False, "Unknown characters become byte pieces instead of <unk>.")
 
     def validate(self, where: str) -> None:
         if self.vocab_size < 8:
@@ -128,3 +149,70 @@ class TokenizerConfig:
             raise ConfigError(f"{where}: character_coverage must be in (0, 1], got {self.character_coverage}")
         if self.max_sentences < 0:
             raise ConfigError(f"{where}: max_sentences must be 0 (all) or positive, got {self.max_sentences}")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """How `nmtkit.training.train` trains any model; each task's workflow has its own defaults on top."""
+
+    max_steps: int = option(10_000, "Optimizer steps.")
+    max_epochs: int = option(0, "Stop after this many epochs (0: no limit).")
+    max_minutes: float = option(0.0, "Stop, after a last evaluation, once training has run this long (0: no limit).")
+    max_tokens: int = option(4096, "Batch size in padded tokens per micro-batch (sentences x longest sentence).")
+    accumulate: int = option(1, "Micro-batches per optimizer step (per process).")
+    lr: float = option(5e-4, "Peak learning rate.")
+    schedule: Literal["inverse-sqrt", "cosine", "constant"] = option("inverse-sqrt", "inverse-sqrt, cosine or constant, after the warmup.")
+    warmup_steps: int = option(1000, "Linear warmup steps from 0.", "--warmup")
+    min_lr_ratio: float = option(0.0, "cosine: the floor, as a share of --lr.")
+    weight_decay: float = option(0.0, "AdamW weight decay on matrices.")
+    beta1: float = option(0.9, "AdamW beta1.")
+    beta2: float = option(0.98, "AdamW beta2.")
+    clip_norm: float = option(1.0, "Gradient clipping norm (0: off).")
+    label_smoothing: float = option(0.1, "Label smoothing.")
+    teacher_forcing: float = option(1.0, "RNNs: share of steps fed the reference token (the rest get their own prediction).")
+    eval_every: int = option(500, "Steps between validations and checkpoints.")
+    patience: int = option(0, "Stop after this many validations without improvement (0: never).")
+    best_metric: str = option("bleu", "The validation metric that picks the best checkpoint (bleu, chrf, accuracy, f1: higher; valid_loss: lower).")
+    keep_checkpoints: int = option(5, "Step checkpoints kept (for --resume and nmtkit average).")
+    log_every: int = option(50, "Steps between training-loss lines in metrics.jsonl.")
+    seed: int = option(1, "Random seed.")
+    bf16: bool = option(True, "bf16 autocast on GPUs that support it (never on CPU).")
+    compile: bool = option(False, "torch.compile the model.")
+    max_len: int = option(256, "Leave out training pairs longer than this (pieces); they are counted and reported.")
+
+    def validate(self, where: str) -> None:
+        for name in ("max_steps", "max_tokens", "accumulate", "eval_every", "log_every", "max_len", "keep_checkpoints"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{where}: {name} must be at least 1, got {getattr(self, name)}")
+        if not 0.0 <= self.teacher_forcing <= 1.0:
+            raise ConfigError(f"{where}: teacher_forcing must be between 0 and 1, got {self.teacher_forcing}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ConfigError(f"{where}: label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.lr <= 0:
+            raise ConfigError(f"{where}: lr must be positive, got {self.lr}")
+
+
+NOISE_GROUP = 8  # word2vec examples that share their noise words (see nmtkit.models.embeddings)
+
+
+@dataclasses.dataclass(frozen=True)
+class Word2VecTrainConfig:
+    """How word vectors train: word2vec's own plain SGD with a linearly decaying rate."""
+
+    epochs: int = option(5, "Passes over the corpus.")
+    window: int = option(5, "Context words on each side (each centre draws its own window from 1..window).")
+    negative: int = option(5, "Noise words per true word, drawn from unigram counts ** 0.75.")
+    sample: float = option(1e-3, "Subsampling threshold of frequent words (0: off).")
+    lr: float = option(0.025, "Initial learning rate, decaying linearly to --min-lr over the run.")
+    min_lr: float = option(0.0001, "The learning rate at the end of the run.")
+    batch_size: int = option(0, f"Examples per update, a multiple of {NOISE_GROUP} (0: 2048 for skipgram, 512 for cbow, the best trade-offs measured).")
+    seed: int = option(1, "Random seed.")
+
+    def validate(self, where: str) -> None:
+        for name in ("epochs", "window", "negative"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{where}: {name} must be at least 1, got {getattr(self, name)}")
+        if self.batch_size < 0 or self.batch_size % NOISE_GROUP:
+            raise ConfigError(f"{where}: batch_size must be a multiple of {NOISE_GROUP}, got {self.batch_size}")
+        if self.lr <= 0 or self.min_lr < 0:
+            raise ConfigError(f"{where}: lr must be positive and min_lr not negative")

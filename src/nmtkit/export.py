@@ -6,7 +6,7 @@ mapped onto the spec's variable of the same role, the vocabulary the tokenizer's
 their fixed ids). The folder it writes is CTranslate2's own
 (`model.bin`, `config.json`, vocabulary) plus `tokenizer/` and `nmtkit.json` (what was exported, from where),
 so `nmtkit translate -m OUT` and `nmtkit generate -m OUT` run it. What is *not* here: running it
-(`nmtkit.workflows.CT2Translator`, `nmtkit.workflows.CT2LanguageModel`).
+(`nmtkit.workflows.translation.CT2Translator`, `nmtkit.workflows.lm.CT2LanguageModel`).
 
 How the two architectures line up: a CTranslate2 attention layer holds its layer norm (before attention in
 pre-norm, after the residual in post-norm, like nmtkit's `Block`); self-attention's first linear is the fused
@@ -37,14 +37,23 @@ def ctranslate2_module():
     return ctranslate2
 
 
+def ctranslate2_device(ct2, device: str) -> dict[str, Any]:
+    """CTranslate2's device and threads for nmtkit's --device (auto: the GPU when there is one)."""
+    import torch
+
+    if device.startswith("cuda") or (device == "auto" and ct2.get_cuda_device_count() > 0):
+        return {"device": "cuda", "device_index": int(device.split(":")[1]) if ":" in device else 0}
+    return {"device": "cpu", "intra_threads": torch.get_num_threads()}
+
+
 def is_ctranslate2_folder(path: str | Path) -> bool:
     return (Path(path) / INFO).is_file() and (Path(path) / "model.bin").is_file()
 
 
-def read_export(folder: str | Path, kinds: tuple[str, ...]) -> dict[str, Any]:
+def read_export(folder: str | Path, kinds: tuple[str, ...] | None = None) -> dict[str, Any]:
     """The config of the run an export was made from; refuses an export of another kind of run."""
     info = read_json(Path(folder) / INFO)
-    if info.get("kind") not in kinds:
+    if kinds is not None and info.get("kind") not in kinds:
         raise CheckpointError(f"{folder}: a CTranslate2 export of a {info.get('kind')!r} run, but this command needs "
                               f"one of: {', '.join(kinds)}")
     return info["config"]
@@ -73,8 +82,6 @@ def export_ctranslate2(run_dir: str | Path, out: str | Path, quantization: str |
     if config["kind"] == "translator":
         if config["arch"] != "transformer":
             raise ConfigError(f"{run_dir}: a {config['arch']} translator; CTranslate2 export is for Transformers")
-        if (run_dir / "tgt_tokenizer").is_dir():
-            raise ConfigError(f"{run_dir}: separate source and target tokenizers are not supported by the export")
         model = build_translator("transformer", translator_config("transformer", config["model"], str(run_dir)))
     else:
         model = GPT(from_dict(GPTConfig, config["model"], str(run_dir / checkpoint.CONFIG)))

@@ -31,59 +31,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from nmtkit import checkpoint
+from nmtkit.config import NOISE_GROUP, TrainConfig, Word2VecTrainConfig
 from nmtkit.errors import ConfigError, Interrupted, OutOfMemory
 from nmtkit.files import append_jsonl, read_jsonl, write_lines
 from nmtkit.runtime import Distributed, autocast, measured_peak_flops
 
 log = logging.getLogger("nmtkit")
 STEPS_DIR = "steps"
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    max_steps: int = 10_000  # optimizer steps
-    max_epochs: int = 0  # 0: no limit (max_steps decides)
-    max_minutes: float = 0.0  # 0: no limit; else stop (after a last evaluation) once training has run this long
-    max_tokens: int = 4096  # per micro-batch: sentences x longest sentence (in pieces), padding included
-    accumulate: int = 1  # micro-batches per optimizer step (per process)
-    lr: float = 5e-4  # peak learning rate
-    schedule: Literal["inverse-sqrt", "cosine", "constant"] = "inverse-sqrt"
-    warmup_steps: int = 1000  # linear warmup from 0
-    min_lr_ratio: float = 0.0  # cosine: the floor, as a share of lr
-    weight_decay: float = 0.0
-    beta1: float = 0.9
-    beta2: float = 0.98
-    clip_norm: float = 1.0  # 0: no clipping
-    label_smoothing: float = 0.1
-    teacher_forcing: float = 1.0  # RNNs: the share of steps fed the reference token
-    eval_every: int = 500  # steps between evaluations and checkpoints
-    patience: int = 0  # stop after this many evaluations without improvement (0: never)
-    best_metric: str = "bleu"  # the metric that picks the best checkpoint: "bleu" (higher) or "valid_loss" (lower)
-    keep_checkpoints: int = 5  # step checkpoints kept (for `nmtkit average`)
-    log_every: int = 50
-    seed: int = 1
-    bf16: bool = True  # bf16 autocast on GPUs that support it (never on CPU)
-    compile: bool = False  # torch.compile the model
-    max_len: int = 256  # training pairs longer than this (in pieces) are left out, and reported
-
-    def validate(self, where: str) -> None:
-        for name in ("max_steps", "max_tokens", "accumulate", "eval_every", "log_every", "max_len"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{where}: {name} must be at least 1, got {getattr(self, name)}")
-        if not 0.0 <= self.teacher_forcing <= 1.0:
-            raise ConfigError(f"{where}: teacher_forcing must be between 0 and 1, got {self.teacher_forcing}")
-        if not 0.0 <= self.label_smoothing < 1.0:
-            raise ConfigError(f"{where}: label_smoothing must be in [0, 1), got {self.label_smoothing}")
-        if self.lr <= 0:
-            raise ConfigError(f"{where}: lr must be positive, got {self.lr}")
-
-
-RESUME_OVERRIDES = ("max_steps", "max_epochs", "max_minutes", "patience")  # what --resume may change; the rest is the run's
-
-
-def resumed_settings(saved: dict[str, Any], given: dict[str, Any] | None) -> dict[str, Any]:
-    """The train settings of a resumed run: those it was started with, but for the `RESUME_OVERRIDES` given."""
-    return {**saved, **{k: v for k, v in (given or {}).items() if k in RESUME_OVERRIDES}}
 
 
 def learning_rate(step: int, cfg: TrainConfig) -> float:
@@ -199,158 +153,213 @@ def train(
 ) -> TrainResult:
     """Train `model` until `cfg.max_steps` (or `max_epochs`, or early stopping). `batches(epoch)` must give
     the same sequence for the same epoch every time it is called (that is what makes resuming exact)."""
-    run_dir = Path(run_dir)
-    model.to(device)
-    optimizer = torch.optim.AdamW(
-        _param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
-        fused=device.type == "cuda",
-    )
-    state: dict[str, Any] = {"step": 0, "epoch": 0, "group": 0, "best": None, "best_step": None,
-                             "bad_evals": 0, "last_saved": 0}
-    if resume:
-        saved = checkpoint.load_train_state(run_dir / checkpoint.TRAIN_STATE)
-        checkpoint.load_into(model, run_dir / saved["weights"])
-        model.to(device)
-        optimizer.load_state_dict(saved["optimizer"])
-        state.update(saved["loop"])
-        _set_rng_state(saved["rng"])
-        if dist.is_main:  # forget what was logged after the checkpoint: those steps are done again
-            kept = [r for r in read_jsonl(run_dir / checkpoint.METRICS) if r.get("step", 0) <= state["step"]]
-            write_lines(run_dir / checkpoint.METRICS, (json.dumps(r, ensure_ascii=False) for r in kept))
-        log.info("resuming at step %d (epoch %d)", state["step"], state["epoch"] + 1)
-    else:
-        torch.manual_seed(cfg.seed)
-        random.seed(cfg.seed)
-        if dist.is_main:  # a run started again from the beginning logs afresh
-            (run_dir / checkpoint.METRICS).unlink(missing_ok=True)
-    ddp = None
-    net: nn.Module = model
-    if dist.enabled:
-        ddp = net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    if cfg.compile:
-        net = torch.compile(net)
-    history: list[dict[str, Any]] = []
-    peak = measured_peak_flops(device) if flops_per_token else None
-    per_step = cfg.accumulate * dist.world_size
-    start, t_log, tokens_since = time.perf_counter(), time.perf_counter(), 0
-    rng_at_step_start = _rng_state()
-    stop = False
+    loop = _Loop(model, objective, batches, cfg, Path(run_dir), device, evaluate, dist, progress, flops_per_token)
+    loop.restore() if resume else loop.start()
+    return loop.run()
 
-    def save() -> None:
-        if not dist.is_main or state["last_saved"] == state["step"]:
+
+class _Loop:
+    """One training run's moving parts: the model and its optimizer, the loop's position (`state`, what a
+    checkpoint saves), the evaluations so far, and the clocks behind tokens/s and the time budget."""
+
+    def __init__(self, model, objective, batches, cfg: TrainConfig, run_dir: Path, device, evaluate, dist: Distributed,
+                 progress, flops_per_token: float | None):
+        self.model, self.objective, self.batches, self.cfg = model.to(device), objective, batches, cfg
+        self.run_dir, self.device, self.evaluate, self.dist, self.progress = run_dir, device, evaluate, dist, progress
+        self.optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr,
+                                           betas=(cfg.beta1, cfg.beta2), fused=device.type == "cuda")
+        self.state: dict[str, Any] = {"step": 0, "epoch": 0, "group": 0, "best": None, "best_step": None,
+                                      "bad_evals": 0, "last_saved": 0}
+        self.history: list[dict[str, Any]] = []  # this run's evaluations, those before a resume included
+        self.flops_per_token, self.peak = flops_per_token, measured_peak_flops(device) if flops_per_token else None
+        self.per_step = cfg.accumulate * dist.world_size  # micro-batches of all processes per optimizer step
+        self.stopped = False  # early stopping
+
+    def start(self) -> None:
+        torch.manual_seed(self.cfg.seed)
+        random.seed(self.cfg.seed)
+        if self.dist.is_main:  # a run started again from the beginning logs afresh
+            (self.run_dir / checkpoint.METRICS).unlink(missing_ok=True)
+
+    def restore(self) -> None:
+        """The model, optimizer, loop position and random state of the last checkpoint."""
+        saved = checkpoint.load_train_state(self.run_dir / checkpoint.TRAIN_STATE)
+        checkpoint.load_into(self.model, self.run_dir / saved["weights"])
+        self.model.to(self.device)
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.state.update(saved["loop"])
+        _set_rng_state(saved["rng"])
+        kept = [r for r in read_jsonl(self.run_dir / checkpoint.METRICS) if r.get("step", 0) <= self.state["step"]]
+        self.history = [{k: v for k, v in r.items() if k != "kind"} for r in kept if r.get("kind") == "eval"]
+        if self.dist.is_main:  # forget what was logged after the checkpoint: those steps are done again
+            write_lines(self.run_dir / checkpoint.METRICS, (json.dumps(r, ensure_ascii=False) for r in kept))
+        log.info("resuming at step %d (epoch %d)", self.state["step"], self.state["epoch"] + 1)
+
+    def run(self) -> TrainResult:
+        self.net = self._wrapped()
+        self.start_time = self.t_log = time.perf_counter()
+        self.tokens_since = 0
+        self.rng_at_step_start = _rng_state()
+        self.model.train()
+        with StopRequests() as self.requests:
+            try:
+                while self._more_epochs():
+                    self._run_epoch()
+                if self.state["last_saved"] != self.state["step"] and not self.stopped:
+                    self._evaluate_and_save()
+            except torch.OutOfMemoryError:
+                raise _out_of_memory(self.device.type.upper(), self.cfg) from None
+        best = next((h for h in self.history if h["step"] == self.state["best_step"]), None)
+        return TrainResult(self.state["step"], self.state["best_step"], best, self.stopped,
+                           time.perf_counter() - self.start_time, self.history)
+
+    def _wrapped(self) -> nn.Module:
+        """The module the steps run: the model under DDP and torch.compile when asked for."""
+        net = self.model
+        if self.dist.enabled:
+            net = self.ddp = nn.parallel.DistributedDataParallel(
+                net, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        return torch.compile(net) if self.cfg.compile else net
+
+    def _more_epochs(self) -> bool:
+        cfg, state = self.cfg, self.state
+        return state["step"] < cfg.max_steps and not self.stopped and (not cfg.max_epochs or state["epoch"] < cfg.max_epochs)
+
+    def _run_epoch(self) -> None:
+        epoch_batches = self.batches(self.state["epoch"])
+        groups = len(epoch_batches) // self.per_step
+        if groups == 0:
+            raise ConfigError(f"an epoch has {len(epoch_batches)} batch(es), fewer than one optimizer step needs "
+                              f"({self.cfg.accumulate} x {self.dist.world_size} processes); lower --max-tokens or --accumulate")
+        while self.state["group"] < groups and self.state["step"] < self.cfg.max_steps:
+            self._step(epoch_batches)
+            if self._after_step():
+                return
+        if self.state["group"] >= groups:
+            self.state["epoch"] += 1
+            self.state["group"] = 0
+
+    def _step(self, epoch_batches) -> None:
+        """One optimizer step over this process's share of the next group of micro-batches."""
+        cfg, dist, state = self.cfg, self.dist, self.state
+        g = state["group"]
+        micro = [epoch_batches[g * self.per_step + a * dist.world_size + dist.rank].to(self.device)
+                 for a in range(cfg.accumulate)]
+        items = torch.tensor([float(sum(b.target_tokens for b in micro))], device=self.device)
+        if dist.enabled:
+            torch.distributed.all_reduce(items)
+        total_loss = torch.zeros((), device=self.device)
+        for i, batch in enumerate(micro):
+            last = i == len(micro) - 1
+            ctx = self.ddp.no_sync() if dist.enabled and not last else contextlib.nullcontext()
+            with ctx, autocast(self.device, cfg.bf16):
+                loss, _ = self.objective(self.net, batch)
+                (loss * dist.world_size / items[0]).backward()
+            total_loss += loss.detach()
+        if cfg.clip_norm:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_norm)
+        lr = learning_rate(state["step"] + 1, cfg)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        state["step"] += 1
+        state["group"] = g + 1
+        self.rng_at_step_start = _rng_state()
+        self.tokens_since += sum(b.tokens for b in micro)
+        if state["step"] % cfg.log_every == 0 or state["step"] == 1:
+            self._log_step(total_loss, items, lr)
+
+    def _log_step(self, total_loss: torch.Tensor, items: torch.Tensor, lr: float) -> None:
+        """A training line in metrics.jsonl and on the progress bar: loss, lr, tokens/s (and MFU on GPU)."""
+        dist = self.dist
+        if dist.enabled:
+            torch.distributed.all_reduce(total_loss)
+        now = time.perf_counter()
+        record = {"step": self.state["step"], "epoch": self.state["epoch"] + 1,
+                  "train_loss": round(total_loss.item() / items.item(), 4), "lr": lr,
+                  "tokens_per_s": round(self.tokens_since * dist.world_size / max(now - self.t_log, 1e-9))}
+        if self.peak:  # model FLOPs utilisation of this device (PaLM appendix B FLOPs)
+            record["mfu"] = round(record["tokens_per_s"] / dist.world_size * self.flops_per_token / self.peak, 4)
+        self.t_log, self.tokens_since = now, 0
+        if dist.is_main:
+            append_jsonl(self.run_dir / checkpoint.METRICS, {"kind": "train", **record})
+            if self.progress:
+                self.progress({"event": "train", "max_steps": self.cfg.max_steps, **record})
+
+    def _after_step(self) -> bool:
+        """Evaluate when due, stop on a signal or at the time budget; whether the run stops early here."""
+        step = self.state["step"]
+        if step % self.cfg.eval_every == 0:
+            if self._evaluate_and_save():
+                self.stopped = True
+                return True
+            self.t_log, self.tokens_since = time.perf_counter(), 0  # tokens/s counts training time only
+        if _agreed(self.requests.signum, self.dist, self.device):
+            self._save()
+            raise Interrupted(self.run_dir, step, self.requests.signum or signal.SIGINT)
+        if self.cfg.max_minutes and time.perf_counter() - self.start_time > self.cfg.max_minutes * 60:
+            log.info("time budget of %g minutes reached at step %d", self.cfg.max_minutes, step)
+            self.cfg = dataclasses.replace(self.cfg, max_steps=step)  # ends the loop; the last evaluation follows
+        return False
+
+    def _save(self) -> None:
+        """A step checkpoint (weights, then the training state that names them); the oldest beyond
+        keep_checkpoints go."""
+        state, run_dir = self.state, self.run_dir
+        if not self.dist.is_main or state["last_saved"] == state["step"]:
             return
         name = f"{STEPS_DIR}/step-{state['step']:08d}.safetensors"
-        checkpoint.save_weights(run_dir / name, unwrap(model).state_dict())
+        checkpoint.save_weights(run_dir / name, unwrap(self.model).state_dict())
         checkpoint.save_train_state(run_dir / checkpoint.TRAIN_STATE, {
-            "weights": name, "optimizer": optimizer.state_dict(), "loop": dict(state, last_saved=state["step"]),
-            "rng": rng_at_step_start,
+            "weights": name, "optimizer": self.optimizer.state_dict(), "loop": dict(state, last_saved=state["step"]),
+            "rng": self.rng_at_step_start,
         })
         state["last_saved"] = state["step"]
-        for old in sorted((run_dir / STEPS_DIR).glob("step-*.safetensors"))[: -cfg.keep_checkpoints]:
+        for old in sorted((run_dir / STEPS_DIR).glob("step-*.safetensors"))[: -self.cfg.keep_checkpoints]:
             old.unlink(missing_ok=True)
 
-    def run_evaluation() -> bool:
-        """Evaluate on rank 0, record, save; returns whether to stop early (agreed by every rank)."""
+    def _evaluate_and_save(self) -> bool:
+        """Evaluate on rank 0, record, keep the best weights, save; returns whether to stop early (agreed by
+        every rank)."""
         should_stop = torch.zeros(1)
-        if dist.is_main:
-            record: dict[str, Any] = {"step": state["step"], "epoch": state["epoch"] + 1,
-                                      "elapsed_s": round(time.perf_counter() - start, 1)}
-            if evaluate is not None:
-                model.eval()
-                with autocast(device, cfg.bf16):
-                    record.update(evaluate(unwrap(model)))
-                model.train()
-            history.append(record)
-            append_jsonl(run_dir / checkpoint.METRICS, {"kind": "eval", **record})
-            value = record.get(cfg.best_metric, record.get("valid_loss"))
-            metric = cfg.best_metric if cfg.best_metric in record else "valid_loss"
-            if value is None or _better(metric, value, state["best"]):
-                state.update(best=value, best_step=state["step"], bad_evals=0)
-                checkpoint.save_weights(run_dir / checkpoint.WEIGHTS, unwrap(model).state_dict())
-            else:
-                state["bad_evals"] += 1
-            save()
-            if progress:
-                progress({"event": "eval", **record, "best": state["best"], "best_step": state["best_step"]})
-            if cfg.patience and state["bad_evals"] >= cfg.patience:
+        if self.dist.is_main:
+            record = self._evaluation()
+            self._keep_if_best(record)
+            self._save()
+            state = self.state
+            if self.progress:
+                self.progress({"event": "eval", **record, "best": state["best"], "best_step": state["best_step"]})
+            if self.cfg.patience and state["bad_evals"] >= self.cfg.patience:
                 log.info("early stopping: no improvement in %d evaluations (best %s at step %s)",
-                         cfg.patience, state["best"], state["best_step"])
+                         self.cfg.patience, state["best"], state["best_step"])
                 should_stop[0] = 1
-        if dist.enabled:
+        if self.dist.enabled:
             torch.distributed.broadcast(should_stop, 0)
         return bool(should_stop[0])
 
-    model.train()
-    with StopRequests() as requests:
-        try:
-            while state["step"] < cfg.max_steps and not stop and (not cfg.max_epochs or state["epoch"] < cfg.max_epochs):
-                epoch_batches = batches(state["epoch"])
-                groups = len(epoch_batches) // per_step
-                if groups == 0:
-                    raise ConfigError(
-                        f"an epoch has {len(epoch_batches)} batch(es), fewer than one optimizer step needs "
-                        f"({cfg.accumulate} x {dist.world_size} processes); lower --max-tokens or --accumulate"
-                    )
-                while state["group"] < groups and state["step"] < cfg.max_steps:
-                    g = state["group"]
-                    micro = [epoch_batches[g * per_step + a * dist.world_size + dist.rank].to(device)
-                             for a in range(cfg.accumulate)]
-                    items = torch.tensor([float(sum(b.target_tokens for b in micro))], device=device)
-                    if dist.enabled:
-                        torch.distributed.all_reduce(items)
-                    total_loss = torch.zeros((), device=device)
-                    for i, batch in enumerate(micro):
-                        last = i == len(micro) - 1
-                        ctx = ddp.no_sync() if ddp is not None and not last else contextlib.nullcontext()
-                        with ctx, autocast(device, cfg.bf16):
-                            loss, _ = objective(net, batch)
-                            (loss * dist.world_size / items[0]).backward()
-                        total_loss += loss.detach()
-                    if cfg.clip_norm:
-                        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_norm)
-                    lr = learning_rate(state["step"] + 1, cfg)
-                    for group in optimizer.param_groups:
-                        group["lr"] = lr
-                    optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
-                    state["step"] += 1
-                    state["group"] = g + 1
-                    rng_at_step_start = _rng_state()
-                    tokens_since += sum(b.tokens for b in micro)
-                    if state["step"] % cfg.log_every == 0 or state["step"] == 1:
-                        if dist.enabled:
-                            torch.distributed.all_reduce(total_loss)
-                        now = time.perf_counter()
-                        record = {"step": state["step"], "epoch": state["epoch"] + 1,
-                                  "train_loss": round(total_loss.item() / items.item(), 4), "lr": lr,
-                                  "tokens_per_s": round(tokens_since * dist.world_size / max(now - t_log, 1e-9))}
-                        if peak:  # model FLOPs utilisation of this device (PaLM appendix B FLOPs)
-                            record["mfu"] = round(record["tokens_per_s"] / dist.world_size * flops_per_token / peak, 4)
-                        t_log, tokens_since = now, 0
-                        if dist.is_main:
-                            append_jsonl(run_dir / checkpoint.METRICS, {"kind": "train", **record})
-                            if progress:
-                                progress({"event": "train", "max_steps": cfg.max_steps, **record})
-                    if state["step"] % cfg.eval_every == 0:
-                        if run_evaluation():
-                            stop = True
-                            break
-                        t_log, tokens_since = time.perf_counter(), 0  # tokens/s counts training time only
-                    if _agreed(requests.signum, dist, device):
-                        save()
-                        raise Interrupted(run_dir, state["step"], requests.signum or signal.SIGINT)
-                    if cfg.max_minutes and time.perf_counter() - start > cfg.max_minutes * 60:
-                        log.info("time budget of %g minutes reached at step %d", cfg.max_minutes, state["step"])
-                        cfg = dataclasses.replace(cfg, max_steps=state["step"])  # ends the loop; the last evaluation follows
-                if not stop and state["group"] >= groups:
-                    state["epoch"] += 1
-                    state["group"] = 0
-            if state["last_saved"] != state["step"] and not stop:
-                run_evaluation()
-        except torch.OutOfMemoryError:
-            raise _out_of_memory(device.type.upper(), cfg) from None
-    return TrainResult(state["step"], state["best_step"], _best_record(history, state["best_step"]),
-                       stop, time.perf_counter() - start, history)
+    def _evaluation(self) -> dict[str, Any]:
+        """The task's validation metrics now, recorded in metrics.jsonl."""
+        record: dict[str, Any] = {"step": self.state["step"], "epoch": self.state["epoch"] + 1,
+                                  "elapsed_s": round(time.perf_counter() - self.start_time, 1)}
+        if self.evaluate is not None:
+            self.model.eval()
+            with autocast(self.device, self.cfg.bf16):
+                record.update(self.evaluate(unwrap(self.model)))
+            self.model.train()
+        self.history.append(record)
+        append_jsonl(self.run_dir / checkpoint.METRICS, {"kind": "eval", **record})
+        return record
+
+    def _keep_if_best(self, record: dict[str, Any]) -> None:
+        """The weights of the best evaluation so far (by best_metric, else valid_loss) go to model.safetensors."""
+        metric = self.cfg.best_metric if self.cfg.best_metric in record else "valid_loss"
+        value = record.get(metric)
+        if value is None or _better(metric, value, self.state["best"]):
+            self.state.update(best=value, best_step=self.state["step"], bad_evals=0)
+            checkpoint.save_weights(self.run_dir / checkpoint.WEIGHTS, unwrap(self.model).state_dict())
+        else:
+            self.state["bad_evals"] += 1
 
 
 def _agreed(signum: int, dist: Distributed, device: torch.device) -> bool:
@@ -362,39 +371,13 @@ def _agreed(signum: int, dist: Distributed, device: torch.device) -> bool:
     return bool(flag[0])
 
 
-def _best_record(history: list[dict[str, Any]], step: int | None) -> dict[str, Any] | None:
-    return next((h for h in history if h["step"] == step), None)
-
-
-
 # ---------------------------------------------------------------------------------------------------------
 # Word vectors train with word2vec's own plain SGD and linearly decaying rate (no autograd, no optimizer), so
 # they have this short loop of their own; it keeps the run folder layout and resumes at epoch boundaries.
 
 
-@dataclass(frozen=True)
-class Word2VecTrainConfig:
-    epochs: int = 5
-    window: int = 5  # context words on each side (each centre draws its own window from 1..window)
-    negative: int = 5  # noise words per true word, drawn from unigram counts ** 0.75
-    sample: float = 1e-3  # subsampling threshold for frequent words (0: off)
-    lr: float = 0.025  # decays linearly to min_lr over the whole run
-    min_lr: float = 0.0001
-    batch_size: int = 0  # examples per update, a multiple of 8 (0: 2048 for skip-gram, 512 for CBOW, the best trade-offs measured)
-    seed: int = 1
-
-    def validate(self, where: str) -> None:
-        for name in ("epochs", "window", "negative"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{where}: {name} must be at least 1, got {getattr(self, name)}")
-        if self.batch_size < 0 or self.batch_size % NOISE_GROUP:
-            raise ConfigError(f"{where}: batch_size must be a multiple of {NOISE_GROUP}, got {self.batch_size}")
-        if self.lr <= 0 or self.min_lr < 0:
-            raise ConfigError(f"{where}: lr must be positive and min_lr not negative")
-
-
 CHUNK_TOKENS = 1 << 17  # tokens whose examples are made, shuffled and trained on together
-NOISE_GROUP, NOISE_WORDS = 8, 8  # examples that share noise words, and how many (see nmtkit.models.embeddings)
+NOISE_WORDS = 8  # noise words shared by each group of NOISE_GROUP examples (see nmtkit.models.embeddings)
 
 
 def noise_table(counts: torch.Tensor, size: int = 1 << 22) -> torch.Tensor:
@@ -408,7 +391,7 @@ def train_word2vec(model, stream, counts: torch.Tensor, cfg: Word2VecTrainConfig
                    resume: bool = False, progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Train skip-gram or CBOW vectors on `stream` (a `TokenStream`) with `counts` (V,) the corpus frequency of
     each id. Weights and the finished epoch are saved after every epoch; returns a summary."""
-    from nmtkit.data.datasets import TokenStream, cbow_examples, keep_probabilities, skipgram_pairs
+    from nmtkit.data.datasets import keep_probabilities
 
     run_dir = Path(run_dir)
     keep = keep_probabilities(counts, cfg.sample).float()
@@ -423,7 +406,6 @@ def train_word2vec(model, stream, counts: torch.Tensor, cfg: Word2VecTrainConfig
         (run_dir / checkpoint.METRICS).unlink(missing_ok=True)
     L = len(stream)
     chunks = math.ceil(L / CHUNK_TOKENS)
-    batch_size = cfg.batch_size or (2048 if model.cfg.arch == "skipgram" else 512)
     start = time.perf_counter()
     loss_sum = examples = 0.0
     try:
@@ -432,55 +414,74 @@ def train_word2vec(model, stream, counts: torch.Tensor, cfg: Word2VecTrainConfig
             t_epoch, loss_sum, examples = time.perf_counter(), 0.0, 0
             for c in range(chunks):
                 lo, hi = c * CHUNK_TOKENS, min(L, (c + 1) * CHUNK_TOKENS)
-                ids = stream.ids[lo:hi]
-                kept = torch.rand(hi - lo, generator=g) < keep[ids]
-                part = TokenStream(ids[kept], stream.sentences[lo:hi][kept])
-                if len(part) < 2:
-                    continue
-                if model.cfg.arch == "skipgram":
-                    inputs, truth = skipgram_pairs(part, cfg.window, g)
-                else:
-                    inputs, mask, truth = cbow_examples(part, cfg.window, g)
-                n = len(truth)
-                order = torch.randperm(n, generator=g)  # shuffled once; batches are then slices
-                inputs, truth = inputs[order], truth[order]
-                counts = starts = None
-                if model.cfg.arch == "cbow":  # each example's context words, one example after the other
-                    mask = mask[order]
-                    inputs, counts = inputs[mask], mask.sum(1)  # (M,), (n,)
-                    starts = F.pad(counts.cumsum(0), (1, 0)).tolist()  # example k's words: starts[k] .. starts[k+1]
-                noise = table[torch.randint(len(table), (math.ceil(n / NOISE_GROUP), NOISE_WORDS), generator=g)]
-                for b in range(0, n, batch_size):
-                    e = min(n, b + batch_size)
-                    done = epoch * L + lo + (hi - lo) * b / n  # corpus tokens behind us
-                    lr = max(cfg.min_lr, cfg.lr - (cfg.lr - cfg.min_lr) * done / (cfg.epochs * L))
-                    noise_rows = noise[b // NOISE_GROUP : -(-e // NOISE_GROUP)]
-                    if counts is None:
-                        loss_sum += model.sgd_step(inputs[b:e], truth[b:e], noise_rows, cfg.negative, lr)
-                    else:
-                        loss_sum += model.sgd_step(inputs[starts[b] : starts[e]], truth[b:e], noise_rows, cfg.negative,
-                                                   lr, counts[b:e])
-                examples += n
+                loss, n = _word2vec_chunk(model, stream, keep, table, cfg, g, lo, hi, done=epoch * L, total=cfg.epochs * L)
+                loss_sum, examples = loss_sum + loss, examples + n
                 if progress:
                     progress({"event": "train", "step": epoch * chunks + c + 1, "max_steps": cfg.epochs * chunks,
-                              "train_loss": loss_sum / max(examples, 1), "lr": lr,
+                              "train_loss": loss_sum / max(examples, 1), "lr": _word2vec_lr(cfg, epoch * L + hi, cfg.epochs * L),
                               "tokens_per_s": round(hi / max(time.perf_counter() - t_epoch, 1e-9))})
-            seconds = time.perf_counter() - t_epoch
             record = {"epoch": epoch + 1, "train_loss": round(loss_sum / max(examples, 1), 4),
-                      "examples": examples, "tokens_per_s": round(L / max(seconds, 1e-9))}
-            # the epoch's weights under a new name, then the state that points to them: a kill in between
-            # leaves the state of the epoch before, whose weights are still there
-            name = f"{STEPS_DIR}/epoch-{epoch + 1:04d}.safetensors"
-            checkpoint.save_weights(run_dir / name, model.state_dict())
-            append_jsonl(run_dir / checkpoint.METRICS, {"kind": "train", **record})
-            checkpoint.save_train_state(run_dir / checkpoint.TRAIN_STATE, {"epoch": epoch + 1, "weights": name})
-            checkpoint.save_weights(run_dir / checkpoint.WEIGHTS, model.state_dict())
-            for old in sorted((run_dir / STEPS_DIR).glob("epoch-*.safetensors"))[:-1]:
-                old.unlink()
-            log.info("epoch %d: loss %.4f per example, %s tokens/s", epoch + 1, record["train_loss"],
-                     f"{record['tokens_per_s']:,}")
+                      "examples": examples, "tokens_per_s": round(L / max(time.perf_counter() - t_epoch, 1e-9))}
+            _save_word2vec_epoch(model, run_dir, record)
     except KeyboardInterrupt:
         log.warning("interrupted: epochs finished so far are saved in %s; continue with --resume", run_dir)
         raise
     return {"epochs": cfg.epochs, "tokens": L, "seconds": round(time.perf_counter() - start, 1),
             "train_loss": round(loss_sum / max(examples, 1), 4)}
+
+
+def _word2vec_lr(cfg: Word2VecTrainConfig, done: float, total: float) -> float:
+    """The learning rate once `done` of the run's `total` corpus tokens are behind us (linear decay)."""
+    return max(cfg.min_lr, cfg.lr - (cfg.lr - cfg.min_lr) * done / total)
+
+
+def _word2vec_chunk(model, stream, keep, table, cfg: Word2VecTrainConfig, g: torch.Generator, lo: int, hi: int, *,
+                    done: int, total: int) -> tuple[float, int]:
+    """Train on tokens lo..hi of the stream (subsampled, made into examples, shuffled, batched); returns the
+    summed loss and the number of examples. `done`: corpus tokens of earlier epochs, for the learning rate."""
+    from nmtkit.data.datasets import TokenStream, cbow_examples, skipgram_pairs
+
+    ids = stream.ids[lo:hi]
+    kept = torch.rand(hi - lo, generator=g) < keep[ids]
+    part = TokenStream(ids[kept], stream.sentences[lo:hi][kept])
+    if len(part) < 2:
+        return 0.0, 0
+    if model.cfg.arch == "skipgram":
+        inputs, truth = skipgram_pairs(part, cfg.window, g)
+    else:
+        inputs, mask, truth = cbow_examples(part, cfg.window, g)
+    n = len(truth)
+    order = torch.randperm(n, generator=g)  # shuffled once; batches are then slices
+    inputs, truth = inputs[order], truth[order]
+    counts = starts = None
+    if model.cfg.arch == "cbow":  # each example's context words, one example after the other
+        mask = mask[order]
+        inputs, counts = inputs[mask], mask.sum(1)  # (M,), (n,)
+        starts = F.pad(counts.cumsum(0), (1, 0)).tolist()  # example k's words: starts[k] .. starts[k+1]
+    noise = table[torch.randint(len(table), (math.ceil(n / NOISE_GROUP), NOISE_WORDS), generator=g)]
+    batch_size = cfg.batch_size or (2048 if model.cfg.arch == "skipgram" else 512)
+    loss_sum = 0.0
+    for b in range(0, n, batch_size):
+        e = min(n, b + batch_size)
+        lr = _word2vec_lr(cfg, done + lo + (hi - lo) * b / n, total)
+        noise_rows = noise[b // NOISE_GROUP : -(-e // NOISE_GROUP)]
+        if counts is None:
+            loss_sum += model.sgd_step(inputs[b:e], truth[b:e], noise_rows, cfg.negative, lr)
+        else:
+            loss_sum += model.sgd_step(inputs[starts[b] : starts[e]], truth[b:e], noise_rows, cfg.negative, lr,
+                                       counts[b:e])
+    return loss_sum, n
+
+
+def _save_word2vec_epoch(model, run_dir: Path, record: dict[str, Any]) -> None:
+    """The epoch's weights under a new name, then the state that points to them: a kill in between leaves the
+    state of the epoch before, whose weights are still there."""
+    name = f"{STEPS_DIR}/epoch-{record['epoch']:04d}.safetensors"
+    checkpoint.save_weights(run_dir / name, model.state_dict())
+    append_jsonl(run_dir / checkpoint.METRICS, {"kind": "train", **record})
+    checkpoint.save_train_state(run_dir / checkpoint.TRAIN_STATE, {"epoch": record["epoch"], "weights": name})
+    checkpoint.save_weights(run_dir / checkpoint.WEIGHTS, model.state_dict())
+    for old in sorted((run_dir / STEPS_DIR).glob("epoch-*.safetensors"))[:-1]:
+        old.unlink()
+    log.info("epoch %d: loss %.4f per example, %s tokens/s", record["epoch"], record["train_loss"],
+             f"{record['tokens_per_s']:,}")

@@ -12,13 +12,17 @@ ARCHS = ("rnn", "attention", "transformer")
 
 
 def translator_config(arch: str, settings: dict[str, Any], where: str = "model"):
-    """The typed config for `arch` from a settings dict (unknown keys and bad values are refused)."""
+    """The typed config for `arch` from a settings dict (unknown keys and bad values are refused). `layers`
+    sets a Transformer's encoder_layers and decoder_layers alike, as the --layers flag does."""
     from nmtkit.config import from_dict
     from nmtkit.errors import ConfigError
 
     if arch == "transformer":
         from nmtkit.models.transformer import TransformerConfig
 
+        settings = dict(settings)
+        if "layers" in settings:
+            settings["encoder_layers"] = settings["decoder_layers"] = settings.pop("layers")
         return from_dict(TransformerConfig, settings, where)
     if arch in ("rnn", "attention"):
         from nmtkit.models.rnn import RNNConfig

@@ -1,0 +1,18 @@
+"""The command line: parse options, call one plain function in `nmtkit.workflows`, render the result.
+
+The command `X` lives in the module of its group, named like its `nmtkit.workflows` module and like the
+README's section: `text` (train-tokenizer, tokenize, download), `translation` (train-translator, translate,
+score, evaluate), `lm` (pretrain, generate), `finetune` (finetune, classify, answer), `vectors` (build-vocab,
+train-embeddings, similarity, neighbors, analogy), `see` (attention, plot, compare), `runs` (info, average,
+export); `app` holds what they share.
+
+This package is the only one that prints, exits, or imports typer and rich. Results go to stdout, progress and
+logs to stderr, so commands compose in shell pipelines. A `NmtkitError` becomes `error: <message>` on one line
+and exit code 1; Ctrl-C exits 130 (training first saves a checkpoint and says how to resume; SIGTERM: 143); a
+closed pipe (`| head`) exits quietly. Line-by-line output never holds a line break inside a line.
+"""
+
+from nmtkit.cli.app import app, main
+from nmtkit.cli import text, translation, lm, finetune, vectors, see, runs  # noqa: E402,F401  (each registers its commands)
+
+__all__ = ["app", "main"]

@@ -1,0 +1,293 @@
+"""The Typer app and what every command module shares: error handling, options, output, the progress display.
+
+`command` registers a command whose errors become one line on stderr and an exit code; `config_options` gives a
+command one flag per field of a config dataclass (name, default and help from the dataclass alone).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import functools
+import inspect
+import json
+import logging
+import os
+import sys
+import typing
+from pathlib import Path
+from typing import Any, Callable, List, Optional
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.markup import escape
+
+from nmtkit import __version__
+from nmtkit.errors import Interrupted, NmtkitError
+
+app = typer.Typer(
+    help="nmtkit: tokenizers, translators and language models for the neural text pipeline.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+err = Console(stderr=True)
+log = logging.getLogger("nmtkit")
+
+
+def _setup_logging(quiet: bool = False) -> None:
+    if not log.handlers:
+        handler = RichHandler(console=err, show_time=False, show_path=False, markup=False)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        log.addHandler(handler)
+        log.propagate = False
+    log.setLevel(logging.WARNING if quiet else logging.INFO)
+
+
+def command(name: str, **kwargs: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Register a command whose errors become one line on stderr and an exit code."""
+
+    def register(fn: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kw: Any) -> Any:
+            _setup_logging()
+            try:
+                return fn(*args, **kw)
+            except Interrupted as exc:
+                err.print(f"{exc}; continue with: nmtkit {name} --output {exc.run_dir} --resume", highlight=False,
+                          markup=False, soft_wrap=True)
+                raise typer.Exit(128 + exc.signum) from None
+            except NmtkitError as exc:
+                err.print(f"[bold red]error:[/] {escape(str(exc))}", markup=True, highlight=False, soft_wrap=True)
+                raise typer.Exit(1) from None
+            except KeyboardInterrupt:
+                err.print("interrupted")
+                raise typer.Exit(130) from None
+            except BrokenPipeError:
+                # the reader of stdout went away (| head): stop quietly, and keep Python from complaining at exit
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+                raise typer.Exit(0) from None
+            except OSError as exc:  # disk full, permission denied...
+                where = f"{exc.filename}: " if exc.filename else ""
+                err.print(f"[bold red]error:[/] {escape(where + str(exc.strerror or exc))}", markup=True, highlight=False,
+                          soft_wrap=True)
+                raise typer.Exit(1) from None
+
+        return app.command(name, **kwargs)(wrapper)
+
+    return register
+
+
+def config_options(cls: type, into: str, *, defaults: dict[str, Any] | None = None,
+                   exclude: tuple[str, ...] = ()) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Give a command one flag per field of the config dataclass `cls` (but `exclude`): `--field-name` and the
+    field's own extra flags, its help, and the default this command uses (`defaults`, else the field's) shown
+    in the help. The command receives the flags that were given as one dict, in its parameter `into`."""
+    defaults = defaults or {}
+    hints = typing.get_type_hints(cls)
+    fields = [f for f in dataclasses.fields(cls) if f.name not in exclude]
+
+    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        signature = inspect.signature(fn, eval_str=True)
+        added = [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, annotation=_option_type(hints[f.name]),
+                                   default=_option(f, hints[f.name], defaults.get(f.name, f.default)))
+                 for f in fields]
+
+        @functools.wraps(fn)
+        def wrapper(**kwargs: Any) -> Any:
+            given = {f.name: kwargs.pop(f.name) for f in fields}
+            return fn(**kwargs, **{into: {k: v for k, v in given.items() if v is not None and v != [] and v != ()}})
+
+        wrapper.__signature__ = signature.replace(  # type: ignore[attr-defined]
+            parameters=[p for p in signature.parameters.values() if p.name != into] + added)
+        return wrapper
+
+    return decorate
+
+
+def _option_type(hint: Any) -> Any:
+    origin = typing.get_origin(hint)
+    if origin is typing.Literal:
+        return Optional[str]
+    if origin is tuple:
+        return Optional[List[str]]
+    return Optional[hint]
+
+
+def _option(field: dataclasses.Field, hint: Any, default: Any) -> Any:
+    flags = [f"--{field.name.replace('_', '-')}", *field.metadata.get("flags", ())]
+    if hint is bool:
+        flags = [f"{flag}/--no-{flag[2:]}" for flag in flags]
+    shown = ", ".join(default) or "none" if isinstance(default, tuple) else default
+    return typer.Option(None, *flags, help=f"{field.metadata['help']} (default {shown})", show_default=False)
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"nmtkit {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+) -> None:
+    """nmtkit: tokenizers, translators and language models for the neural text pipeline."""
+
+
+def main() -> None:
+    """Entry point: like `app()`, but a command line that does not parse also gets one line (and exit 2)."""
+    # typer may vendor its own click: find its UsageError through a class it exports
+    usage_error = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
+    try:
+        rc = app(standalone_mode=False, prog_name="nmtkit")
+    except usage_error as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":  # plain `nmtkit`: show the help
+            print(exc.ctx.get_help() if exc.ctx else exc)
+            sys.exit(0)
+        where = f"; see {exc.ctx.command_path} --help" if exc.ctx else ""
+        err.print(f"error: {exc.format_message().rstrip('.')}{where}", markup=False, highlight=False, soft_wrap=True)
+        rc = 2
+    except typer.Abort:
+        err.print("interrupted")
+        rc = 130
+    sys.exit(rc if isinstance(rc, int) else 0)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Options several commands share
+
+
+ON_BAD_LINE = typer.Option("error", "--on-bad-line", help="What to do with invalid UTF-8: error, skip the line (an empty output line in line-by-line commands) or replace the bad bytes with U+FFFD; skips and replacements are counted on stderr.")
+DEVICE = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps.")
+COMPUTE_TYPE = typer.Option("default", "--compute-type", help="CTranslate2 exports: int8, int8_float32, float16, float32... (default: as exported).")
+SETTINGS = typer.Option(None, "--settings", help="TOML/YAML with \\[model] and \\[train] tables, keys named like the flags; flags override it.")
+RESUME = typer.Option(False, "--resume", help="Continue the run in --output exactly where it stopped (settings given again must be the same, but for the training limits).")
+AS_JSON = typer.Option(False, "--json", help="Print JSON.")
+
+
+def tokenizer_options() -> tuple[Any, Any]:
+    """--vocab-size and --tokenizer-type of the tokenizer a training command trains on the fly."""
+    from nmtkit.config import TokenizerConfig
+
+    return (typer.Option(None, "--vocab-size", help=f"Pieces of the tokenizer trained on the fly (default {TokenizerConfig.vocab_size})."),
+            typer.Option(None, "--tokenizer-type", help=f"bpe, unigram or char, for the tokenizer trained on the fly (default {TokenizerConfig.model_type})."))
+
+
+def tokenizer_config(vocab_size: Optional[int], tokenizer_type: Optional[str]):
+    from nmtkit.config import TokenizerConfig, from_dict
+
+    return from_dict(TokenizerConfig, {k: v for k, v in {"vocab_size": vocab_size, "model_type": tokenizer_type}.items()
+                                       if v is not None}, "tokenizer")
+
+
+def check_on_bad_line(value: str) -> str:
+    from nmtkit.data.corpora import ON_BAD_LINE_CHOICES
+
+    if value not in ON_BAD_LINE_CHOICES:
+        raise NmtkitError(f"--on-bad-line {value!r} is not valid; choose {', '.join(ON_BAD_LINE_CHOICES)}")
+    return value
+
+
+def settings_tables(settings_file: Optional[Path], tables: tuple[str, ...]) -> dict[str, Any]:
+    """A run's settings file: only the given top-level tables (and keys) are allowed."""
+    from nmtkit.config import load_settings_file
+
+    settings = load_settings_file(settings_file) if settings_file else {}
+    unknown = sorted(set(settings) - set(tables))
+    if unknown:
+        raise NmtkitError(f"{settings_file}: unknown table(s) {', '.join(unknown)}; valid: {', '.join(tables)}")
+    return settings
+
+
+def given(**values: Any) -> dict[str, Any]:
+    """The values of the flags that were given (not None)."""
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def run_folder(output: Optional[Path], resume: bool, prefix: str) -> Path:
+    """The run folder: --output, or checkpoints/PREFIX-DATE-TIME for a new run."""
+    if resume and output is None:
+        raise NmtkitError("--resume needs --output, the run folder to continue")
+    return output or Path("checkpoints") / f"{prefix}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
+
+
+def command_line() -> list[str]:
+    return ["nmtkit", *sys.argv[1:]]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Output
+
+
+def print_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, ensure_ascii=False, indent=2, default=str) + "\n")
+
+
+def write_lines(lines, output: Optional[Path]) -> None:
+    """Write lines as UTF-8, flushing in blocks; to a temporary file renamed into place with --output."""
+    if output is not None:
+        from nmtkit.files import atomic_write
+
+        atomic_write(output, lambda f: _copy_lines(lines, f))
+    else:
+        _copy_lines(lines, sys.stdout.buffer)
+        sys.stdout.buffer.flush()
+
+
+def _copy_lines(lines, handle) -> None:
+    block: list[str] = []
+    for line in lines:
+        block.append(line.replace("\n", " "))  # one output line per input line, whatever the line holds
+        if len(block) >= 1024:
+            handle.write(("\n".join(block) + "\n").encode("utf-8"))
+            block.clear()
+    if block:
+        handle.write(("\n".join(block) + "\n").encode("utf-8"))
+
+
+def wide_console(width: int = 100) -> Console:
+    return Console(width=max(width, Console().width))
+
+
+class TrainingDisplay:
+    """A rich progress bar on stderr with loss, learning rate, tokens/s and ETA; evaluations as log lines."""
+
+    def __init__(self):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.progress = Progress(
+            TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[stats]}"),
+            TimeRemainingColumn(), console=err, transient=False,
+        )
+        self.task = None
+
+    def __enter__(self):
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self.progress.__exit__(*exc)
+
+    def __call__(self, event: dict) -> None:
+        if event["event"] == "train":
+            stats = f"loss {event['train_loss']:.3f}  lr {event['lr']:.2e}  {event['tokens_per_s']:,} tok/s"
+            if "mfu" in event:
+                stats += f"  MFU {event['mfu']:.1%}"
+            if self.task is None:  # a time budget (compare --budget 5m) has no step total
+                total = event["max_steps"] if event["max_steps"] < 10**9 else None
+                self.task = self.progress.add_task("train", total=total, completed=event["step"], stats=stats)
+            self.progress.update(self.task, completed=event["step"], stats=stats)
+        else:
+            shown = {k: v for k, v in event.items() if k not in ("event", "epoch", "elapsed_s", "best_step")}
+            log.info("eval " + "  ".join(f"{k} {v}" for k, v in shown.items()) + f" (best at step {event['best_step']})")
+
+
+def log_trained(what: str, summary: dict[str, Any], metrics: tuple[str, ...], extra: str = "") -> None:
+    """The closing log line of a training command: size, steps, time, the best evaluation."""
+    best = summary["best"] or {}
+    shown = ", ".join(f"{k} {best[k]}" for k in metrics if k in best) + extra
+    log.info("%s (%s parameters) for %d steps in %.0f s; best %s at step %s", what, f"{summary['parameters']:,}",
+             summary["steps"], summary["seconds"], shown or "-", summary["best_step"])

@@ -1,0 +1,142 @@
+"""Commands of the fine-tuning group: finetune, classify, answer (`nmtkit.workflows.finetune`)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, List, Optional
+
+import typer
+
+from nmtkit.cli.app import (DEVICE, ON_BAD_LINE, RESUME, SETTINGS, TrainingDisplay, check_on_bad_line, command,
+                            command_line, config_options, given, log_trained, run_folder, settings_tables,
+                            write_lines)
+from nmtkit.cli.lm import NOT_FOR_GPT
+from nmtkit.config import TrainConfig
+from nmtkit.errors import NmtkitError
+from nmtkit.workflows.finetune import DATA_DEFAULTS, TRAIN_DEFAULTS
+
+
+@command("finetune")
+@config_options(TrainConfig, "train", defaults=TRAIN_DEFAULTS, exclude=NOT_FOR_GPT)
+def finetune_cmd(
+    task: str = typer.Option(..., "--task", help="classify, qa or generate."),
+    model: Optional[Path] = typer.Option(None, "--model", "-m", help="The pretrain run to start from (weights and tokenizer)."),
+    from_scratch: bool = typer.Option(False, "--from-scratch", help="New weights: -m's architecture and tokenizer, or --tokenizer and model flags."),
+    tokenizer: Optional[Path] = typer.Option(None, "--tokenizer", "-t", help="With --from-scratch and no -m: the tokenizer."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Run folder (default checkpoints/TASK-DATE-TIME)."),
+    train_file: Optional[str] = typer.Option(None, "--train", help="Training data: TSV/CSV/JSON(L) (classify), SQuAD JSON (qa), Alpaca JSON (generate); or a known corpus file (sst2/train.tsv)."),
+    valid_file: Optional[str] = typer.Option(None, "--valid", help="Validation data, same format (default: the last 5% of --train)."),
+    text_column: str = typer.Option("text", "--text-column", help="classify: the column or field holding the text."),
+    label_column: str = typer.Option("label", "--label-column", help="classify: the column or field holding the label."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", help="A Hugging Face dataset (or json/csv with --data-files)."),
+    dataset_config: Optional[str] = typer.Option(None, "--config", help="The dataset's configuration name."),
+    split: str = typer.Option("train", "--split", help="The dataset's training split."),
+    valid_split: Optional[str] = typer.Option(None, "--valid-split", help="The dataset's validation split."),
+    data_files: Optional[List[str]] = typer.Option(None, "--data-files", help="Local files for --dataset json/csv."),
+    max_len: Optional[int] = typer.Option(None, "--max-len", help=f"Longest input in pieces, at most the model's context (default {DATA_DEFAULTS['max_len']})."),
+    stride: Optional[int] = typer.Option(None, "--stride", help=f"qa: pieces shared by neighbouring windows of a long context (default {DATA_DEFAULTS['stride']})."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help=f"Examples (qa: windows) per micro-batch (default {DATA_DEFAULTS['batch_size']})."),
+    freeze_body: Optional[bool] = typer.Option(None, "--freeze-body/--train-body", help="Train the task head only; the pretrained body stays fixed (default: train both)."),
+    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help=f"generate: longest response when scoring chrF/BLEU (default {DATA_DEFAULTS['max_new_tokens']})."),
+    block_size: Optional[int] = typer.Option(None, "--block-size", help="--from-scratch with --tokenizer: context length."),
+    d_model: Optional[int] = typer.Option(None, "--d-model", help="--from-scratch with --tokenizer: width."),
+    heads: Optional[int] = typer.Option(None, "--heads", help="--from-scratch with --tokenizer: attention heads."),
+    layers: Optional[int] = typer.Option(None, "--layers", help="--from-scratch with --tokenizer: layers."),
+    dropout: Optional[float] = typer.Option(None, "--dropout", help="Dropout (may change a pretrained model's)."),
+    device: str = DEVICE,
+    resume: bool = RESUME,
+    settings_file: Optional[Path] = SETTINGS,
+    on_bad_line: str = ON_BAD_LINE,
+    train: Optional[dict[str, Any]] = None,
+) -> None:
+    """Fine-tune a pretrained decoder: classify texts, answer questions (extractive QA), or follow instructions."""
+    from nmtkit.data.sources import TaskSource
+    from nmtkit.workflows import finetune
+
+    file_settings = settings_tables(settings_file, ("model", "train"))
+    model_settings = {**file_settings.get("model", {}), **given(block_size=block_size, d_model=d_model, heads=heads,
+                                                                 layers=layers, dropout=dropout)}
+    columns = {"text_column": text_column, "label_column": label_column}
+    train_source = valid_source = None
+    if train_file:
+        train_source = TaskSource(file=train_file, **columns)
+        valid_source = TaskSource(file=valid_file, **columns) if valid_file else None
+    elif dataset:
+        base = dict(dataset=dataset, config=dataset_config, data_files=tuple(data_files) if data_files else None, **columns)
+        train_source = TaskSource(**base, split=split)
+        valid_source = TaskSource(**base, split=valid_split) if valid_split else None
+    elif not resume:
+        raise NmtkitError("no training data: give --train FILE or --dataset NAME")
+    output = run_folder(output, resume, task)
+    with TrainingDisplay() as display:
+        summary = finetune.finetune(
+            run_dir=output, task=task, pretrained=str(model) if model else None, from_scratch=from_scratch,
+            tokenizer=str(tokenizer) if tokenizer else None, train_source=train_source, valid_source=valid_source,
+            model_settings=model_settings, train_settings={**file_settings.get("train", {}), **train},
+            max_len=max_len, stride=stride, batch_size=batch_size, freeze=freeze_body, max_new_tokens=max_new_tokens,
+            device=device, resume=resume, on_bad_line=check_on_bad_line(on_bad_line), progress=display,
+            command=command_line())
+    generation = summary.get("generation")
+    extra = f"; greedy responses: chrF {generation['chrf']}, BLEU {generation['bleu']}" if generation else ""
+    log_trained(f"fine-tuned for {task}", summary, ("accuracy", "macro_f1", "exact_match", "f1", "valid_loss"), extra)
+    print(output)
+
+
+@command("classify")
+def classify_cmd(
+    files: List[str] = typer.Argument(None, help="Input files, one text per line; stdin when none."),
+    model: Path = typer.Option(..., "--model", "-m", help="A finetune --task classify run."),
+    probs: bool = typer.Option(False, "--probs", help="Append a tab and each label's probability."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per line: label and probabilities."),
+    batch_size: int = typer.Option(64, "--batch-size", help="Texts per batch."),
+    device: str = DEVICE,
+    on_bad_line: str = ON_BAD_LINE,
+) -> None:
+    """Label each input line: exactly one output line per input line (an empty line gives an empty line)."""
+    from nmtkit.data.sources import input_lines
+    from nmtkit.workflows import finetune
+
+    ft = finetune.FineTuned(model, device, ("classify",))
+    results = finetune.classify(ft, input_lines(files, sys.stdin.buffer, check_on_bad_line(on_bad_line)), batch_size)
+
+    def render(result) -> str:
+        if result is None:
+            return "{}" if as_json else ""
+        if as_json:
+            return json.dumps(result, ensure_ascii=False)
+        if probs:
+            return result["label"] + "\t" + " ".join(f"{k}:{v:.4f}" for k, v in result["probs"].items())
+        return result["label"]
+
+    write_lines((render(r) for r in results), None)
+
+
+@command("answer")
+def answer_cmd(
+    model: Path = typer.Option(..., "--model", "-m", help="A finetune --task qa run."),
+    context: Optional[Path] = typer.Option(None, "--context", help="A text file holding the context."),
+    question: Optional[List[str]] = typer.Option(None, "--question", "-q", help="A question about the context (repeatable)."),
+    input_: Optional[Path] = typer.Option(None, "--input", "-i", help="Batch mode: a JSONL (or JSON list) file of records with context and question (and id)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON: answer, character offsets, score."),
+    device: str = DEVICE,
+) -> None:
+    """Extractive question answering: the span of the context that answers the question."""
+    from nmtkit.data import corpora
+    from nmtkit.workflows import finetune
+
+    ft = finetune.FineTuned(model, device, ("qa",))
+    if input_:
+        if context or question:
+            raise NmtkitError("--input (batch mode) and --context/--question do not go together")
+        triples = [(str(rec.get("id", i)), corpora.record_field(rec, "context", where), corpora.record_field(rec, "question", where))
+                   for i, (where, rec) in enumerate(corpora.read_records(input_), 1)]
+        for result in finetune.answer(ft, triples):  # one JSON line per record, in input order
+            print(json.dumps(result, ensure_ascii=False))
+        return
+    if not context or not question:
+        raise NmtkitError("give --context FILE and --question, or --input FILE.jsonl")
+    text = "\n".join(corpora.read_lines(context))
+    for result in finetune.answer(ft, [(str(i + 1), text, q) for i, q in enumerate(question)]):
+        print(json.dumps(result, ensure_ascii=False) if as_json else result["answer"])

@@ -1,0 +1,125 @@
+"""Commands of the language-model group: pretrain, generate (`nmtkit.workflows.lm`)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, List, Optional
+
+import typer
+
+from nmtkit.cli.app import (COMPUTE_TYPE, DEVICE, RESUME, SETTINGS, TrainingDisplay, command, command_line,
+                            config_options, given, log_trained, run_folder, settings_tables, tokenizer_config,
+                            tokenizer_options)
+from nmtkit.config import TrainConfig
+from nmtkit.errors import NmtkitError
+from nmtkit.workflows.lm import DATA_DEFAULTS, TRAIN_DEFAULTS
+
+VOCAB_SIZE, TOKENIZER_TYPE = tokenizer_options()
+NOT_FOR_GPT = ("best_metric", "max_tokens", "max_len", "teacher_forcing")  # set by --batch-size, or translators' own
+
+
+@command("pretrain")
+@config_options(TrainConfig, "train", defaults=TRAIN_DEFAULTS, exclude=NOT_FOR_GPT)
+def pretrain_cmd(
+    inputs: List[str] = typer.Argument(None, help="Text files (one document each), TSV/CSV/JSON(L) with --column, or known corpora (tinyshakespeare)."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Run folder (default checkpoints/gpt-DATE-TIME)."),
+    column: Optional[str] = typer.Option(None, "--column", "-c", help="Column or field holding the text (tables, JSON, datasets)."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", help="A Hugging Face dataset (or json/csv/text with --data-files)."),
+    dataset_config: Optional[str] = typer.Option(None, "--config", help="The dataset's configuration name."),
+    split: str = typer.Option("train", "--split", help="The dataset split."),
+    data_files: Optional[List[str]] = typer.Option(None, "--data-files", help="Local files for --dataset json/csv/text."),
+    valid_fraction: Optional[float] = typer.Option(None, "--valid-fraction", help=f"The last share of the text (in characters) kept for validation (default {DATA_DEFAULTS['valid_fraction']})."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help=f"Windows per micro-batch (default {DATA_DEFAULTS['batch_size']})."),
+    tokenizer: Optional[Path] = typer.Option(None, "--tokenizer", "-t", help="Use this tokenizer (else train one on the text)."),
+    vocab_size: Optional[int] = VOCAB_SIZE,
+    tokenizer_type: Optional[str] = TOKENIZER_TYPE,
+    block_size: Optional[int] = typer.Option(None, "--block-size", help="Context length in tokens (default 256)."),
+    d_model: Optional[int] = typer.Option(None, "--d-model", help="Width (default 384)."),
+    heads: Optional[int] = typer.Option(None, "--heads", help="Attention heads (default 6)."),
+    layers: Optional[int] = typer.Option(None, "--layers", help="Layers (default 6)."),
+    dropout: Optional[float] = typer.Option(None, "--dropout", help="Dropout (default 0.2)."),
+    device: str = DEVICE,
+    resume: bool = RESUME,
+    settings_file: Optional[Path] = SETTINGS,
+    train: Optional[dict[str, Any]] = None,
+) -> None:
+    """Pretrain a GPT-style decoder on raw text: next-token prediction (upstream)."""
+    from nmtkit.data.sources import TextSource
+    from nmtkit.workflows import lm
+
+    file_settings = settings_tables(settings_file, ("model", "train"))
+    model_settings = {**file_settings.get("model", {}), **given(block_size=block_size, d_model=d_model, heads=heads,
+                                                                 layers=layers, dropout=dropout)}
+    source = None
+    if inputs or dataset:
+        source = TextSource(inputs=tuple(inputs or ()), column=column, dataset=dataset, config=dataset_config,
+                            split=split, data_files=tuple(data_files) if data_files else None)
+    output = run_folder(output, resume, "gpt")
+    with TrainingDisplay() as display:
+        summary = lm.pretrain(
+            run_dir=output, source=source, valid_fraction=valid_fraction, batch_size=batch_size,
+            model_settings=model_settings, train_settings={**file_settings.get("train", {}), **train},
+            tokenizer=str(tokenizer) if tokenizer else None, tokenizer_cfg=tokenizer_config(vocab_size, tokenizer_type),
+            device=device, resume=resume, progress=display, command=command_line(),
+        )
+    log_trained("pretrained a GPT", summary, ("valid_loss", "bits_per_char", "valid_ppl"))
+    print(output)
+
+
+@command("generate")
+def generate_cmd(
+    prompts: List[str] = typer.Argument(None, help="Prompts; with none, one prompt per line of --prompts-file or stdin."),
+    model: Path = typer.Option(..., "--model", "-m", help="A GPT run (nmtkit pretrain), an instruction-tuned one (finetune --task generate), or a CTranslate2 export of either."),
+    prompts_file: Optional[str] = typer.Option(None, "--prompts-file", "-f", help="A file of prompts, one per line."),
+    max_new_tokens: int = typer.Option(200, "--max-new-tokens", "-n", help="Tokens to generate at most."),
+    temperature: float = typer.Option(1.0, "--temperature", help="Sampling temperature; 0 means greedy."),
+    top_k: int = typer.Option(0, "--top-k", help="Sample among the k most likely tokens (0: all)."),
+    top_p: float = typer.Option(1.0, "--top-p", help="Sample from the smallest set of tokens whose probability reaches p."),
+    seed: int = typer.Option(0, "--seed", help="Random seed."),
+    num_samples: int = typer.Option(1, "--num-samples", help="Samples per prompt."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per prompt and sample: prompt, sample, text."),
+    instruction: Optional[str] = typer.Option(None, "--instruction", help="An instruction, put into the prompt template of finetune --task generate."),
+    instruction_input: Optional[str] = typer.Option(None, "--input", help="With --instruction: its input (the context it works on), if any."),
+    device: str = DEVICE,
+    compute_type: str = COMPUTE_TYPE,
+) -> None:
+    """Continue prompts with a pretrained decoder (sampling with temperature, top-k and top-p, and a KV cache), or
+    answer an --instruction with an instruction-tuned one."""
+    from nmtkit.data.sources import input_lines
+    from nmtkit.workflows import lm
+
+    if instruction_input is not None and instruction is None:
+        raise NmtkitError("--input goes with --instruction (a file of prompts is --prompts-file)")
+    model_ = lm.open_language_model(model, device, compute_type)
+    options = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+    if instruction is not None:
+        from nmtkit.data.datasets import format_prompt
+
+        if prompts or prompts_file:
+            raise NmtkitError("--instruction and prompts (arguments or --prompts-file) do not go together")
+        _stream(lm.generate_stream(model_, format_prompt(instruction, instruction_input or ""), **options))
+        return
+    if prompts:
+        texts = [p.replace("\\n", "\n") for p in prompts]
+    else:
+        texts = [line or "" for line in input_lines([prompts_file] if prompts_file else [], sys.stdin.buffer)]
+    if len(texts) == 1 and num_samples == 1 and not as_json:  # one prompt: stream tokens as they come
+        sys.stdout.write(texts[0])
+        _stream(lm.generate_stream(model_, texts[0], **options))
+        return
+    for i, record in enumerate(lm.generate(model_, texts, num_samples=num_samples, **options)):
+        if as_json:
+            print(json.dumps(record, ensure_ascii=False), flush=True)
+        else:
+            print(("\n" if i else "") + f"--- prompt {record['index']}, sample {record['sample']}\n"
+                  + record["prompt"] + record["text"], flush=True)
+
+
+def _stream(pieces) -> None:
+    """Write text as it comes, then end the line."""
+    for piece in pieces:
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")

@@ -1,0 +1,73 @@
+"""Commands on run folders of any kind: info, average, export (`nmtkit.workflows.runs`, `nmtkit.export`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from nmtkit.cli.app import command, log, print_json, wide_console
+from nmtkit.errors import NmtkitError
+
+
+@command("info")
+def info_cmd(
+    path: Path = typer.Argument(..., help="A run folder or a tokenizer folder."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """What a run or tokenizer folder holds: kind, settings, parameters, data, scores, files."""
+    from nmtkit.workflows import runs
+
+    result = runs.info(path)
+    if as_json:
+        print_json(result)
+        return
+    table = Table(show_header=False, box=None)
+    table.add_column(style="bold")
+    table.add_column(overflow="fold")
+    for key, value in result.items():
+        if isinstance(value, (dict, list)):
+            value = json.dumps(value, ensure_ascii=False, default=str)
+        table.add_row(key, str(value))
+    wide_console().print(table)
+
+
+@command("average")
+def average_cmd(
+    model: Path = typer.Option(..., "--model", "-m", help="A run folder with step checkpoints."),
+    last: int = typer.Option(5, "--last", help="Average the last N step checkpoints."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="New run folder (default RUN-avgN)."),
+) -> None:
+    """Average the weights of a run's last N checkpoints into a new run folder."""
+    from nmtkit.workflows import runs
+
+    output = output or model.with_name(f"{model.name}-avg{last}")
+    result = runs.average_checkpoints(model, last, output)
+    log.info("averaged %s", ", ".join(result["checkpoints"]))
+    print(output)
+
+
+@command("export")
+def export_cmd(
+    run: Path = typer.Argument(..., help="A Transformer translator or GPT run folder."),
+    output: Path = typer.Argument(..., help="The folder to write (must not exist or be empty)."),
+    format_: str = typer.Option("ctranslate2", "--format", help="ctranslate2 (the only format so far)."),
+    quantization: Optional[str] = typer.Option(None, "--quantization", help="Store weights as int8, int8_float32, float16... (default float32)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Export a run for CTranslate2, the C++ inference engine (pip install ctranslate2); nmtkit translate
+    runs an exported translator with -m."""
+    from nmtkit.export import export_ctranslate2
+
+    if format_ != "ctranslate2":
+        raise NmtkitError(f"--format {format_!r} is not supported; choose ctranslate2")
+    result = export_ctranslate2(run, output, quantization)
+    if as_json:
+        print_json(result)
+    else:
+        print(result["output"])
+        log.info("exported the %s as CTranslate2 (%s, %.1f MB)", result["kind"], result["quantization"],
+                 result["bytes"] / 1e6)

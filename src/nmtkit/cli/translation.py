@@ -1,0 +1,240 @@
+"""Commands of the translation group: train-translator, translate, score, evaluate
+(`nmtkit.workflows.translation`; evaluate of a fine-tuned run: `nmtkit.workflows.finetune`)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, List, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from nmtkit.cli.app import (AS_JSON, COMPUTE_TYPE, DEVICE, ON_BAD_LINE, RESUME, SETTINGS, TrainingDisplay,
+                            check_on_bad_line, command, command_line, config_options, given, log, log_trained,
+                            print_json, run_folder, settings_tables, tokenizer_config, tokenizer_options, write_lines)
+from nmtkit.config import TrainConfig
+from nmtkit.errors import NmtkitError
+
+TRAIN_SRC = typer.Option(None, "--src", help="Training source file (or known corpus file, e.g. demo/train.en).")
+TRAIN_TGT = typer.Option(None, "--tgt", help="Training target file, line-aligned with --src.")
+VALID_SRC = typer.Option(None, "--valid-src", help="Validation source file.")
+VALID_TGT = typer.Option(None, "--valid-tgt", help="Validation target file.")
+VOCAB_SIZE, TOKENIZER_TYPE = tokenizer_options()
+TOKENIZE_HELP = "sacrebleu tokenizer: 13a, intl, zh, char, ja-mecab, ko-mecab... (default: chosen for the target language)."
+
+
+def translation_data(src, tgt, valid_src, valid_tgt, corpus, src_lang, tgt_lang, dataset: dict | None = None):
+    """The training and validation `ParallelSource`s of train-translator and compare, from their data options
+    (None, None when none was given)."""
+    from nmtkit.data.sources import ParallelSource
+
+    if src or tgt:
+        if not (src and tgt):
+            raise NmtkitError("--src and --tgt go together")
+        if bool(valid_src) != bool(valid_tgt):
+            raise NmtkitError("--valid-src and --valid-tgt go together")
+        train = ParallelSource(src=src, tgt=tgt, src_lang=src_lang or Path(src).suffix.lstrip("."),
+                               tgt_lang=tgt_lang or Path(tgt).suffix.lstrip("."))
+        return train, (ParallelSource(src=valid_src, tgt=valid_tgt) if valid_src else None)
+    if corpus:
+        if not (src_lang and tgt_lang):
+            raise NmtkitError("--corpus needs --src-lang and --tgt-lang")
+        train = ParallelSource(corpus=corpus, src_lang=src_lang, tgt_lang=tgt_lang, split="train")
+        return train, ParallelSource(corpus=corpus, src_lang=src_lang, tgt_lang=tgt_lang, split="valid")
+    if dataset and dataset.get("dataset"):
+        valid_split = dataset.pop("valid_split")
+        train = ParallelSource(**dataset, src_lang=src_lang, tgt_lang=tgt_lang)
+        return train, (ParallelSource(**{**dataset, "split": valid_split}, src_lang=src_lang, tgt_lang=tgt_lang)
+                       if valid_split else None)
+    return None, None
+
+
+@command("train-translator")
+@config_options(TrainConfig, "train", exclude=("best_metric",))
+def train_translator_cmd(
+    arch: Optional[str] = typer.Option(None, "--arch", help="rnn (fixed context vector), attention, or transformer (default)."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Run folder (default checkpoints/ARCH-DATE-TIME)."),
+    src: Optional[str] = TRAIN_SRC,
+    tgt: Optional[str] = TRAIN_TGT,
+    valid_src: Optional[str] = VALID_SRC,
+    valid_tgt: Optional[str] = VALID_TGT,
+    corpus: Optional[str] = typer.Option(None, "--corpus", help="A known translation corpus (demo, multi30k): its train and valid splits."),
+    src_lang: Optional[str] = typer.Option(None, "--src-lang", help="Source language code (with --corpus or --dataset)."),
+    tgt_lang: Optional[str] = typer.Option(None, "--tgt-lang", help="Target language code (with --corpus or --dataset)."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", help="A Hugging Face dataset with a 'translation' column (or --src-column/--tgt-column)."),
+    dataset_config: Optional[str] = typer.Option(None, "--config", help="The dataset's configuration name."),
+    split: str = typer.Option("train", "--split", help="The dataset's training split."),
+    valid_split: Optional[str] = typer.Option(None, "--valid-split", help="The dataset's validation split."),
+    data_files: Optional[List[str]] = typer.Option(None, "--data-files", help="Local files for --dataset json/csv."),
+    src_column: Optional[str] = typer.Option(None, "--src-column", help="Dataset column holding source text."),
+    tgt_column: Optional[str] = typer.Option(None, "--tgt-column", help="Dataset column holding target text."),
+    tokenizer: Optional[Path] = typer.Option(None, "--tokenizer", "-t", help="Use this tokenizer (else train a joint one on the training data)."),
+    vocab_size: Optional[int] = VOCAB_SIZE,
+    tokenizer_type: Optional[str] = TOKENIZER_TYPE,
+    d_model: Optional[int] = typer.Option(None, "--d-model", help="Transformer width."),
+    heads: Optional[int] = typer.Option(None, "--heads", help="Transformer attention heads."),
+    layers: Optional[int] = typer.Option(None, "--layers", help="Layers (Transformer: encoder and decoder each; RNN: stacked)."),
+    ff_dim: Optional[int] = typer.Option(None, "--ff-dim", help="Transformer feed-forward width."),
+    positions: Optional[str] = typer.Option(None, "--positions", help="Transformer positions: sinusoidal or learned."),
+    norm: Optional[str] = typer.Option(None, "--norm", help="Transformer layer norm: pre or post."),
+    cell: Optional[str] = typer.Option(None, "--cell", help="RNN cell: gru or lstm."),
+    embed_dim: Optional[int] = typer.Option(None, "--embed-dim", help="RNN embedding size."),
+    hidden_dim: Optional[int] = typer.Option(None, "--hidden-dim", help="RNN hidden size."),
+    bidirectional: Optional[bool] = typer.Option(None, "--bidirectional/--unidirectional", help="RNN encoder direction."),
+    attention: Optional[str] = typer.Option(None, "--attention", help="bahdanau, luong-dot or luong-general (--arch attention)."),
+    dropout: Optional[float] = typer.Option(None, "--dropout", help="Dropout."),
+    device: str = DEVICE,
+    resume: bool = RESUME,
+    settings_file: Optional[Path] = SETTINGS,
+    on_bad_line: str = ON_BAD_LINE,
+    train: Optional[dict[str, Any]] = None,
+) -> None:
+    """Train a translator: RNN encoder-decoder, RNN with attention, or Transformer."""
+    from nmtkit.workflows import translation
+
+    file_settings = settings_tables(settings_file, ("arch", "model", "train"))
+    model_settings = {**file_settings.get("model", {}), **given(
+        d_model=d_model, heads=heads, layers=layers, ff_dim=ff_dim, positions=positions, norm=norm, cell=cell,
+        embed_dim=embed_dim, hidden_dim=hidden_dim, bidirectional=bidirectional, attention=attention, dropout=dropout)}
+    train_source, valid_source = translation_data(src, tgt, valid_src, valid_tgt, corpus, src_lang, tgt_lang, dict(
+        dataset=dataset, config=dataset_config, data_files=tuple(data_files) if data_files else None,
+        src_column=src_column, tgt_column=tgt_column, split=split, valid_split=valid_split))
+    if train_source is None and not resume:
+        raise NmtkitError("no training data: give --src/--tgt files, --corpus NAME, or --dataset NAME")
+    arch = arch or file_settings.get("arch")
+    output = run_folder(output, resume, arch or "transformer")
+    with TrainingDisplay() as display:
+        summary = translation.train_translator(
+            run_dir=output, arch=arch, train_source=train_source, valid_source=valid_source,
+            model_settings=model_settings, train_settings={**file_settings.get("train", {}), **train},
+            tokenizer=str(tokenizer) if tokenizer else None, tokenizer_cfg=tokenizer_config(vocab_size, tokenizer_type),
+            device=device, resume=resume, on_bad_line=check_on_bad_line(on_bad_line), progress=display,
+            command=command_line())
+    log_trained(f"trained {summary['arch']}", summary, ("bleu", "chrf", "valid_loss"))
+    print(output)
+
+
+@command("translate")
+def translate_cmd(
+    files: List[str] = typer.Argument(None, help="Input files (or known corpus files); stdin when none."),
+    model: Path = typer.Option(..., "--model", "-m", help="A translator run folder, or its CTranslate2 export."),
+    input_: Optional[List[str]] = typer.Option(None, "--input", "-i", help="Input file (repeatable); same as the arguments."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write here instead of stdout."),
+    beam: int = typer.Option(5, "--beam", "-b", help="Beam size (1: greedy)."),
+    length_penalty: float = typer.Option(1.0, "--length-penalty", help="Scores divided by length ** this (0: raw log-probability)."),
+    n_best: int = typer.Option(1, "--n-best", help="Write the K best translations with scores, as one JSON object per line."),
+    with_scores: bool = typer.Option(False, "--scores", help="Append a tab and the score to each translation."),
+    batch_size: int = typer.Option(64, "--batch-size", help="Sentences per batch (sorted by length)."),
+    max_len_ratio: float = typer.Option(2.0, "--max-len-ratio", help="Longest output: ratio x source length + --max-len-extra pieces."),
+    max_len_extra: int = typer.Option(10, "--max-len-extra", help="See --max-len-ratio."),
+    compute_type: str = COMPUTE_TYPE,
+    device: str = DEVICE,
+    on_bad_line: str = ON_BAD_LINE,
+) -> None:
+    """Translate stdin or files: exactly one output line per input line. -m takes a run folder or its
+    CTranslate2 export (nmtkit export)."""
+    from nmtkit.data.sources import input_lines
+    from nmtkit.workflows import translation
+
+    translator = translation.open_translator(model, device, compute_type)
+    lines = translation.translate(
+        translator, input_lines(list(files or []) + list(input_ or []), sys.stdin.buffer, check_on_bad_line(on_bad_line)),
+        beam=beam, batch_size=batch_size, length_penalty=length_penalty, n_best=n_best, with_scores=with_scores,
+        max_len_ratio=max_len_ratio, max_len_extra=max_len_extra, buffer_lines=max(batch_size * 8, 64),
+    )
+    if output is None and sys.stdout.isatty():
+        for line in lines:  # interactive: answer each line as soon as it is translated
+            print(line, flush=True)
+        return
+    write_lines(lines, output)
+
+
+def print_scores(scores: dict, as_json: bool) -> None:
+    if as_json:
+        print_json(scores)
+        return
+    for name, entry in scores.items():
+        print(f"{name.upper():5} {entry['score']:6.2f}  {entry['signature']}")
+
+
+@command("score")
+def score_cmd(
+    ref: List[str] = typer.Option(..., "--ref", "-r", help="Reference file (repeat for several references)."),
+    input_: Optional[str] = typer.Option(None, "--input", "-i", help="Hypotheses (default stdin)."),
+    metrics: str = typer.Option("bleu,chrf,ter", "--metrics", help="Comma-separated: bleu, chrf, ter."),
+    tokenize: Optional[str] = typer.Option(None, "--tokenize", help=TOKENIZE_HELP),
+    lowercase: bool = typer.Option(False, "--lowercase", "-lc", help="Case-insensitive scores."),
+    lang: Optional[str] = typer.Option(None, "--lang", help="Target language (default: the reference file's extension)."),
+    as_json: bool = AS_JSON,
+) -> None:
+    """BLEU, chrF and TER with sacrebleu, printed with their signatures."""
+    from nmtkit.data.sources import input_lines
+    from nmtkit.workflows import translation
+
+    hyps = [line or "" for line in input_lines([input_] if input_ else [], sys.stdin.buffer)]
+    refs = [[line or "" for line in input_lines([r], None)] for r in ref]
+    scores = translation.score(hyps, refs, (str(input_ or "<stdin>"), [str(r) for r in ref]),
+                               metrics=[m.strip() for m in metrics.split(",") if m.strip()], tokenize=tokenize,
+                               lowercase=lowercase, target_lang=lang or Path(ref[0]).suffix.lstrip("."))
+    print_scores(scores, as_json)
+
+
+@command("evaluate")
+def evaluate_cmd(
+    model: Path = typer.Option(..., "--model", "-m", help="A translator or fine-tuned run folder, or a translator's CTranslate2 export."),
+    src: Optional[str] = typer.Option(None, "--src", help="Translators: test source file (or known corpus file, e.g. demo/test.en)."),
+    ref: Optional[str] = typer.Option(None, "--ref", help="Translators: test reference file."),
+    data: Optional[str] = typer.Option(None, "--data", help="Fine-tuned runs: test data in the task's format (sst2/valid.tsv, squad/valid.json...)."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", help="Fine-tuned runs: a Hugging Face dataset instead of --data."),
+    dataset_config: Optional[str] = typer.Option(None, "--config", help="The dataset's configuration name."),
+    split: str = typer.Option("validation", "--split", help="The dataset split."),
+    beam: int = typer.Option(5, "--beam", "-b", help="Beam size."),
+    length_penalty: float = typer.Option(1.0, "--length-penalty", help="Length penalty."),
+    batch_size: int = typer.Option(64, "--batch-size", help="Sentences per batch."),
+    tokenize: Optional[str] = typer.Option(None, "--tokenize", help=TOKENIZE_HELP),
+    lowercase: bool = typer.Option(False, "--lowercase", "-lc", help="Case-insensitive scores."),
+    device: str = DEVICE,
+    compute_type: str = COMPUTE_TYPE,
+    as_json: bool = AS_JSON,
+) -> None:
+    """Score a run on test data with its task's metric (translators: BLEU, chrF, TER; classify: accuracy and
+    macro-F1; qa: exact match and F1; generate: chrF and BLEU); the result is recorded in its run.json."""
+    from nmtkit.workflows import runs
+
+    if runs.open_run(model).kind == "finetune":
+        if not (data or dataset):
+            raise NmtkitError("a fine-tuned run is evaluated on --data FILE or --dataset NAME")
+        _evaluate_finetuned(model, data, dataset, dataset_config, split, device, as_json)
+        return
+    from nmtkit.workflows import translation
+
+    if not (src and ref):
+        raise NmtkitError("a translator is evaluated on --src FILE and --ref FILE")
+    result = translation.evaluate_translator(model, src, ref, device=device, beam=beam, batch_size=batch_size,
+                                             length_penalty=length_penalty, tokenize=tokenize, lowercase=lowercase,
+                                             compute_type=compute_type)
+    if as_json:
+        print_json(result)
+        return
+    log.info("%d sentences translated in %.1f s (beam %d)", result["sentences"], result["seconds"], beam)
+    print_scores(result["scores"], False)
+
+
+def _evaluate_finetuned(model: Path, data, dataset, dataset_config, split: str, device: str, as_json: bool) -> None:
+    from nmtkit.data.sources import TaskSource
+    from nmtkit.workflows import finetune
+
+    source = TaskSource(file=data) if data else TaskSource(dataset=dataset, config=dataset_config, split=split)
+    result = finetune.evaluate_finetuned(model, source, device)
+    if as_json:
+        print_json(result)
+        return
+    shown = {k: result[k] for k in ("accuracy", "macro_f1", "exact_match", "f1", "chrf", "bleu", "valid_loss") if k in result}
+    print("  ".join(f"{k} {v}" for k, v in shown.items()))
+    if "confusion" in result:
+        table = Table("gold \\ predicted", *result["labels"], box=None)
+        for name, row in zip(result["labels"], result["confusion"]):
+            table.add_row(name, *map(str, row))
+        Console().print(table)

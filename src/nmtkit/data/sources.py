@@ -1,0 +1,202 @@
+"""Where a command's data comes from: typed descriptions of data sources, and the texts they give.
+
+A source is a frozen dataclass: files as given (or `NAME/FILE` of a known corpus), a split of a known corpus,
+or a Hugging Face dataset. A run stores its sources in config.json (`to_dict`) and `--resume` reads them back
+(`from_dict`), so a run always knows what it was trained on.
+
+    ParallelSource  sentence pairs (translators): two line-aligned files, a known corpus split, a dataset
+    TextSource      documents (GPT pretraining), texts (vocabularies, word vectors)
+    TaskSource      labelled texts, SQuAD questions or instructions (fine-tuning)
+
+Also here: the lines of line-by-line commands (`input_lines`, stdin when no file is named), known corpus names
+expanded into their files (`expand_inputs`), and the provenance of data files (`describe_files`). What is *not*
+here: the readers of each format (`nmtkit.data.corpora`) and encoding (`nmtkit.data.datasets`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from nmtkit.data import corpora, registry
+from nmtkit.errors import DataError
+from nmtkit.files import file_sha256
+
+
+def expand_inputs(inputs: Iterable[str]) -> list[Path]:
+    """Files as given, `NAME/FILE` of a known corpus, or a bare known corpus name (its training files)."""
+    paths: list[Path] = []
+    for spec in inputs:
+        if not Path(spec).exists() and spec in registry.manifest():
+            info = registry.corpus_info(spec)
+            folder = registry.corpus_dir(spec)
+            train = info.get("splits", {}).get("train")
+            if train and info.get("languages"):
+                paths += [folder / f"{train}.{lang}" for lang in info["languages"]]
+            else:
+                paths += [folder / name for name in info.get("files", {})][:1]
+        else:
+            paths.append(registry.resolve(spec))
+    return paths
+
+
+def input_lines(files: Iterable[str | Path] | None, stdin=None,
+                on_bad_line: corpora.OnBadLine = "error") -> Iterator[str | None]:
+    """The decoded lines of the given files (known corpus names resolved), or of `stdin` when there are none.
+    `None` stands for a line skipped as invalid UTF-8, so line-by-line commands keep the line count."""
+    files = list(files or [])
+    if not files and stdin is not None:
+        yield from corpora.decode_lines(stdin, "<stdin>", on_bad_line)
+    for spec in files:
+        with corpora.open_binary(registry.resolve(spec)) as stream:
+            yield from corpora.decode_lines(stream, str(spec), on_bad_line)
+
+
+def describe_files(paths: Iterable[Path]) -> list[dict[str, Any]]:
+    """Provenance for run records: each data file with its size and sha256."""
+    return [{"path": str(p), "bytes": p.stat().st_size, "sha256": file_sha256(p)} for p in paths if p.is_file()]
+
+
+def _dataset(source) -> Any:
+    return corpora.load_hf_dataset(source.dataset, source.config, source.split,
+                                   list(source.data_files) if source.data_files else None)
+
+
+@dataclasses.dataclass(frozen=True)
+class ParallelSource:
+    """Sentence pairs: files `src` and `tgt`, a split of a known `corpus`, or a Hugging Face `dataset` with a
+    `translation` column (keyed by language) or two text columns."""
+
+    src: str | None = None  # line-aligned files (or NAME/FILE of a known corpus)
+    tgt: str | None = None
+    corpus: str | None = None  # a known translation corpus, with src_lang, tgt_lang and split
+    dataset: str | None = None  # a Hugging Face dataset (or json/csv with data_files)
+    config: str | None = None
+    data_files: tuple[str, ...] | None = None
+    split: str = "train"
+    src_column: str | None = None  # the dataset's columns, when it has no 'translation' column
+    tgt_column: str | None = None
+    src_lang: str | None = None
+    tgt_lang: str | None = None
+
+    def validate(self, where: str) -> None:
+        if not (self.src or self.corpus or self.dataset):
+            raise DataError("no training data: give --src/--tgt files, --corpus NAME, or --dataset NAME")
+        if self.src and not self.tgt:
+            raise DataError(f"{where}: --src needs --tgt, the line-aligned target file")
+
+    def pairs(self, on_bad_line: corpora.OnBadLine = "error") -> Iterator[tuple[str, str]]:
+        if self.src:
+            return corpora.read_parallel(registry.resolve(self.src), registry.resolve(self.tgt), on_bad_line)
+        if self.corpus:
+            return corpora.read_parallel(*self.files(), on_bad_line)
+        ds, name = _dataset(self), self.dataset
+        if self.src_column:
+            return zip(corpora.hf_column(ds, self.src_column, name), corpora.hf_column(ds, self.tgt_column or "", name))
+        if "translation" not in ds.column_names:
+            raise DataError(f"dataset {name!r}: no 'translation' column; name the columns with --src-column/--tgt-column")
+        return ((row[self.src_lang], row[self.tgt_lang]) for row in ds["translation"])
+
+    def files(self) -> list[Path]:
+        """The source and target files (none for a dataset)."""
+        if self.src:
+            return [registry.resolve(self.src), registry.resolve(self.tgt)]
+        if self.corpus:
+            return list(registry.parallel_files(self.corpus, self.src_lang, self.tgt_lang, self.split))
+        return []
+
+
+@dataclasses.dataclass(frozen=True)
+class TextSource:
+    """Texts: files (plain text, or a `column` of TSV/CSV/JSON(L) files; known corpora by name) and/or a
+    `column` of a Hugging Face `dataset`."""
+
+    inputs: tuple[str, ...] = ()
+    column: str | None = None
+    dataset: str | None = None
+    config: str | None = None
+    data_files: tuple[str, ...] | None = None
+    split: str = "train"
+    header: bool = True  # TSV/CSV files start with a header row
+
+    @staticmethod
+    def saved(data: dict[str, Any]) -> dict[str, Any]:
+        """The text source in a run's config.json `data`: its "text" record, or the fields of a run started
+        before sources were typed (inputs and column beside the other settings; a dataset as a record)."""
+        if "text" in data:
+            return data["text"]
+        dataset = data.get("dataset") or {}
+        return {"inputs": data.get("inputs", []), "column": data.get("column"), "dataset": dataset.get("name"),
+                "config": dataset.get("config"), "split": dataset.get("split", "train"),
+                "data_files": dataset.get("data_files")}
+
+    def files(self) -> list[Path]:
+        return expand_inputs(self.inputs)
+
+    def texts(self, on_bad_line: corpora.OnBadLine = "error") -> Iterator[str]:
+        """Every text: each line of a text file, each row or record of a table or JSON file, each dataset row."""
+        for path in self.files():
+            yield from corpora.read_texts(path, self.column, header=self.header, on_bad_line=on_bad_line)
+        if self.dataset:
+            yield from corpora.hf_column(_dataset(self), self.column or "text", self.dataset)
+
+    def documents(self, on_bad_line: corpora.OnBadLine = "error") -> Iterator[str]:
+        """Documents for language modelling: a plain text file is one document (its lines joined by
+        newlines); each row or record of a table, JSON file or dataset column is one."""
+        for path in self.files():
+            if corpora.base_suffix(path) in corpora.TABLE_SUFFIXES + corpora.JSON_SUFFIXES:
+                yield from corpora.read_texts(path, self.column, header=self.header, on_bad_line=on_bad_line)
+            else:
+                yield "\n".join(corpora.read_lines(path, on_bad_line))
+        if self.dataset:
+            yield from corpora.hf_column(_dataset(self), self.column or "text", self.dataset)
+
+    def name(self) -> str:
+        return ", ".join([str(p) for p in self.files()] + ([self.dataset] if self.dataset else [])) or "the data"
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskSource:
+    """A fine-tuning task's examples: a `file` (TSV/CSV/JSON(L) for classify, SQuAD JSON for qa, Alpaca-style
+    JSON for generate) or a Hugging Face `dataset`."""
+
+    file: str | None = None
+    dataset: str | None = None
+    config: str | None = None
+    data_files: tuple[str, ...] | None = None
+    split: str = "train"
+    text_column: str = "text"  # classify: the column or field holding the text
+    label_column: str = "label"  # classify: the column or field holding the label
+
+    def files(self) -> list[Path]:
+        return [registry.resolve(self.file)] if self.file else []
+
+    def examples(self, task: str, on_bad_line: corpora.OnBadLine = "error") -> list:
+        """(text, label) pairs for classify, `QAExample`s for qa, `Instruction`s for generate."""
+        if self.file:
+            return self._file_examples(task, registry.resolve(self.file), on_bad_line)
+        if not self.dataset:
+            raise DataError("no data: give a file, a known corpus file (sst2/train.tsv), or --dataset")
+        ds, name = _dataset(self), self.dataset
+        if task == "classify":
+            return list(zip(corpora.hf_column(ds, self.text_column, name), corpora.hf_column(ds, self.label_column, name)))
+        if task == "qa":
+            need = {"context", "question", "answers"} - set(ds.column_names)
+            if need:
+                raise DataError(f"dataset {name!r}: a squad-style dataset needs columns {', '.join(sorted(need))}")
+            return [corpora.QAExample(str(row.get("id", i)), str(row.get("title", "")), row["context"], row["question"],
+                                      tuple(zip(row["answers"]["text"], row["answers"]["answer_start"])))
+                    for i, row in enumerate(ds)]
+        answer = "output" if "output" in ds.column_names else "response"
+        return [corpora.Instruction(row["instruction"], row.get("input") or "", row[answer]) for row in ds]
+
+    def _file_examples(self, task: str, path: Path, on_bad_line: corpora.OnBadLine) -> list:
+        if task == "qa":
+            return corpora.read_squad(path)
+        if task == "generate":
+            return corpora.read_instructions(path)
+        pairs = list(corpora.read_labeled(path, self.text_column, self.label_column, on_bad_line=on_bad_line))
+        if not pairs:
+            raise DataError(f"{path}: empty corpus (no labelled rows)")
+        return pairs

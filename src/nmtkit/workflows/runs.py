@@ -1,0 +1,271 @@
+"""The run-folder layer every workflow shares: open a run of any kind (or a CTranslate2 export of one) and learn
+its kind; start a run or resume it under one rule; provide its tokenizer; record into its run.json; load its
+weights for inference. Also the `info` and `average` commands, which work on any run.
+
+The resume rule: `--resume` continues a run exactly as it was started, from its config.json. A setting given
+again with the same value is fine (so the command that started a run, plus `--resume`, continues it); a
+different value is refused, naming the setting, except the `RESUME_OVERRIDES`, which say how long to go on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime
+import functools
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from nmtkit import checkpoint
+from nmtkit.config import TokenizerConfig, from_dict, to_dict
+from nmtkit.data import corpora
+from nmtkit.data.sources import describe_files
+from nmtkit.errors import CheckpointError, ConfigError
+from nmtkit.export import is_ctranslate2_folder, read_export
+from nmtkit.files import read_json, read_jsonl, write_json
+from nmtkit.tokenization import INFO_FILE, Tokenizer, train_tokenizer
+
+log = logging.getLogger("nmtkit")
+RESUME_OVERRIDES = ("max_steps", "max_epochs", "max_minutes", "patience")  # what --resume may change
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Opening a run
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """A run folder, or a CTranslate2 export of one (`exported`), with the config the run was made with."""
+
+    path: Path
+    config: dict[str, Any]
+    exported: bool = False
+
+    @property
+    def kind(self) -> str:
+        """translator, gpt, finetune, embeddings or vocab."""
+        return self.config["kind"]
+
+    @property
+    def task(self) -> str | None:
+        """A finetune run's task: classify, qa or generate."""
+        return self.config.get("task")
+
+
+def open_run(path: str | Path, kinds: tuple[str, ...] | None = None) -> Run:
+    """The one way to open a run folder or a CTranslate2 export; refuses a missing folder, an unknown format
+    version, and (with `kinds`) a run of another kind, each with one line."""
+    path = Path(path)
+    if is_ctranslate2_folder(path):
+        return Run(path, read_export(path, kinds), exported=True)
+    return Run(path, checkpoint.read_config(path, kinds))
+
+
+def open_for_inference(path: str | Path, device: str, compute_type: str, run_class: type, export_class: type):
+    """A run folder loaded as `run_class`, or a CTranslate2 export of one as `export_class` (`compute_type`:
+    int8, float16... for those)."""
+    if open_run(path).exported:
+        return export_class(path, device, compute_type)
+    if compute_type != "default":
+        raise ConfigError(f"--compute-type is for CTranslate2 exports; {path} is a run folder")
+    return run_class(path, device)
+
+
+def load_weights_for_inference(model, run: Run, device):
+    """`model` with the run's best weights, on `device`, in eval mode; on a CPU with its linear layers in the
+    faster decoding layout."""
+    from nmtkit.models.layers import for_cpu_inference
+
+    checkpoint.load_into(model, run.path / checkpoint.WEIGHTS)
+    model = model.to(device).eval()
+    return for_cpu_inference(model) if device.type == "cpu" else model
+
+
+def tokenizer_folder(path: str | Path) -> Path:
+    """A tokenizer folder, or the tokenizer inside a run folder."""
+    path = Path(path)
+    return path / checkpoint.TOKENIZER_DIR if (path / checkpoint.TOKENIZER_DIR).is_dir() else path
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Starting, resuming and recording a training run
+
+
+def one_writer(train_workflow: Callable[..., Any]) -> Callable[..., Any]:
+    """Run a training workflow holding its run folder's lock (`checkpoint.lock_run`), so a second process
+    pointed at the same folder is refused (under torchrun, rank 0 holds it for all), and with `resume` turned
+    off when there is nothing to resume yet (a run killed before its first checkpoint starts again)."""
+
+    @functools.wraps(train_workflow)
+    def locked(*, run_dir: str | Path, resume: bool = False, **kwargs: Any) -> Any:
+        run_dir = Path(run_dir)
+        lock = contextlib.nullcontext() if int(os.environ.get("RANK", "0")) else checkpoint.lock_run(run_dir)
+        with lock:
+            if resume and not (run_dir / checkpoint.TRAIN_STATE).exists():
+                log.warning("%s: no checkpoint saved yet; starting the run from the beginning", run_dir)
+                resume = False
+            return train_workflow(run_dir=run_dir, resume=resume, **kwargs)
+
+    return locked
+
+
+def refuse_existing_run(run_dir: Path, kind: str | None = None) -> None:
+    """Refuse to start a new run over an existing one, but for a `kind` run that never saved a checkpoint
+    (killed before its first), which starts again from the beginning."""
+    config = run_dir / checkpoint.CONFIG
+    if not config.exists():
+        return
+    if kind and not (run_dir / checkpoint.TRAIN_STATE).exists() and read_json(config).get("kind") == kind:
+        return
+    raise CheckpointError(f"{run_dir}: already holds a run; continue it with --resume, or choose another --output")
+
+
+def resumed(run_dir: Path, saved: dict[str, Any], merged: dict[str, Any], allowed: Iterable[str] = ()) -> dict[str, Any]:
+    """The settings a resumed run goes on with: `merged` (the saved ones with those given again applied) when
+    it changes nothing but the `allowed` ones; else a one-line error naming the first changed setting."""
+    allowed = set(allowed)
+    for name, value in merged.items():
+        if name not in allowed and name in saved and saved[name] != value:
+            raise ConfigError(
+                f"{run_dir}: the run was started with {name.replace('_', '-')} {_shown(saved[name])}, not "
+                f"{_shown(value)}; --resume continues a run as it was started"
+                + (f" (it may change {', '.join('--' + a.replace('_', '-') for a in sorted(allowed))})" if allowed else ""))
+    return merged
+
+
+def _shown(value: Any) -> str:
+    return "none" if value is None else repr(value) if isinstance(value, str) else str(value)
+
+
+def resumed_config(run_dir: Path, cls: type, saved: dict[str, Any], given: dict[str, Any] | None, where: str,
+                   allowed: Iterable[str] = ()):
+    """The config `cls` of a resumed run: its saved settings, and those given again (refused when changed,
+    but for `allowed`)."""
+    merged = to_dict(from_dict(cls, {**saved, **(given or {})}, where))
+    return from_dict(cls, resumed(run_dir, saved, merged, allowed), where)
+
+
+def resumed_source(run_dir: Path, cls: type, saved: dict[str, Any] | None, given, where: str):
+    """A data source of a resumed run: the saved one; a different one given again is refused."""
+    source = from_dict(cls, saved, where) if saved else None
+    if given is not None and source is not None:
+        resumed(run_dir, to_dict(source), to_dict(given))
+    return source
+
+
+def provide_tokenizer(run_dir: Path, given: str | Path | None, texts: Callable[[], Iterable[str]] | None = None,
+                      cfg: TokenizerConfig | None = None, files: Iterable[Path] = (), *, resume: bool = False,
+                      dist=None) -> Tokenizer:
+    """The run's tokenizer in run_dir/tokenizer: a copy of `given` (a tokenizer folder or a run holding one),
+    or one trained with `cfg` on `texts()`; a resumed run keeps its own. Under torchrun rank 0 writes it."""
+    folder = run_dir / checkpoint.TOKENIZER_DIR
+    if not resume and (dist is None or dist.is_main):
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if given:
+            Tokenizer(tokenizer_folder(given)).copy_to(folder)
+        elif texts is not None:
+            cfg = cfg or TokenizerConfig()
+            log.info("training a %s tokenizer with %d pieces", cfg.model_type, cfg.vocab_size)
+            train_tokenizer(corpora.nonempty(texts(), "training data"), folder, cfg, {"files": describe_files(files)})
+    barrier(dist)
+    return Tokenizer(folder)
+
+
+def barrier(dist) -> None:
+    if dist is not None and dist.enabled:
+        import torch.distributed
+
+        torch.distributed.barrier()
+
+
+def versions() -> dict[str, str]:
+    import sacrebleu
+    import sentencepiece
+    import torch
+
+    from nmtkit import __version__
+
+    return {"nmtkit": __version__, "torch": torch.__version__, "sentencepiece": sentencepiece.__version__,
+            "sacrebleu": sacrebleu.__version__, "python": sys.version.split()[0]}
+
+
+def start_record(run_dir: Path, command: list[str] | None, seed: int, device, data: dict[str, Any],
+                 world_size: int = 1, **more: Any) -> None:
+    """run.json at the start of a run: command, versions, seed, device, data files with their hashes."""
+    write_json(run_dir / checkpoint.RUN_RECORD, {
+        "command": command or sys.argv, "versions": versions(), "seed": seed, "device": str(device),
+        "world_size": world_size, "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "data": data, **more,
+    })
+
+
+def append_record(run_dir: str | Path, section: str, record: dict[str, Any]) -> None:
+    """Add `record` to the list `section` ("training", "evaluations") of the run's run.json."""
+    path = Path(run_dir) / checkpoint.RUN_RECORD
+    run = read_json(path) if path.is_file() else {}
+    run.setdefault(section, []).append(record)
+    write_json(path, run)
+
+
+def training_summary(run_dir: Path, arch: str, model, result, **more: Any) -> dict[str, Any]:
+    """What a training run returns and appends to run.json's "training" list."""
+    return {"run": str(run_dir), "arch": arch, "steps": result.steps, "best_step": result.best_step,
+            "best": result.best, "stopped_early": result.stopped_early, "seconds": round(result.seconds, 1),
+            "parameters": sum({id(p): p.numel() for p in model.parameters()}.values()), **more}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# info, average
+
+
+def info(path: str | Path) -> dict[str, Any]:
+    """What a run folder or tokenizer folder holds: kind, settings, parameters, data, scores, files."""
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: no such run or tokenizer folder")
+    files = {p.name: p.stat().st_size for p in sorted(path.iterdir()) if p.is_file() and not p.name.startswith(".")}
+    if (path / INFO_FILE).is_file() and not (path / checkpoint.CONFIG).is_file():
+        return {"path": str(path), "kind": "tokenizer", **read_json(path / INFO_FILE), "files": files}
+    run = open_run(path)
+    result: dict[str, Any] = {"path": str(path), "kind": run.kind, "config": run.config, "files": files}
+    if (path / checkpoint.WEIGHTS).is_file():
+        result["parameters"] = checkpoint.count_parameters(checkpoint.load_weights(path / checkpoint.WEIGHTS))
+    if (path / checkpoint.TOKENIZER_DIR / INFO_FILE).is_file():
+        tok = read_json(path / checkpoint.TOKENIZER_DIR / INFO_FILE)
+        result["tokenizer"] = {"vocab_size": tok.get("vocab_size"), **tok.get("config", {})}
+    evals = [m for m in read_jsonl(path / checkpoint.METRICS) if m.get("kind") == "eval"]
+    if evals:
+        result["evaluations"] = len(evals)
+        result["last_evaluation"] = evals[-1]
+    if (path / checkpoint.RUN_RECORD).is_file():
+        result["run"] = read_json(path / checkpoint.RUN_RECORD)
+    return result
+
+
+def average_checkpoints(run_dir: str | Path, last: int, output: str | Path) -> dict[str, Any]:
+    """Average the weights of the last N step checkpoints into a new run folder (config and tokenizer copied)."""
+    import shutil
+
+    import torch
+
+    from nmtkit.training import STEPS_DIR
+
+    run_dir, output = Path(run_dir), Path(output)
+    checkpoint.read_config(run_dir)
+    files = sorted((run_dir / STEPS_DIR).glob("step-*.safetensors"))[-last:]
+    if len(files) < 2:
+        raise CheckpointError(f"{run_dir}: needs at least 2 step checkpoints to average, found {len(files)} in {STEPS_DIR}/")
+    total: dict[str, torch.Tensor] = {}
+    for f in files:
+        for k, v in checkpoint.load_weights(f).items():
+            total[k] = total.get(k, 0) + v.double()
+    averaged = {k: (v / len(files)).to(torch.float32) for k, v in total.items()}
+    output.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(run_dir / checkpoint.CONFIG, output / checkpoint.CONFIG)
+    shutil.copytree(run_dir / checkpoint.TOKENIZER_DIR, output / checkpoint.TOKENIZER_DIR, dirs_exist_ok=True)
+    checkpoint.save_weights(output / checkpoint.WEIGHTS, averaged)
+    write_json(output / checkpoint.RUN_RECORD, {"averaged_from": str(run_dir), "checkpoints": [f.name for f in files]})
+    return {"output": str(output), "checkpoints": [f.name for f in files]}
