@@ -145,3 +145,25 @@ def test_command_line_that_does_not_parse_gets_one_line():
         out = subprocess.run([sys.executable, "-m", "nmtkit", *args], capture_output=True, text=True)
         assert out.returncode == 2 and out.stdout == ""
         assert out.stderr.strip() == expected
+
+
+def test_training_flags_come_from_the_config_dataclasses_with_each_command_s_defaults():
+    """Each training flag's name, default and help come from TrainConfig (with the command's own defaults), and a
+    settings file takes the same names."""
+    import typer.main
+
+    from nmtkit.config import TrainConfig, Word2VecTrainConfig, from_dict
+    from nmtkit.workflows import finetune, lm
+
+    commands = typer.main.get_command(app).commands
+
+    def help_of(command, name):
+        return next(p.help for p in commands[command].params if p.name == name)
+
+    assert help_of("train-translator", "max_steps") == f"Optimizer steps. (default {TrainConfig.max_steps})"
+    assert help_of("pretrain", "max_steps").endswith(f"(default {lm.TRAIN_DEFAULTS['max_steps']})")
+    assert help_of("finetune", "lr").endswith(f"(default {finetune.TRAIN_DEFAULTS['lr']})")
+    assert help_of("train-embeddings", "window").endswith(f"(default {Word2VecTrainConfig.window})")
+    assert "--warmup" in next(p for p in commands["pretrain"].params if p.name == "warmup_steps").opts
+    assert not any(p.name == "max_tokens" for p in commands["pretrain"].params)  # pretrain sets it from --batch-size
+    assert from_dict(TrainConfig, {"warmup": 7, "max-steps": 9}).warmup_steps == 7

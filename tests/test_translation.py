@@ -368,3 +368,39 @@ def test_known_corpus_names_work_where_files_do(runs):
     assert result.exit_code == 0 and len(result.stdout.splitlines()) == 100
     result = runner.invoke(app, ["score", "--ref", "demo/test.ko", "--input", "demo/test.ko", "--metrics", "bleu"])
     assert result.exit_code == 0 and result.stdout.startswith("BLEU  100.00")
+
+
+def test_resume_refuses_a_changed_setting_and_names_it(tiny, tmp_path):
+    """--resume continues a run as it was started: the same command again goes on; a changed model, training or
+    data option is one line naming it; the training limits may change."""
+    from test_cli import assert_one_line_error
+
+    run_dir = tmp_path / "run"
+    common = ["--src", tiny["src"], "--tgt", tiny["tgt"], "-o", run_dir, "--d-model", "32", "--heads", "2",
+              "--layers", "1", "--ff-dim", "64", "--vocab-size", "100", "--tokenizer-type", "char", "--eval-every", "4",
+              "--device", "cpu"]
+    result = CliRunner().invoke(app, ["train-translator", *map(str, common), "--max-steps", "4"])
+    assert result.exit_code == 0, result.output
+    for changed, pattern in ((["--d-model", "64"], r"started with d-model 32, not 64"),
+                             (["--warmup", "7"], r"started with warmup-steps 1000, not 7"),
+                             (["--arch", "rnn"], r"started with arch 'transformer', not 'rnn'"),
+                             (["--src", tiny["tgt"], "--tgt", tiny["tgt"]], r"started with src '.*tiny.en', not '.*tiny.ko'")):
+        result = CliRunner().invoke(app, ["train-translator", *map(str, ["-o", run_dir, "--resume", *changed])])
+        assert_one_line_error(result, pattern)
+    result = CliRunner().invoke(app, ["train-translator", *map(str, common), "--max-steps", "8", "--resume"])
+    assert result.exit_code == 0, result.output
+    run = json.loads((run_dir / "run.json").read_text())
+    assert [t["steps"] for t in run["training"]] == [4, 8]
+    assert run["training"][-1]["best"] is not None  # the best evaluation survives the resume
+
+
+def test_a_settings_file_takes_the_flag_names(tiny, tmp_path):
+    settings = write(tmp_path / "run.toml", 'arch = "transformer"\n[model]\nd-model = 32\nheads = 2\nlayers = 1\n'
+                                            'ff_dim = 64\n[train]\nwarmup = 3\nmax-steps = 2\neval_every = 2\n')
+    result = CliRunner().invoke(app, [str(a) for a in ["train-translator", "--src", tiny["src"], "--tgt", tiny["tgt"],
+                                                       "--settings", settings, "--vocab-size", "100", "--tokenizer-type",
+                                                       "char", "-o", tmp_path / "run", "--device", "cpu"]])
+    assert result.exit_code == 0, result.output
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert (config["model"]["encoder_layers"], config["model"]["decoder_layers"], config["model"]["d_model"]) == (1, 1, 32)
+    assert (config["train"]["warmup_steps"], config["train"]["max_steps"]) == (3, 2)
