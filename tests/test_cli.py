@@ -153,6 +153,7 @@ def test_training_flags_come_from_the_config_dataclasses_with_each_command_s_def
     import typer.main
 
     from nmtkit.config import TrainConfig, Word2VecTrainConfig, from_dict
+    from nmtkit.models.configs import GPTConfig
     from nmtkit.workflows import finetune, lm
 
     commands = typer.main.get_command(app).commands
@@ -164,6 +165,8 @@ def test_training_flags_come_from_the_config_dataclasses_with_each_command_s_def
     assert help_of("pretrain", "max_steps").endswith(f"(default {lm.TRAIN_DEFAULTS['max_steps']})")
     assert help_of("finetune", "lr").endswith(f"(default {finetune.TRAIN_DEFAULTS['lr']})")
     assert help_of("train-embeddings", "window").endswith(f"(default {Word2VecTrainConfig.window})")
+    assert help_of("pretrain", "d_model").endswith(f"(default {GPTConfig.d_model})")  # model flags too
     assert "--warmup" in next(p for p in commands["pretrain"].params if p.name == "warmup_steps").opts
+    assert "--unidirectional" in next(p for p in commands["train-translator"].params if p.name == "bidirectional").secondary_opts
     assert not any(p.name == "max_tokens" for p in commands["pretrain"].params)  # pretrain sets it from --batch-size
     assert from_dict(TrainConfig, {"warmup": 7, "max-steps": 9}).warmup_steps == 7

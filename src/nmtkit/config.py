@@ -68,7 +68,7 @@ def canonical_keys(cls: type, data: dict[str, Any]) -> dict[str, Any]:
     """`data` with each key as the field name of `cls` it stands for: `-` or `_` alike, flag names too."""
     names = {}
     for f in dataclasses.fields(cls):
-        for name in (f.name, *(flag.lstrip("-") for flag in f.metadata.get("flags", ()))):
+        for name in (f.name, *(flag.split("/")[0].lstrip("-") for flag in f.metadata.get("flags", ()))):
             names[name.replace("-", "_")] = f.name
     return {names.get(k.replace("-", "_"), k): v for k, v in data.items()}
 

@@ -80,11 +80,12 @@ def command(name: str, **kwargs: Any) -> Callable[[Callable[..., Any]], Callable
     return register
 
 
-def config_options(cls: type, into: str, *, defaults: dict[str, Any] | None = None,
-                   exclude: tuple[str, ...] = ()) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+def config_options(cls: type, into: str, *, defaults: dict[str, Any] | None = None, exclude: tuple[str, ...] = (),
+                   panel: str | None = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Give a command one flag per field of the config dataclass `cls` (but `exclude`): `--field-name` and the
     field's own extra flags, its help, and the default this command uses (`defaults`, else the field's) shown
-    in the help. The command receives the flags that were given as one dict, in its parameter `into`."""
+    in the help, under the help panel `panel`. The command receives the flags that were given as one dict, in
+    its parameter `into` (with those of any other `config_options` for the same `into`)."""
     defaults = defaults or {}
     hints = typing.get_type_hints(cls)
     fields = [f for f in dataclasses.fields(cls) if f.name not in exclude]
@@ -92,13 +93,15 @@ def config_options(cls: type, into: str, *, defaults: dict[str, Any] | None = No
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
         signature = inspect.signature(fn, eval_str=True)
         added = [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, annotation=_option_type(hints[f.name]),
-                                   default=_option(f, hints[f.name], defaults.get(f.name, f.default)))
+                                   default=_option(f, hints[f.name], defaults.get(f.name, f.default), panel))
                  for f in fields]
 
         @functools.wraps(fn)
         def wrapper(**kwargs: Any) -> Any:
-            given = {f.name: kwargs.pop(f.name) for f in fields}
-            return fn(**kwargs, **{into: {k: v for k, v in given.items() if v is not None and v != [] and v != ()}})
+            values = {f.name: kwargs.pop(f.name) for f in fields}
+            given = {k: v for k, v in values.items() if v is not None and v != [] and v != ()}
+            kwargs[into] = {**kwargs.get(into, {}), **given}
+            return fn(**kwargs)
 
         wrapper.__signature__ = signature.replace(  # type: ignore[attr-defined]
             parameters=[p for p in signature.parameters.values() if p.name != into] + added)
@@ -116,12 +119,19 @@ def _option_type(hint: Any) -> Any:
     return Optional[hint]
 
 
-def _option(field: dataclasses.Field, hint: Any, default: Any) -> Any:
+def _option(field: dataclasses.Field, hint: Any, default: Any, panel: str | None) -> Any:
     flags = [f"--{field.name.replace('_', '-')}", *field.metadata.get("flags", ())]
-    if hint is bool:
-        flags = [f"{flag}/--no-{flag[2:]}" for flag in flags]
-    shown = ", ".join(default) or "none" if isinstance(default, tuple) else default
-    return typer.Option(None, *flags, help=f"{field.metadata['help']} (default {shown})", show_default=False)
+    if hint is bool:  # --name/--no-name, unless the field names its own pair ("--bidirectional/--unidirectional")
+        pairs = [flag for flag in flags if "/" in flag]
+        flags = pairs or [f"{flag}/--no-{flag[2:]}" for flag in flags]
+    return typer.Option(None, *flags, help=f"{field.metadata['help']} (default {_shown(default)})", show_default=False,
+                        rich_help_panel=panel)
+
+
+def _shown(default: Any) -> str:
+    if isinstance(default, tuple):
+        return ", ".join(default) or "none"
+    return str(default).lower() if isinstance(default, bool) else str(default)
 
 
 def _version(value: bool) -> None:

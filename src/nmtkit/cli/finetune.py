@@ -10,16 +10,19 @@ from typing import Any, List, Optional
 import typer
 
 from nmtkit.cli.app import (DEVICE, ON_BAD_LINE, RESUME, SETTINGS, TrainingDisplay, check_on_bad_line, command,
-                            command_line, config_options, given, log_trained, run_folder, settings_tables,
+                            command_line, config_options, log_trained, run_folder, settings_tables,
                             write_lines)
 from nmtkit.cli.lm import NOT_FOR_GPT
 from nmtkit.config import TrainConfig
+from nmtkit.models.configs import GPTConfig
 from nmtkit.errors import NmtkitError
 from nmtkit.workflows.finetune import DATA_DEFAULTS, TRAIN_DEFAULTS
 
 
 @command("finetune")
-@config_options(TrainConfig, "train", defaults=TRAIN_DEFAULTS, exclude=NOT_FOR_GPT)
+@config_options(GPTConfig, "model_flags", exclude=("vocab_size",),
+                panel="Model (a new one, with --from-scratch --tokenizer; a pretrained one changes only its dropout)")
+@config_options(TrainConfig, "train_flags", defaults=TRAIN_DEFAULTS, exclude=NOT_FOR_GPT, panel="Training")
 def finetune_cmd(
     task: str = typer.Option(..., "--task", help="classify, qa or generate."),
     model: Optional[Path] = typer.Option(None, "--model", "-m", help="The pretrain run to start from (weights and tokenizer)."),
@@ -40,24 +43,18 @@ def finetune_cmd(
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help=f"Examples (qa: windows) per micro-batch (default {DATA_DEFAULTS['batch_size']})."),
     freeze_body: Optional[bool] = typer.Option(None, "--freeze-body/--train-body", help="Train the task head only; the pretrained body stays fixed (default: train both)."),
     max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help=f"generate: longest response when scoring chrF/BLEU (default {DATA_DEFAULTS['max_new_tokens']})."),
-    block_size: Optional[int] = typer.Option(None, "--block-size", help="--from-scratch with --tokenizer: context length."),
-    d_model: Optional[int] = typer.Option(None, "--d-model", help="--from-scratch with --tokenizer: width."),
-    heads: Optional[int] = typer.Option(None, "--heads", help="--from-scratch with --tokenizer: attention heads."),
-    layers: Optional[int] = typer.Option(None, "--layers", help="--from-scratch with --tokenizer: layers."),
-    dropout: Optional[float] = typer.Option(None, "--dropout", help="Dropout (may change a pretrained model's)."),
     device: str = DEVICE,
     resume: bool = RESUME,
     settings_file: Optional[Path] = SETTINGS,
     on_bad_line: str = ON_BAD_LINE,
-    train: Optional[dict[str, Any]] = None,
+    model_flags: Optional[dict[str, Any]] = None,
+    train_flags: Optional[dict[str, Any]] = None,
 ) -> None:
     """Fine-tune a pretrained decoder: classify texts, answer questions (extractive QA), or follow instructions."""
     from nmtkit.data.sources import TaskSource
     from nmtkit.workflows import finetune
 
     file_settings = settings_tables(settings_file, ("model", "train"))
-    model_settings = {**file_settings.get("model", {}), **given(block_size=block_size, d_model=d_model, heads=heads,
-                                                                 layers=layers, dropout=dropout)}
     columns = {"text_column": text_column, "label_column": label_column}
     train_source = valid_source = None
     if train_file:
@@ -74,7 +71,8 @@ def finetune_cmd(
         summary = finetune.finetune(
             run_dir=output, task=task, pretrained=str(model) if model else None, from_scratch=from_scratch,
             tokenizer=str(tokenizer) if tokenizer else None, train_source=train_source, valid_source=valid_source,
-            model_settings=model_settings, train_settings={**file_settings.get("train", {}), **train},
+            model_settings={**file_settings.get("model", {}), **model_flags},
+            train_settings={**file_settings.get("train", {}), **train_flags},
             max_len=max_len, stride=stride, batch_size=batch_size, freeze=freeze_body, max_new_tokens=max_new_tokens,
             device=device, resume=resume, on_bad_line=check_on_bad_line(on_bad_line), progress=display,
             command=command_line())

@@ -10,9 +10,9 @@ from typing import Any, List, Optional
 import typer
 
 from nmtkit.cli.app import (COMPUTE_TYPE, DEVICE, RESUME, SETTINGS, TrainingDisplay, command, command_line,
-                            config_options, given, log_trained, run_folder, settings_tables, tokenizer_config,
-                            tokenizer_options)
+                            config_options, log_trained, run_folder, settings_tables, tokenizer_config, tokenizer_options)
 from nmtkit.config import TrainConfig
+from nmtkit.models.configs import GPTConfig
 from nmtkit.errors import NmtkitError
 from nmtkit.workflows.lm import DATA_DEFAULTS, TRAIN_DEFAULTS
 
@@ -21,7 +21,8 @@ NOT_FOR_GPT = ("best_metric", "max_tokens", "max_len", "teacher_forcing")  # set
 
 
 @command("pretrain")
-@config_options(TrainConfig, "train", defaults=TRAIN_DEFAULTS, exclude=NOT_FOR_GPT)
+@config_options(GPTConfig, "model_flags", exclude=("vocab_size",), panel="Model")
+@config_options(TrainConfig, "train_flags", defaults=TRAIN_DEFAULTS, exclude=NOT_FOR_GPT, panel="Training")
 def pretrain_cmd(
     inputs: List[str] = typer.Argument(None, help="Text files (one document each), TSV/CSV/JSON(L) with --column, or known corpora (tinyshakespeare)."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Run folder (default checkpoints/gpt-DATE-TIME)."),
@@ -35,23 +36,17 @@ def pretrain_cmd(
     tokenizer: Optional[Path] = typer.Option(None, "--tokenizer", "-t", help="Use this tokenizer (else train one on the text)."),
     vocab_size: Optional[int] = VOCAB_SIZE,
     tokenizer_type: Optional[str] = TOKENIZER_TYPE,
-    block_size: Optional[int] = typer.Option(None, "--block-size", help="Context length in tokens (default 256)."),
-    d_model: Optional[int] = typer.Option(None, "--d-model", help="Width (default 384)."),
-    heads: Optional[int] = typer.Option(None, "--heads", help="Attention heads (default 6)."),
-    layers: Optional[int] = typer.Option(None, "--layers", help="Layers (default 6)."),
-    dropout: Optional[float] = typer.Option(None, "--dropout", help="Dropout (default 0.2)."),
     device: str = DEVICE,
     resume: bool = RESUME,
     settings_file: Optional[Path] = SETTINGS,
-    train: Optional[dict[str, Any]] = None,
+    model_flags: Optional[dict[str, Any]] = None,
+    train_flags: Optional[dict[str, Any]] = None,
 ) -> None:
     """Pretrain a GPT-style decoder on raw text: next-token prediction (upstream)."""
     from nmtkit.data.sources import TextSource
     from nmtkit.workflows import lm
 
     file_settings = settings_tables(settings_file, ("model", "train"))
-    model_settings = {**file_settings.get("model", {}), **given(block_size=block_size, d_model=d_model, heads=heads,
-                                                                 layers=layers, dropout=dropout)}
     source = None
     if inputs or dataset:
         source = TextSource(inputs=tuple(inputs or ()), column=column, dataset=dataset, config=dataset_config,
@@ -60,7 +55,8 @@ def pretrain_cmd(
     with TrainingDisplay() as display:
         summary = lm.pretrain(
             run_dir=output, source=source, valid_fraction=valid_fraction, batch_size=batch_size,
-            model_settings=model_settings, train_settings={**file_settings.get("train", {}), **train},
+            model_settings={**file_settings.get("model", {}), **model_flags},
+            train_settings={**file_settings.get("train", {}), **train_flags},
             tokenizer=str(tokenizer) if tokenizer else None, tokenizer_cfg=tokenizer_config(vocab_size, tokenizer_type),
             device=device, resume=resume, progress=display, command=command_line(),
         )

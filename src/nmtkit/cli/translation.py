@@ -12,9 +12,10 @@ from rich.console import Console
 from rich.table import Table
 
 from nmtkit.cli.app import (AS_JSON, COMPUTE_TYPE, DEVICE, ON_BAD_LINE, RESUME, SETTINGS, TrainingDisplay,
-                            check_on_bad_line, command, command_line, config_options, given, log, log_trained,
+                            check_on_bad_line, command, command_line, config_options, log, log_trained,
                             print_json, run_folder, settings_tables, tokenizer_config, tokenizer_options, write_lines)
 from nmtkit.config import TrainConfig
+from nmtkit.models.configs import RNNConfig, TransformerConfig
 from nmtkit.errors import NmtkitError
 
 TRAIN_SRC = typer.Option(None, "--src", help="Training source file (or known corpus file, e.g. demo/train.en).")
@@ -51,8 +52,15 @@ def translation_data(src, tgt, valid_src, valid_tgt, corpus, src_lang, tgt_lang,
     return None, None
 
 
+VOCABULARY = ("src_vocab", "tgt_vocab")  # set from the tokenizer
+BY_ARCH = {"dropout": "0.1 (transformer), 0.2 (rnn, attention)",
+           "share_embeddings": "true (transformer), false (rnn, attention)"}
+
+
 @command("train-translator")
-@config_options(TrainConfig, "train", exclude=("best_metric",))
+@config_options(TransformerConfig, "model_flags", exclude=VOCABULARY, defaults=BY_ARCH, panel="Model: transformer")
+@config_options(RNNConfig, "model_flags", exclude=(*VOCABULARY, *BY_ARCH), panel="Model: rnn and attention")
+@config_options(TrainConfig, "train_flags", exclude=("best_metric",), panel="Training")
 def train_translator_cmd(
     arch: Optional[str] = typer.Option(None, "--arch", help="rnn (fixed context vector), attention, or transformer (default)."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Run folder (default checkpoints/ARCH-DATE-TIME)."),
@@ -73,31 +81,17 @@ def train_translator_cmd(
     tokenizer: Optional[Path] = typer.Option(None, "--tokenizer", "-t", help="Use this tokenizer (else train a joint one on the training data)."),
     vocab_size: Optional[int] = VOCAB_SIZE,
     tokenizer_type: Optional[str] = TOKENIZER_TYPE,
-    d_model: Optional[int] = typer.Option(None, "--d-model", help="Transformer width."),
-    heads: Optional[int] = typer.Option(None, "--heads", help="Transformer attention heads."),
-    layers: Optional[int] = typer.Option(None, "--layers", help="Layers (Transformer: encoder and decoder each; RNN: stacked)."),
-    ff_dim: Optional[int] = typer.Option(None, "--ff-dim", help="Transformer feed-forward width."),
-    positions: Optional[str] = typer.Option(None, "--positions", help="Transformer positions: sinusoidal or learned."),
-    norm: Optional[str] = typer.Option(None, "--norm", help="Transformer layer norm: pre or post."),
-    cell: Optional[str] = typer.Option(None, "--cell", help="RNN cell: gru or lstm."),
-    embed_dim: Optional[int] = typer.Option(None, "--embed-dim", help="RNN embedding size."),
-    hidden_dim: Optional[int] = typer.Option(None, "--hidden-dim", help="RNN hidden size."),
-    bidirectional: Optional[bool] = typer.Option(None, "--bidirectional/--unidirectional", help="RNN encoder direction."),
-    attention: Optional[str] = typer.Option(None, "--attention", help="bahdanau, luong-dot or luong-general (--arch attention)."),
-    dropout: Optional[float] = typer.Option(None, "--dropout", help="Dropout."),
     device: str = DEVICE,
     resume: bool = RESUME,
     settings_file: Optional[Path] = SETTINGS,
     on_bad_line: str = ON_BAD_LINE,
-    train: Optional[dict[str, Any]] = None,
+    model_flags: Optional[dict[str, Any]] = None,
+    train_flags: Optional[dict[str, Any]] = None,
 ) -> None:
     """Train a translator: RNN encoder-decoder, RNN with attention, or Transformer."""
     from nmtkit.workflows import translation
 
     file_settings = settings_tables(settings_file, ("arch", "model", "train"))
-    model_settings = {**file_settings.get("model", {}), **given(
-        d_model=d_model, heads=heads, layers=layers, ff_dim=ff_dim, positions=positions, norm=norm, cell=cell,
-        embed_dim=embed_dim, hidden_dim=hidden_dim, bidirectional=bidirectional, attention=attention, dropout=dropout)}
     train_source, valid_source = translation_data(src, tgt, valid_src, valid_tgt, corpus, src_lang, tgt_lang, dict(
         dataset=dataset, config=dataset_config, data_files=tuple(data_files) if data_files else None,
         src_column=src_column, tgt_column=tgt_column, split=split, valid_split=valid_split))
@@ -108,7 +102,8 @@ def train_translator_cmd(
     with TrainingDisplay() as display:
         summary = translation.train_translator(
             run_dir=output, arch=arch, train_source=train_source, valid_source=valid_source,
-            model_settings=model_settings, train_settings={**file_settings.get("train", {}), **train},
+            model_settings={**file_settings.get("model", {}), **model_flags},
+            train_settings={**file_settings.get("train", {}), **train_flags},
             tokenizer=str(tokenizer) if tokenizer else None, tokenizer_cfg=tokenizer_config(vocab_size, tokenizer_type),
             device=device, resume=resume, on_bad_line=check_on_bad_line(on_bad_line), progress=display,
             command=command_line())

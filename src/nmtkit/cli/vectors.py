@@ -10,8 +10,9 @@ import typer
 from rich.table import Table
 
 from nmtkit.cli.app import (AS_JSON, ON_BAD_LINE, SETTINGS, TrainingDisplay, check_on_bad_line, command, command_line,
-                            config_options, err, given, log, print_json, run_folder, settings_tables, wide_console)
+                            config_options, err, log, print_json, run_folder, settings_tables, wide_console)
 from nmtkit.config import Word2VecTrainConfig
+from nmtkit.models.configs import Word2VecConfig
 from nmtkit.workflows.vectors import DATA_DEFAULTS
 
 TABLE_HELP = "A train-embeddings or build-vocab run, a translator or GPT run (its input embeddings), or a word2vec text file."
@@ -70,23 +71,23 @@ def _vocab_rows(stats: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 @command("train-embeddings")
-@config_options(Word2VecTrainConfig, "train")
+@config_options(Word2VecConfig, "model_flags", exclude=("vocab_size",), panel="Model")
+@config_options(Word2VecTrainConfig, "train_flags", panel="Training")
 def train_embeddings_cmd(
     inputs: List[str] = typer.Argument(None, help="Text files (.gz too), TSV/CSV/JSON(L) with --column, or known corpus files (multi30k/train.en tinyshakespeare)."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Run folder (default checkpoints/embeddings-DATE-TIME)."),
     column: Optional[str] = typer.Option(None, "--column", "-c", help="Column or field holding the text (tables, JSON)."),
-    arch: Optional[str] = typer.Option(None, "--arch", help="skipgram (default) or cbow."),
     unit: Optional[str] = typer.Option(None, "--unit", help=f"word (lower-cased words and punctuation) or piece (a tokenizer's pieces, with --tokenizer) (default {DATA_DEFAULTS['unit']})."),
     tokenizer: Optional[Path] = typer.Option(None, "--tokenizer", "-t", help="The tokenizer whose pieces get vectors (--unit piece)."),
     lowercase: Optional[bool] = typer.Option(None, "--lowercase/--keep-case", help="Lower-case words (--unit word; default lower-case)."),
     min_count: Optional[int] = typer.Option(None, "--min-count", help=f"Leave out words seen fewer times (--unit word; default {DATA_DEFAULTS['min_count']})."),
     max_vocab: Optional[int] = typer.Option(None, "--max-vocab", help=f"Keep only the N most frequent words (0: all; default {DATA_DEFAULTS['max_vocab']})."),
-    dim: Optional[int] = typer.Option(None, "--dim", help="Vector size (default 100)."),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads (default: all cores)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --output after its last finished epoch (--epochs may raise the total)."),
     settings_file: Optional[Path] = SETTINGS,
     on_bad_line: str = ON_BAD_LINE,
-    train: Optional[dict[str, Any]] = None,
+    model_flags: Optional[dict[str, Any]] = None,
+    train_flags: Optional[dict[str, Any]] = None,
 ) -> None:
     """Word vectors with skip-gram or CBOW and negative sampling, as an nn.Embedding run folder (+ word2vec and projector files)."""
     from nmtkit.data.sources import TextSource
@@ -102,8 +103,8 @@ def train_embeddings_cmd(
         summary = vectors.train_embeddings(
             run_dir=output, source=TextSource(inputs=tuple(inputs), column=column) if inputs else None, unit=unit,
             tokenizer=str(tokenizer) if tokenizer else None, lowercase=lowercase, min_count=min_count,
-            max_vocab=max_vocab, model_settings={**file_settings.get("model", {}), **given(dim=dim, arch=arch)},
-            train_settings={**file_settings.get("train", {}), **train}, resume=resume, progress=display,
+            max_vocab=max_vocab, model_settings={**file_settings.get("model", {}), **model_flags},
+            train_settings={**file_settings.get("train", {}), **train_flags}, resume=resume, progress=display,
             command=command_line(), on_bad_line=check_on_bad_line(on_bad_line))
     log.info("trained %s vectors for %s %ss on %s tokens in %.1f s", summary["arch"], f"{summary['vocabulary']:,}",
              summary["unit"], f"{summary['tokens']:,}", summary["seconds"])

@@ -12,7 +12,6 @@ import gzip
 import logging
 import os
 import shutil
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -114,6 +113,8 @@ def download(name: str, to: str | Path | None = None, source: str | Path | None 
 
 
 def _fetch(url: str, target: Path, gunzip: bool) -> None:
+    import urllib.request
+
     try:
         with urllib.request.urlopen(url, timeout=60) as response:
             data = response.read()

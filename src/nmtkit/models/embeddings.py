@@ -19,19 +19,11 @@ Letters: N examples, C input slots, G examples per group, S noise words per grou
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-
-@dataclass(frozen=True)
-class Word2VecConfig:
-    vocab_size: int = 0  # set from the vocabulary
-    dim: int = 100  # vector size
-    arch: Literal["skipgram", "cbow"] = "skipgram"
+from nmtkit.models.configs import Word2VecConfig
 
 
 class Word2Vec(nn.Module):

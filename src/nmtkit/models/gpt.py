@@ -13,30 +13,11 @@ Interface (shared with the translators' decoders, see `nmtkit.decoding`):
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 from torch import Tensor, nn
 
-from nmtkit.errors import ConfigError
+from nmtkit.models.configs import GPTConfig
 from nmtkit.models.layers import Block, Positions, pad_vocab
-
-
-@dataclass(frozen=True)
-class GPTConfig:
-    vocab_size: int = 8000  # real vocabulary size; the table is padded to a multiple of 64
-    block_size: int = 256  # context length: the most positions the model sees
-    d_model: int = 384  # width D
-    heads: int = 6  # H
-    layers: int = 6
-    ff_dim: int = 0  # MLP inner width; 0 means 4 x d_model
-    dropout: float = 0.2
-    attention_dropout: float = 0.0
-
-    def validate(self, where: str) -> None:
-        if self.d_model % self.heads:
-            raise ConfigError(f"{where}: d_model={self.d_model} must be divisible by heads={self.heads}")
-        if self.block_size < 2:
-            raise ConfigError(f"{where}: block_size must be at least 2")
 
 
 class GPT(nn.Module):

@@ -13,36 +13,12 @@ Shapes: B batch, S source, T target, E embedding, Hd hidden, L layers, V vocab.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
-
 import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from nmtkit.errors import ConfigError
+from nmtkit.models.configs import RNNConfig
 from nmtkit.models.layers import pad_vocab
-
-
-@dataclass(frozen=True)
-class RNNConfig:
-    src_vocab: int = 8000
-    tgt_vocab: int = 8000
-    cell: Literal["gru", "lstm"] = "gru"
-    embed_dim: int = 256  # E
-    hidden_dim: int = 512  # Hd, per direction in the encoder
-    layers: int = 1  # L, encoder and decoder alike
-    bidirectional: bool = True  # encoder reads the source both ways
-    dropout: float = 0.2
-    attention: Literal["none", "bahdanau", "luong-dot", "luong-general"] = "none"
-    input_feeding: bool = True  # Luong: feed the last attentional vector back into the decoder
-    share_embeddings: bool = False  # one table for source and target (needs a joint vocabulary)
-
-    def validate(self, where: str) -> None:
-        if self.share_embeddings and self.src_vocab != self.tgt_vocab:
-            raise ConfigError(f"{where}: share_embeddings needs one joint vocabulary (got {self.src_vocab} and {self.tgt_vocab})")
-        if self.layers < 1:
-            raise ConfigError(f"{where}: layers must be at least 1")
 
 
 class RNNSeq2Seq(nn.Module):

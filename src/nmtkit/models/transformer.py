@@ -13,39 +13,12 @@ one token costs one position's work. The interface every translator offers (see 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
-from nmtkit.errors import ConfigError
+from nmtkit.models.configs import TransformerConfig
 from nmtkit.models.layers import Block, Positions, pad_vocab
-
-
-@dataclass(frozen=True)
-class TransformerConfig:
-    src_vocab: int = 8000  # real vocabulary sizes; tables are padded to a multiple of 64
-    tgt_vocab: int = 8000
-    d_model: int = 256  # width D
-    heads: int = 4  # H; D must be divisible by H
-    encoder_layers: int = 3
-    decoder_layers: int = 3
-    ff_dim: int = 1024  # feed-forward inner width
-    dropout: float = 0.1
-    attention_dropout: float = 0.0
-    activation: Literal["relu", "gelu"] = "relu"
-    positions: Literal["sinusoidal", "learned"] = "sinusoidal"
-    max_positions: int = 1024
-    norm: Literal["pre", "post"] = "pre"  # pre-norm trains stably without long warmup
-    share_embeddings: bool = True  # one table for source, target and output (needs a joint vocabulary)
-    tie_output: bool = True  # output projection = target embedding
-
-    def validate(self, where: str) -> None:
-        if self.d_model % self.heads:
-            raise ConfigError(f"{where}: d_model={self.d_model} must be divisible by heads={self.heads}")
-        if self.share_embeddings and self.src_vocab != self.tgt_vocab:
-            raise ConfigError(f"{where}: share_embeddings needs one joint vocabulary (got {self.src_vocab} and {self.tgt_vocab})")
 
 
 class Transformer(nn.Module):

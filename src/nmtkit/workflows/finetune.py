@@ -245,7 +245,7 @@ def finetune(
 ) -> dict[str, Any]:
     """Fine-tune a pretrained decoder (or the same architecture from scratch) for one task. The data settings
     (`max_len` ... `max_new_tokens`) left as None take `DATA_DEFAULTS`. Returns the run's summary."""
-    from nmtkit.runtime import Distributed, pick_device, seed_everything
+    from nmtkit.runtime import pick_device, seed_everything
     from nmtkit.training import train
 
     dev = pick_device(device)

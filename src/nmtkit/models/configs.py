@@ -1,0 +1,85 @@
+"""The models' configs: one small frozen dataclass per model, saved inside every run folder (nanoGPT's
+`GPTConfig`), each field with its default and help. They live here, apart from the models, because this module
+needs no torch: the command line builds its model flags from them (`nmtkit.cli.app.config_options`) and its
+help must come at once. Each model module imports its config from here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from nmtkit.config import option
+from nmtkit.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class TransformerConfig:
+    src_vocab: int = option(8000, "Source vocabulary size (the table is padded to a multiple of 64).")
+    tgt_vocab: int = option(8000, "Target vocabulary size.")
+    d_model: int = option(256, "Transformer width D.")
+    heads: int = option(4, "Transformer attention heads H (D must be divisible by H).")
+    encoder_layers: int = option(3, "Transformer encoder layers.")
+    decoder_layers: int = option(3, "Transformer decoder layers.")
+    ff_dim: int = option(1024, "Transformer feed-forward inner width.")
+    dropout: float = option(0.1, "Dropout.")
+    attention_dropout: float = option(0.0, "Dropout on attention weights.")
+    activation: Literal["relu", "gelu"] = option("relu", "Transformer feed-forward activation: relu or gelu.")
+    positions: Literal["sinusoidal", "learned"] = option("sinusoidal", "Transformer positions: sinusoidal or learned.")
+    max_positions: int = option(1024, "Transformer positions: the longest sentence in pieces.")
+    norm: Literal["pre", "post"] = option("pre", "Transformer layer norm: pre (trains stably without long warmup) or post.")
+    share_embeddings: bool = option(True, "One table for source, target and output (needs the joint vocabulary).")
+    tie_output: bool = option(True, "Output projection = target embedding.")
+
+    def validate(self, where: str) -> None:
+        if self.d_model % self.heads:
+            raise ConfigError(f"{where}: d_model={self.d_model} must be divisible by heads={self.heads}")
+        if self.share_embeddings and self.src_vocab != self.tgt_vocab:
+            raise ConfigError(f"{where}: share_embeddings needs one joint vocabulary (got {self.src_vocab} and {self.tgt_vocab})")
+
+
+@dataclass(frozen=True)
+class RNNConfig:
+    src_vocab: int = option(8000, "Source vocabulary size.")
+    tgt_vocab: int = option(8000, "Target vocabulary size.")
+    cell: Literal["gru", "lstm"] = option("gru", "RNN cell: gru or lstm.")
+    embed_dim: int = option(256, "RNN embedding size E.")
+    hidden_dim: int = option(512, "RNN hidden size Hd (per direction in the encoder).")
+    layers: int = option(1, "Stacked layers L, encoder and decoder alike (a Transformer: encoder_layers and decoder_layers both).")
+    bidirectional: bool = option(True, "RNN encoder reads the source both ways.", "--bidirectional/--unidirectional")
+    dropout: float = option(0.2, "Dropout.")
+    attention: Literal["none", "bahdanau", "luong-dot", "luong-general"] = option(
+        "none", "RNN attention (--arch attention; default bahdanau there): bahdanau (additive), luong-dot or luong-general.")
+    input_feeding: bool = option(True, "Luong attention: feed the last attentional vector back into the decoder.")
+    share_embeddings: bool = option(False, "One table for source and target (needs the joint vocabulary).")
+
+    def validate(self, where: str) -> None:
+        if self.share_embeddings and self.src_vocab != self.tgt_vocab:
+            raise ConfigError(f"{where}: share_embeddings needs one joint vocabulary (got {self.src_vocab} and {self.tgt_vocab})")
+        if self.layers < 1:
+            raise ConfigError(f"{where}: layers must be at least 1")
+
+
+@dataclass(frozen=True)
+class GPTConfig:
+    vocab_size: int = option(8000, "Real vocabulary size (the table is padded to a multiple of 64).")
+    block_size: int = option(256, "Context length: the most positions the model sees.")
+    d_model: int = option(384, "Width D.")
+    heads: int = option(6, "Attention heads H.")
+    layers: int = option(6, "Transformer blocks.")
+    ff_dim: int = option(0, "MLP inner width (0: 4 x d_model).")
+    dropout: float = option(0.2, "Dropout.")
+    attention_dropout: float = option(0.0, "Dropout on attention weights.")
+
+    def validate(self, where: str) -> None:
+        if self.d_model % self.heads:
+            raise ConfigError(f"{where}: d_model={self.d_model} must be divisible by heads={self.heads}")
+        if self.block_size < 2:
+            raise ConfigError(f"{where}: block_size must be at least 2")
+
+
+@dataclass(frozen=True)
+class Word2VecConfig:
+    vocab_size: int = option(0, "Set from the vocabulary.")
+    dim: int = option(100, "Vector size.")
+    arch: Literal["skipgram", "cbow"] = option("skipgram", "skipgram or cbow.")
