@@ -9,7 +9,8 @@ import typer
 from rich.table import Table
 
 from nmtkit.cli.app import AS_JSON, DEVICE, TrainingDisplay, command, log, print_json, settings_tables, wide_console
-from nmtkit.cli.translation import TRAIN_SRC, TRAIN_TGT, VALID_SRC, VALID_TGT, VOCAB_SIZE, translation_data
+from nmtkit.cli.translation import (CORPUS, SRC_LANG, TGT_LANG, TRAIN_SRC, TRAIN_TGT, VALID_SRC, VALID_TGT, VOCAB_SIZE,
+                                    translation_data)
 from nmtkit.errors import NmtkitError
 
 
@@ -85,9 +86,9 @@ def compare_cmd(
     valid_tgt: Optional[str] = VALID_TGT,
     test_src: Optional[str] = typer.Option(None, "--test-src", help="Test source file (default: the corpus's test split, else validation)."),
     test_ref: Optional[str] = typer.Option(None, "--test-ref", help="Test reference file."),
-    corpus: Optional[str] = typer.Option(None, "--corpus", help="A known translation corpus (demo, multi30k): train, valid and test splits."),
-    src_lang: Optional[str] = typer.Option(None, "--src-lang", help="Source language code."),
-    tgt_lang: Optional[str] = typer.Option(None, "--tgt-lang", help="Target language code."),
+    corpus: Optional[str] = CORPUS,
+    src_lang: Optional[str] = SRC_LANG,
+    tgt_lang: Optional[str] = TGT_LANG,
     budget: str = typer.Option("300", "--budget", help="Each architecture's training budget: steps (300) or minutes (5m)."),
     archs: str = typer.Option("rnn,attention,transformer", "--archs", help="Which architectures, comma-separated."),
     tokenizer: Optional[Path] = typer.Option(None, "--tokenizer", "-t", help="One tokenizer for all (else a joint one is trained)."),

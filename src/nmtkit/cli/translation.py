@@ -22,6 +22,9 @@ TRAIN_SRC = typer.Option(None, "--src", help="Training source file (or known cor
 TRAIN_TGT = typer.Option(None, "--tgt", help="Training target file, line-aligned with --src.")
 VALID_SRC = typer.Option(None, "--valid-src", help="Validation source file.")
 VALID_TGT = typer.Option(None, "--valid-tgt", help="Validation target file.")
+CORPUS = typer.Option(None, "--corpus", help="A known translation corpus (demo, multi30k): its train and valid splits (compare: and test).")
+SRC_LANG = typer.Option(None, "--src-lang", help="Source language code (with --corpus or --dataset; else --src's extension).")
+TGT_LANG = typer.Option(None, "--tgt-lang", help="Target language code (with --corpus or --dataset; else --tgt's extension).")
 VOCAB_SIZE, TOKENIZER_TYPE = tokenizer_options()
 TOKENIZE_HELP = "sacrebleu tokenizer: 13a, intl, zh, char, ja-mecab, ko-mecab... (default: chosen for the target language)."
 
@@ -68,9 +71,9 @@ def train_translator_cmd(
     tgt: Optional[str] = TRAIN_TGT,
     valid_src: Optional[str] = VALID_SRC,
     valid_tgt: Optional[str] = VALID_TGT,
-    corpus: Optional[str] = typer.Option(None, "--corpus", help="A known translation corpus (demo, multi30k): its train and valid splits."),
-    src_lang: Optional[str] = typer.Option(None, "--src-lang", help="Source language code (with --corpus or --dataset)."),
-    tgt_lang: Optional[str] = typer.Option(None, "--tgt-lang", help="Target language code (with --corpus or --dataset)."),
+    corpus: Optional[str] = CORPUS,
+    src_lang: Optional[str] = SRC_LANG,
+    tgt_lang: Optional[str] = TGT_LANG,
     dataset: Optional[str] = typer.Option(None, "--dataset", help="A Hugging Face dataset with a 'translation' column (or --src-column/--tgt-column)."),
     dataset_config: Optional[str] = typer.Option(None, "--config", help="The dataset's configuration name."),
     split: str = typer.Option("train", "--split", help="The dataset's training split."),
