@@ -21,11 +21,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Any, Iterator
 
 from nmtkit.errors import CheckpointError
-from nmtkit.files import atomic_write, read_json, write_json
+from nmtkit.files import atomic_write, read_json, temporary_target, write_json
 
 FORMAT_VERSION = 1
 CONFIG = "config.json"
@@ -36,7 +37,25 @@ RUN_RECORD = "run.json"
 TOKENIZER_DIR = "tokenizer"
 VOCAB = "vocab.tsv"
 LOCK = ".lock"
+# what a run folder may hold: the files above, step checkpoints, pretraining's token ids, exported vectors
+RUN_ENTRIES = {CONFIG, WEIGHTS, TRAIN_STATE, METRICS, RUN_RECORD, TOKENIZER_DIR, VOCAB, LOCK, "steps", "data",
+               "vectors.txt", "projector"}
+# the names of the files nmtkit writes into a run folder and the folders in it
+OWN_FILE = re.compile(r"config\.json|model\.safetensors|train_state\.pt|metrics\.jsonl|run\.json|vocab\.tsv|"
+                      r"(step|epoch)-\d+\.safetensors|tokenizer\.(model|vocab|json)|meta\.json|(train|valid)\.bin|"
+                      r"vectors\.(txt|tsv)|metadata\.tsv")
 log = logging.getLogger("nmtkit")
+
+
+def is_run_folder(path: Path) -> bool:
+    """Whether a folder holds nothing but what nmtkit puts in a run folder (a run, or one that stopped early)."""
+    return all(p.name in RUN_ENTRIES or temporary_target(p.name) for p in path.iterdir())
+
+
+def is_own_temporary(path: Path) -> bool:
+    """Whether `path` is a temporary file that nmtkit's atomic writes left in a run folder (and may delete)."""
+    target = temporary_target(path.name)
+    return target is not None and OWN_FILE.fullmatch(target) is not None
 
 
 def write_config(run_dir: str | Path, kind: str, **sections: Any) -> None:
@@ -183,8 +202,9 @@ def lock_run(run_dir: str | Path) -> Iterator[None]:
     stale = os.read(fd, 4096).decode("utf-8", "replace").strip()
     if stale:
         log.warning("%s: taking over the lock of %s, which is no longer running", run_dir, stale)
-        for tmp in run_dir.rglob(".*.tmp"):  # what its atomic writes left unfinished
-            tmp.unlink()
+        for tmp in run_dir.rglob(".*.tmp"):  # what its atomic writes left unfinished (a user's own files stay)
+            if tmp.is_file() and is_own_temporary(tmp):
+                tmp.unlink()
     started = datetime.datetime.now().isoformat(timespec="seconds")
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"nmtkit pid {os.getpid()} on {socket.gethostname()} since {started}\n".encode(), 0)

@@ -1,8 +1,16 @@
-"""Files that are never half-written, and the small JSON helpers every layer uses.
+"""Files that are never half-written, output folders that never lose a user's files, and the small JSON helpers
+every layer uses.
 
 `atomic_write` writes to a temporary name in the same folder, flushes to disk and renames, so a crash leaves
 either the old file or the new one; a write that fails (disk full, permission denied) raises `WriteError` naming
-the file and leaves the old one in place. Bottom layer: imports nothing from nmtkit but `errors`.
+the file and leaves the old one in place. A path that is not a regular file (a device such as /dev/null, a
+FIFO, /dev/stdout) is written through instead, a symbolic link is followed to its file, and a new file gets the
+mode the umask gives (a replaced one keeps its own).
+
+`check_output_folder` is the one rule of every command that writes a folder: a missing or empty folder is
+written, a folder holding only that command's own kind of output is replaced, and anything else is refused
+unless the user says `--overwrite`, which writes beside what is there. nmtkit deletes nothing it did not create.
+Bottom layer: imports nothing from nmtkit but `errors`.
 """
 
 from __future__ import annotations
@@ -10,6 +18,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -18,12 +28,18 @@ from nmtkit.errors import CheckpointError, WriteError
 
 
 def atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "wb") -> None:
-    """Call `write(handle)` on a temporary file beside `path`, fsync it, then rename it over `path`."""
+    """Call `write(handle)` on a temporary file beside `path`, fsync it, then rename it over `path` (a path that
+    is not a regular file is written through; a symbolic link is followed)."""
     path = Path(path)
+    if path.is_symlink():
+        path = path.resolve()
+    if path.exists() and not path.is_file() and not path.is_dir():  # a device, a FIFO, /dev/stdout: written through
+        return _write_through(path, write, mode)
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.chmod(tmp, stat.S_IMODE(os.stat(path).st_mode) if path.exists() else 0o666 & ~_umask())
         with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as handle:
             write(handle)
             handle.flush()
@@ -37,6 +53,22 @@ def atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "wb
                                          or str(path).startswith(str(exc.filename))):
             raise _write_error(path, exc) from None
         raise
+
+
+def _write_through(path: Path, write: Callable[[Any], None], mode: str) -> None:
+    try:
+        with open(path, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as handle:
+            write(handle)
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        raise WriteError(f"{path}: cannot write: {exc.strerror or exc}") from None
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _write_error(path: Path, exc: OSError) -> WriteError:
@@ -92,3 +124,27 @@ def file_sha256(path: str | Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Output folders
+
+TEMPORARY = re.compile(r"\.(?P<target>.+)\.[A-Za-z0-9_]+\.tmp")  # what atomic_write leaves when it is killed
+
+
+def temporary_target(name: str) -> str | None:
+    """The file a temporary name of `atomic_write` was for, or None for any other name."""
+    found = TEMPORARY.fullmatch(name)
+    return found["target"] if found else None
+
+
+def check_output_folder(path: str | Path, own: Callable[[Path], bool], overwrite: bool, what: str) -> None:
+    """Refuse to write the folder `path` when it is a file, or a folder holding anything but `what` (`own`
+    says whether a folder is one), unless `overwrite`: then the command writes beside what is there."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise WriteError(f"{path}: is a file; --output names the folder to write")
+    if overwrite or not path.is_dir() or not any(path.iterdir()) or own(path):
+        return
+    raise WriteError(f"{path}: holds files that are not {what}; choose another --output, or add --overwrite to "
+                     "write into it (nothing there is deleted)")

@@ -22,12 +22,17 @@ from typing import Any, Iterable, Sequence
 
 from nmtkit.config import TokenizerConfig, to_dict
 from nmtkit.errors import CheckpointError, DataError
-from nmtkit.files import read_json, write_json
+from nmtkit.files import check_output_folder, read_json, temporary_target, write_json
 
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 SPECIAL_PIECES = {"pad": "<pad>", "unk": "<unk>", "bos": "<s>", "eos": "</s>"}
 MODEL_FILE, VOCAB_FILE, INFO_FILE = "tokenizer.model", "tokenizer.vocab", "tokenizer.json"
 FORMAT_VERSION = 1
+
+
+def is_tokenizer_folder(path: Path) -> bool:
+    """Whether a folder holds nothing but a tokenizer's files."""
+    return all(p.name in (MODEL_FILE, VOCAB_FILE, INFO_FILE) or temporary_target(p.name) for p in path.iterdir())
 
 
 class Tokenizer:
@@ -86,19 +91,24 @@ class Tokenizer:
 
 
 def train_tokenizer(
-    sentences: Iterable[str], out_dir: str | Path, cfg: TokenizerConfig, provenance: dict[str, Any] | None = None
+    sentences: Iterable[str], out_dir: str | Path, cfg: TokenizerConfig, provenance: dict[str, Any] | None = None,
+    overwrite: bool = False,
 ) -> Tokenizer:
     """Train a SentencePiece model on `sentences` and write a tokenizer folder to `out_dir`.
 
-    The folder is assembled under a temporary name and renamed into place, so it is never half-written.
+    The folder is assembled under a temporary name and renamed into place, so it is never half-written; into an
+    existing folder (an earlier tokenizer, or with `overwrite` a folder of other files) its three files are
+    moved one by one, and nothing else there is touched (`files.check_output_folder`).
     """
     import sentencepiece as spm
 
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    check_output_folder(out_dir, is_tokenizer_folder, overwrite, "a tokenizer")
+    target = out_dir.resolve()
+    target.parent.mkdir(parents=True, exist_ok=True)
     counted = _Counter(sentences)
     spm.set_random_generator_seed(cfg.seed)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     options: dict[str, Any] = dict(
         sentence_iterator=iter(counted),
         model_prefix=str(tmp / "tokenizer"),
@@ -146,25 +156,34 @@ def train_tokenizer(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    import sentencepiece
-
-    write_json(
-        tmp / INFO_FILE,
-        {
-            "format_version": FORMAT_VERSION,
-            "kind": "tokenizer",
-            "config": to_dict(cfg),
-            "vocab_size": spm.SentencePieceProcessor(model_file=str(tmp / MODEL_FILE)).GetPieceSize(),
-            "special_ids": {"pad": PAD_ID, "unk": UNK_ID, "bos": BOS_ID, "eos": EOS_ID},
-            "sentences": counted.count,
-            "data": provenance or {},
-            "sentencepiece_version": sentencepiece.__version__,
-        },
-    )
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    os.replace(tmp, out_dir)
+    try:
+        _write_info(tmp, cfg, counted, provenance)
+        if target.is_dir():
+            for name in (VOCAB_FILE, INFO_FILE, MODEL_FILE):
+                os.replace(tmp / name, target / name)
+            tmp.rmdir()
+        else:
+            os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return Tokenizer(out_dir)
+
+
+def _write_info(folder: Path, cfg: TokenizerConfig, counted: "_Counter", provenance: dict[str, Any] | None) -> None:
+    """tokenizer.json: how the tokenizer was trained (settings, data, sentence count, versions)."""
+    import sentencepiece as spm
+
+    write_json(folder / INFO_FILE, {
+        "format_version": FORMAT_VERSION,
+        "kind": "tokenizer",
+        "config": to_dict(cfg),
+        "vocab_size": spm.SentencePieceProcessor(model_file=str(folder / MODEL_FILE)).GetPieceSize(),
+        "special_ids": {"pad": PAD_ID, "unk": UNK_ID, "bos": BOS_ID, "eos": EOS_ID},
+        "sentences": counted.count,
+        "data": provenance or {},
+        "sentencepiece_version": spm.__version__,
+    })
 
 
 class _Counter:

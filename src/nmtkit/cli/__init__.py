@@ -12,7 +12,7 @@ and exit code 1; Ctrl-C exits 130 (training first saves a checkpoint and says ho
 closed pipe (`| head`) exits quietly. Line-by-line output never holds a line break inside a line.
 """
 
+from nmtkit.cli import finetune, lm, runs, see, text, translation, vectors  # noqa: F401  (each registers its commands)
 from nmtkit.cli.app import app, main
-from nmtkit.cli import text, translation, lm, finetune, vectors, see, runs  # noqa: E402,F401  (each registers its commands)
 
 __all__ = ["app", "main"]

@@ -176,6 +176,7 @@ COMPUTE_TYPE = typer.Option("default", "--compute-type", help="CTranslate2 expor
 SETTINGS = typer.Option(None, "--settings", help="TOML/YAML with \\[model] and \\[train] tables, keys named like the flags; flags override it.")
 RESUME = typer.Option(False, "--resume", help="Continue the run in --output exactly where it stopped (settings given again must be the same, but for the training limits).")
 AS_JSON = typer.Option(False, "--json", help="Print JSON.")
+OVERWRITE = typer.Option(False, "--overwrite", help="Write into an --output folder that holds other files (nmtkit never deletes what it did not create).")
 
 
 def tokenizer_options() -> tuple[Any, Any]:
@@ -266,7 +267,13 @@ class TrainingDisplay:
     """A rich progress bar on stderr with loss, learning rate, tokens/s and ETA; evaluations as log lines."""
 
     def __init__(self):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+        )
 
         self.progress = Progress(
             TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[stats]}"),

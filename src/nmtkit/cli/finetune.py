@@ -9,13 +9,13 @@ from typing import Any, List, Optional
 
 import typer
 
-from nmtkit.cli.app import (DEVICE, ON_BAD_LINE, RESUME, SETTINGS, TrainingDisplay, check_on_bad_line, command,
-                            command_line, config_options, log_trained, run_folder, settings_tables,
+from nmtkit.cli.app import (DEVICE, ON_BAD_LINE, OVERWRITE, RESUME, SETTINGS, TrainingDisplay, check_on_bad_line,
+                            command, command_line, config_options, log_trained, run_folder, settings_tables,
                             write_lines)
 from nmtkit.cli.lm import NOT_FOR_GPT
 from nmtkit.config import TrainConfig
-from nmtkit.models.configs import GPTConfig
 from nmtkit.errors import NmtkitError
+from nmtkit.models.configs import GPTConfig
 from nmtkit.workflows.finetune import DATA_DEFAULTS, TRAIN_DEFAULTS
 
 
@@ -47,6 +47,7 @@ def finetune_cmd(
     resume: bool = RESUME,
     settings_file: Optional[Path] = SETTINGS,
     on_bad_line: str = ON_BAD_LINE,
+    overwrite: bool = OVERWRITE,
     model_flags: Optional[dict[str, Any]] = None,
     train_flags: Optional[dict[str, Any]] = None,
 ) -> None:
@@ -75,7 +76,7 @@ def finetune_cmd(
             train_settings={**file_settings.get("train", {}), **train_flags},
             max_len=max_len, stride=stride, batch_size=batch_size, freeze=freeze_body, max_new_tokens=max_new_tokens,
             device=device, resume=resume, on_bad_line=check_on_bad_line(on_bad_line), progress=display,
-            command=command_line())
+            command=command_line(), overwrite=overwrite)
     generation = summary.get("generation")
     extra = f"; greedy responses: chrF {generation['chrf']}, BLEU {generation['bleu']}" if generation else ""
     log_trained(f"fine-tuned for {task}", summary, ("accuracy", "macro_f1", "exact_match", "f1", "valid_loss"), extra)

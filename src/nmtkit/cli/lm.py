@@ -9,11 +9,12 @@ from typing import Any, List, Optional
 
 import typer
 
-from nmtkit.cli.app import (COMPUTE_TYPE, DEVICE, RESUME, SETTINGS, TrainingDisplay, command, command_line,
-                            config_options, log_trained, run_folder, settings_tables, tokenizer_config, tokenizer_options)
+from nmtkit.cli.app import (COMPUTE_TYPE, DEVICE, OVERWRITE, RESUME, SETTINGS, TrainingDisplay, command, command_line,
+                            config_options, log_trained, run_folder, settings_tables, tokenizer_config,
+                            tokenizer_options)
 from nmtkit.config import TrainConfig
-from nmtkit.models.configs import GPTConfig
 from nmtkit.errors import NmtkitError
+from nmtkit.models.configs import GPTConfig
 from nmtkit.workflows.lm import DATA_DEFAULTS, TRAIN_DEFAULTS
 
 VOCAB_SIZE, TOKENIZER_TYPE = tokenizer_options()
@@ -39,6 +40,7 @@ def pretrain_cmd(
     device: str = DEVICE,
     resume: bool = RESUME,
     settings_file: Optional[Path] = SETTINGS,
+    overwrite: bool = OVERWRITE,
     model_flags: Optional[dict[str, Any]] = None,
     train_flags: Optional[dict[str, Any]] = None,
 ) -> None:
@@ -58,7 +60,7 @@ def pretrain_cmd(
             model_settings={**file_settings.get("model", {}), **model_flags},
             train_settings={**file_settings.get("train", {}), **train_flags},
             tokenizer=str(tokenizer) if tokenizer else None, tokenizer_cfg=tokenizer_config(vocab_size, tokenizer_type),
-            device=device, resume=resume, progress=display, command=command_line(),
+            device=device, resume=resume, progress=display, command=command_line(), overwrite=overwrite,
         )
     log_trained("pretrained a GPT", summary, ("valid_loss", "bits_per_char", "valid_ppl"))
     print(output)

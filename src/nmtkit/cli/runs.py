@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from nmtkit.cli.app import command, log, print_json, wide_console
+from nmtkit.cli.app import OVERWRITE, command, log, print_json, wide_console
 from nmtkit.errors import NmtkitError
 
 
@@ -40,12 +40,13 @@ def average_cmd(
     model: Path = typer.Option(..., "--model", "-m", help="A run folder with step checkpoints."),
     last: int = typer.Option(5, "--last", help="Average the last N step checkpoints."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="New run folder (default RUN-avgN)."),
+    overwrite: bool = OVERWRITE,
 ) -> None:
     """Average the weights of a run's last N checkpoints into a new run folder."""
     from nmtkit.workflows import runs
 
     output = output or model.with_name(f"{model.name}-avg{last}")
-    result = runs.average_checkpoints(model, last, output)
+    result = runs.average_checkpoints(model, last, output, overwrite)
     log.info("averaged %s", ", ".join(result["checkpoints"]))
     print(output)
 

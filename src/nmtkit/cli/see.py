@@ -8,7 +8,8 @@ from typing import List, Optional
 import typer
 from rich.table import Table
 
-from nmtkit.cli.app import AS_JSON, DEVICE, TrainingDisplay, command, log, print_json, settings_tables, wide_console
+from nmtkit.cli.app import (AS_JSON, DEVICE, OVERWRITE, TrainingDisplay, command, log, print_json, settings_tables,
+                            wide_console)
 from nmtkit.cli.translation import (CORPUS, SRC_LANG, TGT_LANG, TRAIN_SRC, TRAIN_TGT, VALID_SRC, VALID_TGT, VOCAB_SIZE,
                                     translation_data)
 from nmtkit.errors import NmtkitError
@@ -95,6 +96,7 @@ def compare_cmd(
     vocab_size: Optional[int] = VOCAB_SIZE,
     settings_file: Optional[Path] = typer.Option(None, "--settings", help="TOML/YAML with \\[rnn], \\[attention], \\[transformer] model tables and a \\[train] table."),
     device: str = DEVICE,
+    overwrite: bool = OVERWRITE,
     as_json: bool = AS_JSON,
 ) -> None:
     """RNN vs attention vs Transformer on the same data, tokenizer and budget: one table, and their validation curves."""
@@ -119,7 +121,7 @@ def compare_cmd(
             out_dir=output, train_source=train_source, valid_source=valid_source, test_source=test_source, archs=chosen,
             budget=budget, model_settings={a: settings.get(a, {}) for a in chosen}, train_settings=settings.get("train", {}),
             tokenizer=str(tokenizer) if tokenizer else None, tokenizer_cfg=tokenizer_config(vocab_size, None),
-            device=device, progress=display)
+            device=device, progress=display, overwrite=overwrite)
     if as_json:
         print_json(result)
         return

@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from nmtkit.cli.app import ON_BAD_LINE, check_on_bad_line, command, config_options, err, log, write_lines
+from nmtkit.cli.app import ON_BAD_LINE, OVERWRITE, check_on_bad_line, command, config_options, err, log, write_lines
 from nmtkit.config import TokenizerConfig
 
 
@@ -27,6 +27,7 @@ def train_tokenizer_cmd(
     data_files: Optional[List[str]] = typer.Option(None, "--data-files", help="Local files for --dataset json/csv/text."),
     on_bad_line: str = ON_BAD_LINE,
     settings_file: Optional[Path] = typer.Option(None, "--settings", help="TOML/YAML file with these settings; flags override it."),
+    overwrite: bool = OVERWRITE,
     settings: Optional[dict[str, Any]] = None,
 ) -> None:
     """Train a SentencePiece tokenizer (one joint model over all inputs)."""
@@ -39,7 +40,7 @@ def train_tokenizer_cmd(
     source = TextSource(inputs=tuple(inputs or ()), column=column, header=header, dataset=dataset,
                         config=dataset_config, split=split, data_files=tuple(data_files) if data_files else None)
     with err.status("training the tokenizer..."):
-        result = text.train_tokenizer(source, output, cfg, on_bad_line=check_on_bad_line(on_bad_line))
+        result = text.train_tokenizer(source, output, cfg, on_bad_line=check_on_bad_line(on_bad_line), overwrite=overwrite)
     log.info("trained a %s tokenizer with %d pieces on %d sentences: %s", cfg.model_type, result["vocab_size"],
              result["sentences"], output)
     print(output)

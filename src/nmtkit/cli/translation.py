@@ -11,12 +11,12 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from nmtkit.cli.app import (AS_JSON, COMPUTE_TYPE, DEVICE, ON_BAD_LINE, RESUME, SETTINGS, TrainingDisplay,
-                            check_on_bad_line, command, command_line, config_options, log, log_trained,
-                            print_json, run_folder, settings_tables, tokenizer_config, tokenizer_options, write_lines)
+from nmtkit.cli.app import (AS_JSON, COMPUTE_TYPE, DEVICE, ON_BAD_LINE, OVERWRITE, RESUME, SETTINGS, TrainingDisplay,
+                            check_on_bad_line, command, command_line, config_options, log, log_trained, print_json,
+                            run_folder, settings_tables, tokenizer_config, tokenizer_options, write_lines)
 from nmtkit.config import TrainConfig
-from nmtkit.models.configs import RNNConfig, TransformerConfig
 from nmtkit.errors import NmtkitError
+from nmtkit.models.configs import RNNConfig, TransformerConfig
 
 TRAIN_SRC = typer.Option(None, "--src", help="Training source file (or known corpus file, e.g. demo/train.en).")
 TRAIN_TGT = typer.Option(None, "--tgt", help="Training target file, line-aligned with --src.")
@@ -88,6 +88,7 @@ def train_translator_cmd(
     resume: bool = RESUME,
     settings_file: Optional[Path] = SETTINGS,
     on_bad_line: str = ON_BAD_LINE,
+    overwrite: bool = OVERWRITE,
     model_flags: Optional[dict[str, Any]] = None,
     train_flags: Optional[dict[str, Any]] = None,
 ) -> None:
@@ -109,7 +110,7 @@ def train_translator_cmd(
             train_settings={**file_settings.get("train", {}), **train_flags},
             tokenizer=str(tokenizer) if tokenizer else None, tokenizer_cfg=tokenizer_config(vocab_size, tokenizer_type),
             device=device, resume=resume, on_bad_line=check_on_bad_line(on_bad_line), progress=display,
-            command=command_line())
+            command=command_line(), overwrite=overwrite)
     log_trained(f"trained {summary['arch']}", summary, ("bleu", "chrf", "valid_loss"))
     print(output)
 
@@ -212,12 +213,25 @@ def evaluate_cmd(
         raise NmtkitError("a translator is evaluated on --src FILE and --ref FILE")
     result = translation.evaluate_translator(model, src, ref, device=device, beam=beam, batch_size=batch_size,
                                              length_penalty=length_penalty, tokenize=tokenize, lowercase=lowercase,
-                                             compute_type=compute_type)
+                                             compute_type=compute_type, record=False)
     if as_json:
         print_json(result)
-        return
-    log.info("%d sentences translated in %.1f s (beam %d)", result["sentences"], result["seconds"], beam)
-    print_scores(result["scores"], False)
+    else:
+        log.info("%d sentences translated in %.1f s (beam %d)", result["sentences"], result["seconds"], beam)
+        print_scores(result["scores"], False)
+    _record(model, result)
+
+
+def _record(run_dir: Path, result: dict[str, Any]) -> None:
+    """The evaluation in the run's run.json, once its scores are printed (a read-only run keeps them shown)."""
+    from nmtkit.errors import WriteError
+    from nmtkit.workflows import runs
+
+    sys.stdout.flush()
+    try:
+        runs.append_record(run_dir, "evaluations", result)
+    except WriteError as exc:
+        raise WriteError(f"the scores above are not recorded in the run: {exc}") from None
 
 
 def _evaluate_finetuned(model: Path, data, dataset, dataset_config, split: str, device: str, as_json: bool) -> None:
@@ -225,14 +239,16 @@ def _evaluate_finetuned(model: Path, data, dataset, dataset_config, split: str, 
     from nmtkit.workflows import finetune
 
     source = TaskSource(file=data) if data else TaskSource(dataset=dataset, config=dataset_config, split=split)
-    result = finetune.evaluate_finetuned(model, source, device)
+    result = finetune.evaluate_finetuned(model, source, device, record=False)
     if as_json:
         print_json(result)
-        return
-    shown = {k: result[k] for k in ("accuracy", "macro_f1", "exact_match", "f1", "chrf", "bleu", "valid_loss") if k in result}
-    print("  ".join(f"{k} {v}" for k, v in shown.items()))
-    if "confusion" in result:
-        table = Table("gold \\ predicted", *result["labels"], box=None)
-        for name, row in zip(result["labels"], result["confusion"]):
-            table.add_row(name, *map(str, row))
-        Console().print(table)
+    else:
+        shown = {k: result[k] for k in ("accuracy", "macro_f1", "exact_match", "f1", "chrf", "bleu", "valid_loss")
+                 if k in result}
+        print("  ".join(f"{k} {v}" for k, v in shown.items()))
+        if "confusion" in result:
+            table = Table("gold \\ predicted", *result["labels"], box=None)
+            for name, row in zip(result["labels"], result["confusion"]):
+                table.add_row(name, *map(str, row))
+            Console().print(table)
+    _record(model, result)

@@ -9,8 +9,9 @@ from typing import Any, List, Optional
 import typer
 from rich.table import Table
 
-from nmtkit.cli.app import (AS_JSON, ON_BAD_LINE, SETTINGS, TrainingDisplay, check_on_bad_line, command, command_line,
-                            config_options, err, log, print_json, run_folder, settings_tables, wide_console)
+from nmtkit.cli.app import (AS_JSON, ON_BAD_LINE, OVERWRITE, SETTINGS, TrainingDisplay, check_on_bad_line, command,
+                            command_line, config_options, err, log, print_json, run_folder, settings_tables,
+                            wide_console)
 from nmtkit.config import Word2VecTrainConfig
 from nmtkit.models.configs import Word2VecConfig
 from nmtkit.workflows.vectors import DATA_DEFAULTS
@@ -30,6 +31,7 @@ def build_vocab_cmd(
     seed: int = typer.Option(0, "--seed", help="Random seed of the embedding initialisation."),
     as_json: bool = AS_JSON,
     on_bad_line: str = ON_BAD_LINE,
+    overwrite: bool = OVERWRITE,
 ) -> None:
     """A tokenizer's vocabulary over a corpus: frequencies, coverage, unknown rate, pieces per word; the embedding table it sizes."""
     from nmtkit.data.sources import TextSource
@@ -38,7 +40,7 @@ def build_vocab_cmd(
     with err.status("counting pieces..."):
         stats = vectors.build_vocab(tokenizer, TextSource(inputs=tuple(inputs), column=column), output=output,
                                     embedding_dim=embedding_dim, top=top, seed=seed,
-                                    on_bad_line=check_on_bad_line(on_bad_line))
+                                    on_bad_line=check_on_bad_line(on_bad_line), overwrite=overwrite)
     if as_json:
         print_json(stats)
         return
@@ -86,6 +88,7 @@ def train_embeddings_cmd(
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --output after its last finished epoch (--epochs may raise the total)."),
     settings_file: Optional[Path] = SETTINGS,
     on_bad_line: str = ON_BAD_LINE,
+    overwrite: bool = OVERWRITE,
     model_flags: Optional[dict[str, Any]] = None,
     train_flags: Optional[dict[str, Any]] = None,
 ) -> None:
@@ -105,7 +108,7 @@ def train_embeddings_cmd(
             tokenizer=str(tokenizer) if tokenizer else None, lowercase=lowercase, min_count=min_count,
             max_vocab=max_vocab, model_settings={**file_settings.get("model", {}), **model_flags},
             train_settings={**file_settings.get("train", {}), **train_flags}, resume=resume, progress=display,
-            command=command_line(), on_bad_line=check_on_bad_line(on_bad_line))
+            command=command_line(), on_bad_line=check_on_bad_line(on_bad_line), overwrite=overwrite)
     log.info("trained %s vectors for %s %ss on %s tokens in %.1f s", summary["arch"], f"{summary['vocabulary']:,}",
              summary["unit"], f"{summary['tokens']:,}", summary["seconds"])
     print(output)

@@ -6,10 +6,11 @@ What is *not* here: reading files (corpora.py) and batching (batching.py).
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterable
 
-from nmtkit.errors import DataError
+from nmtkit.errors import DataError, WriteError
 from nmtkit.tokenization import BOS_ID, EOS_ID, Tokenizer
 
 if TYPE_CHECKING:
@@ -100,7 +101,8 @@ def encode_stream(
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     dtype = np.uint16 if len(tokenizer) < 65536 else np.uint32
-    files = {name: open(folder / f"{name}.bin.tmp", "wb") for name in ("train", "valid")}
+    tmp = {name: folder / f".{name}.bin.tmp" for name in ("train", "valid")}
+    files = {name: open(path, "wb") for name, path in tmp.items()}
     counts = {"train": {"tokens": 0, "chars": 0}, "valid": {"tokens": 0, "chars": 0}}
     try:
         for part, doc in parts:
@@ -114,15 +116,33 @@ def encode_stream(
                         ids.append(newline_id)
                     ids.extend(piece_ids)
             ids.append(EOS_ID)
-            files[part].write(np.asarray(ids, dtype=dtype).tobytes())
+            _written(folder / f"{part}.bin", lambda: files[part].write(np.asarray(ids, dtype=dtype).tobytes()))
             counts[part]["tokens"] += len(ids)
             counts[part]["chars"] += len(doc)
-    finally:
-        for f in files.values():
-            f.close()
-    for name in files:
-        (folder / f"{name}.bin.tmp").replace(folder / f"{name}.bin")
+        for name, f in files.items():
+            _written(folder / f"{name}.bin", lambda: (f.flush(), os.fsync(f.fileno())))
+    except BaseException:
+        for f, path in zip(files.values(), tmp.values()):
+            try:
+                f.close()
+            except OSError:  # what it still held could not be written either: the file goes anyway
+                pass
+            path.unlink(missing_ok=True)
+        raise
+    for f in files.values():
+        f.close()
+    for name, path in tmp.items():
+        path.replace(folder / f"{name}.bin")
     return {"dtype": np.dtype(dtype).name, **counts}
+
+
+def _written(path, write) -> None:
+    """Run `write`; a full disk or a refused write is one line naming the file (written under a temporary name,
+    removed, so nothing half-written is left)."""
+    try:
+        write()
+    except OSError as exc:
+        raise WriteError(f"{path}: cannot write: {exc.strerror or exc}") from None
 
 
 def load_stream(folder, part: str, dtype: str):

@@ -25,7 +25,7 @@ from nmtkit.data import corpora
 from nmtkit.data.sources import describe_files
 from nmtkit.errors import CheckpointError, ConfigError
 from nmtkit.export import is_ctranslate2_folder, read_export
-from nmtkit.files import read_json, read_jsonl, write_json
+from nmtkit.files import check_output_folder, read_json, read_jsonl, write_json
 from nmtkit.tokenization import INFO_FILE, Tokenizer, train_tokenizer
 
 log = logging.getLogger("nmtkit")
@@ -95,18 +95,23 @@ def tokenizer_folder(path: str | Path) -> Path:
 
 
 def one_writer(train_workflow: Callable[..., Any]) -> Callable[..., Any]:
-    """Run a training workflow holding its run folder's lock (`checkpoint.lock_run`), so a second process
-    pointed at the same folder is refused (under torchrun, rank 0 holds it for all), and with `resume` turned
-    off when there is nothing to resume yet (a run killed before its first checkpoint starts again)."""
+    """Run a training workflow into a run folder, never over a user's files (a folder holding anything but a
+    run is refused unless `overwrite`), holding the folder's lock (`checkpoint.lock_run`), so a second process
+    pointed at it is refused (under torchrun, rank 0 holds it for all), and with `resume` turned off when there
+    is nothing to resume yet (a run killed before its first checkpoint starts again); a training state that
+    cannot be resumed from is refused before anything in the run is rewritten."""
 
     @functools.wraps(train_workflow)
-    def locked(*, run_dir: str | Path, resume: bool = False, **kwargs: Any) -> Any:
+    def locked(*, run_dir: str | Path, resume: bool = False, overwrite: bool = False, **kwargs: Any) -> Any:
         run_dir = Path(run_dir)
+        check_output_folder(run_dir, checkpoint.is_run_folder, overwrite, "a run")
         lock = contextlib.nullcontext() if int(os.environ.get("RANK", "0")) else checkpoint.lock_run(run_dir)
         with lock:
             if resume and not (run_dir / checkpoint.TRAIN_STATE).exists():
                 log.warning("%s: no checkpoint saved yet; starting the run from the beginning", run_dir)
                 resume = False
+            if resume:
+                checkpoint.load_train_state(run_dir / checkpoint.TRAIN_STATE)
             return train_workflow(run_dir=run_dir, resume=resume, **kwargs)
 
     return locked
@@ -158,7 +163,7 @@ def resumed_source(run_dir: Path, cls: type, saved: dict[str, Any] | None, given
 
 def provide_tokenizer(run_dir: Path, given: str | Path | None, texts: Callable[[], Iterable[str]] | None = None,
                       cfg: TokenizerConfig | None = None, files: Iterable[Path] = (), *, resume: bool = False,
-                      dist=None) -> Tokenizer:
+                      dist=None, overwrite: bool = False) -> Tokenizer:
     """The run's tokenizer in run_dir/tokenizer: a copy of `given` (a tokenizer folder or a run holding one),
     or one trained with `cfg` on `texts()`; a resumed run keeps its own. Under torchrun rank 0 writes it."""
     folder = run_dir / checkpoint.TOKENIZER_DIR
@@ -169,7 +174,8 @@ def provide_tokenizer(run_dir: Path, given: str | Path | None, texts: Callable[[
         elif texts is not None:
             cfg = cfg or TokenizerConfig()
             log.info("training a %s tokenizer with %d pieces", cfg.model_type, cfg.vocab_size)
-            train_tokenizer(corpora.nonempty(texts(), "training data"), folder, cfg, {"files": describe_files(files)})
+            train_tokenizer(corpora.nonempty(texts(), "training data"), folder, cfg, {"files": describe_files(files)},
+                            overwrite)
     barrier(dist)
     return Tokenizer(folder)
 
@@ -245,8 +251,9 @@ def info(path: str | Path) -> dict[str, Any]:
     return result
 
 
-def average_checkpoints(run_dir: str | Path, last: int, output: str | Path) -> dict[str, Any]:
-    """Average the weights of the last N step checkpoints into a new run folder (config and tokenizer copied)."""
+def average_checkpoints(run_dir: str | Path, last: int, output: str | Path, overwrite: bool = False) -> dict[str, Any]:
+    """Average the weights of the last N step checkpoints into a new run folder (config and tokenizer copied);
+    an existing `output` must be an earlier average (or, with `overwrite`, any folder: written into)."""
     import shutil
 
     import torch
@@ -255,6 +262,7 @@ def average_checkpoints(run_dir: str | Path, last: int, output: str | Path) -> d
 
     run_dir, output = Path(run_dir), Path(output)
     checkpoint.read_config(run_dir)
+    check_output_folder(output, _is_average, overwrite, "an average of checkpoints")
     files = sorted((run_dir / STEPS_DIR).glob("step-*.safetensors"))[-last:]
     if len(files) < 2:
         raise CheckpointError(f"{run_dir}: needs at least 2 step checkpoints to average, found {len(files)} in {STEPS_DIR}/")
@@ -269,3 +277,8 @@ def average_checkpoints(run_dir: str | Path, last: int, output: str | Path) -> d
     checkpoint.save_weights(output / checkpoint.WEIGHTS, averaged)
     write_json(output / checkpoint.RUN_RECORD, {"averaged_from": str(run_dir), "checkpoints": [f.name for f in files]})
     return {"output": str(output), "checkpoints": [f.name for f in files]}
+
+
+def _is_average(path: Path) -> bool:
+    record = path / checkpoint.RUN_RECORD
+    return checkpoint.is_run_folder(path) and record.is_file() and "averaged_from" in read_json(record)

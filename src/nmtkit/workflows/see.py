@@ -11,7 +11,8 @@ from nmtkit import checkpoint
 from nmtkit.config import TokenizerConfig
 from nmtkit.data.sources import ParallelSource
 from nmtkit.errors import ConfigError, DataError
-from nmtkit.files import read_json, read_jsonl
+from nmtkit.files import check_output_folder, read_json, read_jsonl
+from nmtkit.models import ARCHS
 from nmtkit.workflows import runs
 from nmtkit.workflows.lm import LanguageModel
 from nmtkit.workflows.translation import Translator, evaluate_translator, train_translator, translate
@@ -123,11 +124,13 @@ def compare(
     tokenizer_cfg: TokenizerConfig | None = None,
     device: str = "auto",
     progress=None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Train (or take the existing runs in `out_dir` of) each architecture on the same data, tokenizer and
     budget; evaluate each on the test set (beam 5); return one row per architecture and draw their validation
     BLEU curves into out_dir/curves.png when matplotlib is there."""
     out_dir = Path(out_dir)
+    check_output_folder(out_dir, _is_comparison, overwrite, "a comparison (rnn/, attention/, transformer/, tokenizer/)")
     test_files = (test_source or valid_source).files()
     if not test_files:
         raise DataError("compare evaluates on files or a known corpus's split (not a Hugging Face dataset)")
@@ -143,12 +146,16 @@ def compare(
             log.info("%s: taking the existing run in %s", arch, run_dir)
         else:
             log.info("%s: training", arch)
-            train_translator(run_dir=run_dir, arch=arch, train_source=train_source, valid_source=valid_source,
+            train_translator(run_dir=run_dir, arch=arch, overwrite=overwrite, train_source=train_source, valid_source=valid_source,
                              model_settings=(model_settings or {}).get(arch), tokenizer=tokenizer, device=device,
                              train_settings={**(train_settings or {}), **parse_budget(budget)}, progress=progress)
         result = evaluate_translator(run_dir, str(test_files[0]), str(test_files[1]), device=device, beam=5)
         rows.append(_compare_row(arch, run_dir, result, test_source is not None))
     return {"rows": rows, "curves": _curves(out_dir, archs), "out": str(out_dir)}
+
+
+def _is_comparison(path: Path) -> bool:
+    return all(p.name in (*ARCHS, checkpoint.TOKENIZER_DIR, "curves.png") for p in path.iterdir())
 
 
 def _compare_row(arch: str, run_dir: Path, result: dict[str, Any], on_test: bool) -> dict[str, Any]:

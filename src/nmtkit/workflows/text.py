@@ -14,7 +14,7 @@ from nmtkit.tokenization import Tokenizer, train_tokenizer as _train_tokenizer
 
 
 def train_tokenizer(source: TextSource, out: str | Path, cfg: TokenizerConfig,
-                    on_bad_line: corpora.OnBadLine = "error") -> dict[str, Any]:
+                    on_bad_line: corpora.OnBadLine = "error", overwrite: bool = False) -> dict[str, Any]:
     """Train a SentencePiece tokenizer on files (text, table columns, JSON fields) and/or a HF dataset column."""
     if not source.inputs and not source.dataset:
         raise DataError("no training text: give input files, a known corpus name, or --dataset")
@@ -25,7 +25,7 @@ def train_tokenizer(source: TextSource, out: str | Path, cfg: TokenizerConfig,
         provenance["dataset"] = {"name": source.dataset, "config": source.config, "split": source.split,
                                  "data_files": source.data_files}
     sentences = corpora.nonempty(source.texts(on_bad_line), source.name())
-    tokenizer = _train_tokenizer(sentences, out, cfg, provenance)
+    tokenizer = _train_tokenizer(sentences, out, cfg, provenance, overwrite)
     return {"folder": str(out), **tokenizer.info}
 
 

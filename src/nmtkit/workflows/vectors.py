@@ -14,6 +14,7 @@ from nmtkit.config import Word2VecTrainConfig, from_dict, to_dict
 from nmtkit.data import corpora
 from nmtkit.data.sources import TextSource, describe_files
 from nmtkit.errors import CheckpointError, DataError
+from nmtkit.files import check_output_folder
 from nmtkit.tokenization import Tokenizer
 from nmtkit.workflows import runs
 
@@ -24,7 +25,7 @@ DATA_DEFAULTS = {"unit": "word", "lowercase": True, "min_count": 5, "max_vocab":
 
 def build_vocab(tokenizer: str | Path, source: TextSource, *, output: str | Path | None = None,
                 embedding_dim: int | None = None, top: int = 20, seed: int = 0,
-                on_bad_line: corpora.OnBadLine = "error") -> dict[str, Any]:
+                on_bad_line: corpora.OnBadLine = "error", overwrite: bool = False) -> dict[str, Any]:
     """How a corpus uses a tokenizer's vocabulary; with `output`, a folder with the vocab file (and, with
     `embedding_dim`, an initialised `nn.Embedding(len(vocab), D)` run folder ready for `neighbors`)."""
     from nmtkit import vocab
@@ -33,6 +34,9 @@ def build_vocab(tokenizer: str | Path, source: TextSource, *, output: str | Path
         raise DataError("no corpus: give text files or known corpus files (multi30k/train.en)")
     if embedding_dim is not None and (embedding_dim < 1 or output is None):
         raise DataError("--embedding-dim needs a positive size and --output, the run folder to write")
+    if output is not None:
+        check_output_folder(output, checkpoint.is_run_folder, overwrite, "a run")
+        runs.refuse_existing_run(Path(output))
     tok = Tokenizer(runs.tokenizer_folder(tokenizer))
     counts = vocab.count_pieces(tok, source.texts(on_bad_line))
     stats = vocab.vocab_stats(tok, counts, top, embedding_dim)
@@ -50,7 +54,6 @@ def _write_vocab_run(output: Path, tok: Tokenizer, counts, source: TextSource, e
     from nmtkit import vocab
     from nmtkit.tokenization import PAD_ID
 
-    runs.refuse_existing_run(output)
     runs.provide_tokenizer(output, tok.folder)
     vocab.write_vocab_file(output / checkpoint.VOCAB, zip(map(tok.id_to_piece, range(len(tok))), counts.counts))
     model = {"vocab_size": len(tok), "dim": embedding_dim, "init": "normal(0, 1), <pad> row zero"} if embedding_dim else None

@@ -1,0 +1,211 @@
+"""Never lose a user's data: what `-o` does to an existing path, what nmtkit never deletes, what `--resume`
+keeps. Every test goes through the command line, as a user would."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import stat
+import threading
+
+import pytest
+from typer.testing import CliRunner
+
+from nmtkit import checkpoint
+from nmtkit.cli import app
+
+from conftest import DEMO, write
+
+runner = CliRunner()
+TINY = ["--d-model", "32", "--heads", "2", "--layers", "1", "--ff-dim", "64", "--vocab-size", "100", "--tokenizer-type",
+        "char", "--eval-every", "4", "--device", "cpu"]
+
+
+def run(*args, input=None):
+    return runner.invoke(app, [str(a) for a in args], input=input)
+
+
+def one_line_error(result, *fragments: str) -> str:
+    """Exit 1 and one error line, the last on stderr (log lines may come before it), no traceback."""
+    assert result.exit_code == 1, result.output
+    lines = result.stderr.strip().splitlines()
+    line = lines[-1]
+    assert line.startswith("error: ") and "Traceback" not in result.output
+    assert not [x for x in lines[:-1] if "error" in x], result.stderr
+    for fragment in fragments:
+        assert fragment in line, line
+    return line
+
+
+def tree(folder) -> dict[str, bytes]:
+    """Every file under `folder` with its bytes."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("userdata")
+    en = (DEMO / "train.en").read_text(encoding="utf-8").splitlines()[:24]
+    ko = (DEMO / "train.ko").read_text(encoding="utf-8").splitlines()[:24]
+    src, tgt = write(folder / "tiny.en", "\n".join(en) + "\n"), write(folder / "tiny.ko", "\n".join(ko) + "\n")
+    result = run("train-translator", "--src", src, "--tgt", tgt, *TINY, "--max-steps", "12", "-o", folder / "run")
+    assert result.exit_code == 0, result.output
+    return {"folder": folder, "src": src, "tgt": tgt, "run": folder / "run"}
+
+
+def test_train_tokenizer_never_deletes_a_folder_of_other_files(tiny, tmp_path):
+    project = tmp_path / "project"
+    write(project / "corpus.txt", "the cat sat on the mat\n" * 20)
+    write(project / "notes" / "todo.md", "keep me\n")
+    before = tree(project)
+    one_line_error(run("train-tokenizer", project / "corpus.txt", "-o", project, "--model-type", "char"),
+                   f"{project}: holds files that are not a tokenizer", "--overwrite")
+    assert tree(project) == before
+    finished = tiny["run"]
+    kept = tree(finished)
+    one_line_error(run("train-tokenizer", project / "corpus.txt", "-o", finished, "--model-type", "char"),
+                   "holds files that are not a tokenizer")
+    assert tree(finished) == kept
+    result = run("train-tokenizer", project / "corpus.txt", "-o", project, "--model-type", "char", "--overwrite")
+    assert result.exit_code == 0, result.output
+    after = tree(project)
+    assert {k: after[k] for k in before} == before and {"tokenizer.model", "tokenizer.json"} <= set(after)
+    # a tokenizer folder of its own is replaced; nothing is left beside it
+    result = run("train-tokenizer", project / "corpus.txt", "-o", tmp_path / "tok", "--model-type", "char")
+    assert result.exit_code == 0
+    result = run("train-tokenizer", project / "corpus.txt", "-o", tmp_path / "tok", "--model-type", "bpe",
+                 "--vocab-size", "20")
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "tok" / "tokenizer.json").read_text())["config"]["model_type"] == "bpe"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["project", "tok"]
+
+
+def test_train_tokenizer_onto_a_file_is_one_line_and_leaves_nothing_behind(tmp_path):
+    corpus = write(tmp_path / "corpus.txt", "the cat sat on the mat\n" * 20)
+    one_line_error(run("train-tokenizer", corpus, "-o", corpus, "--model-type", "char"),
+                   f"{corpus}: is a file; --output names the folder to write")
+    assert corpus.read_text() == "the cat sat on the mat\n" * 20
+    assert [p.name for p in tmp_path.iterdir()] == ["corpus.txt"]
+
+
+def test_output_files_that_are_not_regular_files_are_written_through(tiny, tmp_path):
+    tok = tiny["run"] / "tokenizer"
+    target = write(tmp_path / "target.txt", "old\n")
+    link = tmp_path / "link.txt"
+    link.symlink_to(target)
+    assert run("tokenize", "-t", tok, "-o", link, input="hello\n").exit_code == 0
+    assert link.is_symlink() and target.read_text() != "old\n"  # the link still points to the file it named
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    got = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()))
+    reader.start()
+    assert run("tokenize", "-t", tok, "-o", fifo, input="hello\nworld\n").exit_code == 0
+    reader.join(timeout=30)
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode) and got and got[0].count(b"\n") == 2
+
+    if os.path.exists("/dev/full"):
+        one_line_error(run("tokenize", "-t", tok, "-o", "/dev/full", input="hello\n"),
+                       "/dev/full: cannot write: No space left on device")
+        assert stat.S_ISCHR(os.stat("/dev/full").st_mode)
+
+    old = os.umask(0o022)
+    try:
+        assert run("tokenize", "-t", tok, "-o", tmp_path / "new.txt", input="hello\n").exit_code == 0
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(tmp_path / "new.txt").st_mode) == 0o644  # the umask's mode, not mkstemp's 0600
+
+
+def test_average_onto_another_run_is_refused(tiny, tmp_path):
+    other = tmp_path / "other"
+    result = run("train-translator", "--src", tiny["src"], "--tgt", tiny["tgt"], *TINY, "--max-steps", "4", "-o", other)
+    assert result.exit_code == 0, result.output
+    before = tree(other)
+    one_line_error(run("average", "-m", tiny["run"], "--last", "2", "-o", other),
+                   f"{other}: holds files that are not an average of checkpoints")
+    assert tree(other) == before
+    avg = tmp_path / "avg"
+    assert run("average", "-m", tiny["run"], "--last", "2", "-o", avg).exit_code == 0
+    assert run("average", "-m", tiny["run"], "--last", "3", "-o", avg).exit_code == 0  # its own kind: replaced
+
+
+def test_the_best_evaluation_survives_a_resume(tiny, tmp_path):
+    run_dir = tmp_path / "run"
+    args = ["train-translator", "--src", tiny["src"], "--tgt", tiny["tgt"], *TINY, "--max-steps", "8", "-o", run_dir]
+    assert run(*args).exit_code == 0
+    result = run(*args, "--resume")  # nothing left to train: the record must still know the best evaluation
+    assert result.exit_code == 0, result.output
+    training = json.loads((run_dir / "run.json").read_text())["training"]
+    assert training[1]["best"] == training[0]["best"] and training[1]["best"] is not None
+
+
+def test_a_stale_lock_takes_only_nmtkit_s_temporary_files(tiny, tmp_path):
+    import shutil
+
+    run_dir = shutil.copytree(tiny["run"], tmp_path / "run")
+    write(run_dir / checkpoint.LOCK, "nmtkit pid 999999 on elsewhere since 2026-01-01T00:00:00\n")
+    write(run_dir / ".run.json.abc123.tmp", b"half")
+    mine = write(run_dir / "steps" / ".notes.txt.abc123.tmp", b"a user's file")
+    result = run("train-translator", "-o", run_dir, "--resume", "--max-steps", "12")
+    assert result.exit_code == 0, result.output
+    assert not (run_dir / ".run.json.abc123.tmp").exists() and mine.read_bytes() == b"a user's file"
+
+
+def test_a_resume_refused_on_a_bad_training_state_rewrites_nothing(tiny, tmp_path):
+    import shutil
+
+    run_dir = shutil.copytree(tiny["run"], tmp_path / "run")
+    write(run_dir / checkpoint.TRAIN_STATE, b"garbage")
+    before = tree(run_dir)
+    one_line_error(run("train-translator", "-o", run_dir, "--resume", "--max-steps", "20"),
+                   f"{run_dir / checkpoint.TRAIN_STATE}: refused")
+    assert tree(run_dir) == before
+
+
+def test_pretrain_on_a_full_disk_names_the_file_and_leaves_no_temporary(tmp_path, monkeypatch):
+    import nmtkit.data.datasets
+
+    text = write(tmp_path / "text.txt", (DEMO / "train.en").read_text(encoding="utf-8"))
+
+    real = os.fsync
+
+    def full(fd):  # the disk fills up while the token ids are written
+        if os.readlink(f"/proc/self/fd/{fd}").endswith(".bin.tmp"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real(fd)
+
+    monkeypatch.setattr(nmtkit.data.datasets.os, "fsync", full)
+    result = run("pretrain", text, "--tokenizer-type", "char", "--vocab-size", "60", "--block-size", "16", "--d-model",
+                 "16", "--heads", "2", "--layers", "1", "--max-steps", "2", "-o", tmp_path / "gpt", "--device", "cpu")
+    one_line_error(result, f"{tmp_path / 'gpt' / 'data' / 'train.bin'}: cannot write: No space left on device")
+    assert not list((tmp_path / "gpt").rglob("*.tmp"))
+
+
+def test_evaluate_prints_its_scores_before_it_fails_to_record_them(tiny, monkeypatch):
+    import nmtkit.files
+
+    real = nmtkit.files.tempfile.mkstemp
+
+    def refuse_run_json(*args, **kwargs):
+        if kwargs.get("prefix", "").startswith(".run.json."):
+            raise PermissionError(errno.EROFS, os.strerror(errno.EROFS), str(tiny["run"] / ".run.json.x.tmp"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(nmtkit.files.tempfile, "mkstemp", refuse_run_json)
+    result = run("evaluate", "-m", tiny["run"], "--src", tiny["src"], "--ref", tiny["tgt"], "--beam", "1",
+                 "--device", "cpu")
+    assert result.stdout.startswith("BLEU ") and "CHRF" in result.stdout
+    one_line_error(result, "the scores above are not recorded in the run", "run.json: cannot write")
+
+
+def test_training_into_a_folder_of_other_files_needs_overwrite_and_keeps_them(tiny, tmp_path):
+    project = tmp_path / "project"
+    write(project / "paper.tex", "my thesis\n")
+    args = ["train-translator", "--src", tiny["src"], "--tgt", tiny["tgt"], *TINY, "--max-steps", "4", "-o", project]
+    one_line_error(run(*args), f"{project}: holds files that are not a run", "--overwrite")
+    assert sorted(p.name for p in project.iterdir()) == ["paper.tex"]
+    assert run(*args, "--overwrite").exit_code == 0
+    assert (project / "paper.tex").read_text() == "my thesis\n" and (project / "model.safetensors").is_file()
