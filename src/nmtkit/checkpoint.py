@@ -78,6 +78,35 @@ def read_config(run_dir: str | Path, kinds: tuple[str, ...] | None = None) -> di
     return config
 
 
+# the sections a run of each kind needs to be used, and those a training run needs to be resumed
+SECTIONS = {"translator": {"arch": str, "model": dict}, "gpt": {"model": dict},
+            "finetune": {"task": str, "model": dict, "data": dict}, "embeddings": {}, "vocab": {}}
+TRAINING_SECTIONS = {"model": dict, "train": dict, "data": dict}
+
+
+def check_sections(config: dict[str, Any], where: Path, more: dict[str, type] | None = None) -> None:
+    """Refuse a config whose kind is unknown or whose sections are missing or of the wrong type (a damaged file)."""
+    kind = config.get("kind")
+    if kind not in SECTIONS:
+        raise CheckpointError(f"{where}: unknown kind {kind!r}; nmtkit makes {', '.join(SECTIONS)} runs")
+    for name, type_ in {**SECTIONS[kind], **(more or {})}.items():
+        if not isinstance(config.get(name), type_):
+            found = "missing" if name not in config else "null" if config[name] is None else f"a {type(config[name]).__name__}"
+            raise CheckpointError(f"{where}: its {name!r} must be a {'table' if type_ is dict else 'string'}, "
+                                  f"but is {found}")
+
+
+def check_train_state(path: Path) -> None:
+    """Refuse, before a resumed run rewrites anything, a training state that cannot be resumed from."""
+    state = load_train_state(path)
+    step_keys = {"optimizer", "loop", "rng"} <= set(state) if isinstance(state, dict) else False
+    if not isinstance(state, dict) or not isinstance(state.get("weights"), str) or not (
+            step_keys or isinstance(state.get("epoch"), int)):
+        raise CheckpointError(f"{path}: not a training state nmtkit wrote (its keys are wrong); nothing to resume from")
+    if not (path.parent / state["weights"]).is_file():
+        raise CheckpointError(f"{path}: names {state['weights']}, which is missing; nothing to resume from")
+
+
 def update_config(run_dir: str | Path, **sections: Any) -> None:
     """Replace sections of a run's config.json (a resumed run's new training limits)."""
     write_json(Path(run_dir) / CONFIG, {**read_config(run_dir), **sections})
@@ -117,6 +146,8 @@ def load_weights(path: str | Path, device: str = "cpu") -> dict[str, Any]:
             tied = json.loads((f.metadata() or {}).get("nmtkit_tied", "{}"))
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"{path}: not a valid safetensors weights file ({exc})") from None
+    if not isinstance(tied, dict) or not all(isinstance(s, str) and s in weights for s in tied.values()):
+        raise CheckpointError(f"{path}: its tied-weight record names tensors the file does not hold")
     for alias, source in tied.items():
         weights[alias] = weights[source]
     return weights
@@ -163,6 +194,7 @@ def load_train_state(path: str | Path) -> dict[str, Any]:
         return torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first.split(". ")[0].rstrip(".")  # torch's own explanation runs on for several sentences
         raise CheckpointError(f"{path}: refused: not a safe training-state file ({first})") from None
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from pathlib import Path
@@ -21,6 +22,7 @@ from typing import Any, Literal, TypeVar
 from nmtkit.errors import ConfigError
 
 T = TypeVar("T")
+MAX_VOCAB = 1 << 24  # the largest vocabulary any config accepts
 
 
 def _check_value(name: str, value: Any, hint: Any, where: str) -> Any:
@@ -36,8 +38,8 @@ def _check_value(name: str, value: Any, hint: Any, where: str) -> Any:
             return None
         return _check_value(name, value, args[0], where)
     if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: {name} must be a list, got {value!r}")
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{where}: {name} must be a list of strings, got {value!r}")
         return tuple(value)
     if hint is bool:
         if not isinstance(value, bool):
@@ -48,8 +50,8 @@ def _check_value(name: str, value: Any, hint: Any, where: str) -> Any:
             raise ConfigError(f"{where}: {name} must be an integer, got {value!r}")
         return value
     if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where}: {name} must be a number, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ConfigError(f"{where}: {name} must be a finite number, got {value!r}")
         return float(value)
     if hint is str:
         if not isinstance(value, str):
@@ -58,10 +60,19 @@ def _check_value(name: str, value: Any, hint: Any, where: str) -> Any:
     return value
 
 
-def option(default: Any, help: str, *flags: str) -> Any:
+def option(default: Any, help: str, *flags: str, min: float | None = None, max: float | None = None) -> Any:
     """A config field with its command-line help; `flags` are extra names for it (`--warmup` for
-    `warmup_steps`), accepted on the command line and, without the dashes, in settings files."""
-    return dataclasses.field(default=default, metadata={"help": help, "flags": flags})
+    `warmup_steps`), accepted on the command line and, without the dashes, in settings files; `min` and `max`
+    bound its value wherever it comes from (a flag, a settings file, a run's config.json)."""
+    return dataclasses.field(default=default, metadata={"help": help, "flags": flags, "min": min, "max": max})
+
+
+def _check_range(field: dataclasses.Field, value: Any, where: str) -> None:
+    low, high = field.metadata.get("min"), field.metadata.get("max")
+    if low is not None and value < low:
+        raise ConfigError(f"{where}: {field.name} must be at least {low}, got {value}")
+    if high is not None and value > high:
+        raise ConfigError(f"{where}: {field.name} must be at most {high}, got {value}")
 
 
 def canonical_keys(cls: type, data: dict[str, Any]) -> dict[str, Any]:
@@ -70,19 +81,24 @@ def canonical_keys(cls: type, data: dict[str, Any]) -> dict[str, Any]:
     for f in dataclasses.fields(cls):
         for name in (f.name, *(flag.split("/")[0].lstrip("-") for flag in f.metadata.get("flags", ()))):
             names[name.replace("-", "_")] = f.name
-    return {names.get(k.replace("-", "_"), k): v for k, v in data.items()}
+    return {names.get(str(k).replace("-", "_"), k): v for k, v in data.items()}
 
 
 def from_dict(cls: type[T], data: dict[str, Any], where: str = "config") -> T:
     """Build the dataclass `cls` from `data`, checking keys, types and `Literal` choices. Keys may be written
     with `-` or `_`, or as a field's flag name (`warmup` for `warmup_steps`)."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: must be a table of settings, got {type(data).__name__} {data!r}"[:200])
     hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
+    fields = {f.name: f for f in dataclasses.fields(cls)}
     data = canonical_keys(cls, data)
-    unknown = sorted(set(data) - set(names))
+    unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise ConfigError(f"{where}: unknown setting(s) {', '.join(unknown)}; valid settings: {', '.join(names)}")
+        raise ConfigError(f"{where}: unknown setting(s) {', '.join(unknown)}; valid settings: {', '.join(fields)}")
     values = {k: _check_value(k, v, hints[k], where) for k, v in data.items()}
+    for name, value in values.items():
+        if value is not None:
+            _check_range(fields[name], value, where)
     obj = cls(**values)
     check = getattr(obj, "validate", None)
     if check is not None:
@@ -107,7 +123,10 @@ def load_settings_file(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: settings file not found")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_bytes().decode("utf-8-sig")  # a byte-order mark at the start is accepted
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not a UTF-8 text file (byte {exc.start + 1} is not UTF-8)") from None
     try:
         if path.suffix == ".toml":
             try:
@@ -135,9 +154,10 @@ class TokenizerConfig:
     """How a SentencePiece tokenizer is trained."""
 
     model_type: Literal["bpe", "unigram", "char", "word"] = option("unigram", "bpe, unigram, char or word.")
-    vocab_size: int = option(8000, "Number of pieces, special ones included (char keeps every character it sees).")
-    character_coverage: float = option(1.0, "Share of characters covered (0.9995 is usual for CJK).")
-    max_sentences: int = option(0, "Train on a random sample of this many sentences (0: all).")
+    vocab_size: int = option(8000, "Number of pieces, special ones included (char: every character seen).",
+                             min=8, max=MAX_VOCAB)
+    character_coverage: float = option(1.0, "Share of characters covered (0.9995 is usual for CJK).", min=0.0, max=1.0)
+    max_sentences: int = option(0, "Train on a random sample of this many sentences (0: all).", min=0)
     user_defined_symbols: tuple[str, ...] = option((), "A piece never split, e.g. <sep> (repeatable).", "--user-symbol")
     seed: int = option(0, "Random seed of the sample.")
     byte_fallback: bool = option(False, "Unknown characters become byte pieces instead of <unk>.")
@@ -155,30 +175,35 @@ class TokenizerConfig:
 class TrainConfig:
     """How `nmtkit.training.train` trains any model; each task's workflow has its own defaults on top."""
 
-    max_steps: int = option(10_000, "Optimizer steps.")
-    max_epochs: int = option(0, "Stop after this many epochs (0: no limit).")
-    max_minutes: float = option(0.0, "Stop, after a last evaluation, once training has run this long (0: no limit).")
-    max_tokens: int = option(4096, "Batch size in padded tokens per micro-batch (sentences x longest sentence).")
-    accumulate: int = option(1, "Micro-batches per optimizer step (per process).")
-    lr: float = option(5e-4, "Peak learning rate.")
-    schedule: Literal["inverse-sqrt", "cosine", "constant"] = option("inverse-sqrt", "inverse-sqrt, cosine or constant, after the warmup.")
-    warmup_steps: int = option(1000, "Linear warmup steps from 0.", "--warmup")
-    min_lr_ratio: float = option(0.0, "cosine: the floor, as a share of --lr.")
-    weight_decay: float = option(0.0, "AdamW weight decay on matrices.")
-    beta1: float = option(0.9, "AdamW beta1.")
-    beta2: float = option(0.98, "AdamW beta2.")
-    clip_norm: float = option(1.0, "Gradient clipping norm (0: off).")
-    label_smoothing: float = option(0.1, "Label smoothing.")
-    teacher_forcing: float = option(1.0, "RNNs: share of steps fed the reference token (the rest get their own prediction).")
-    eval_every: int = option(500, "Steps between validations and checkpoints.")
-    patience: int = option(0, "Stop after this many validations without improvement (0: never).")
-    best_metric: str = option("bleu", "The validation metric that picks the best checkpoint (bleu, chrf, accuracy, f1: higher; valid_loss: lower).")
-    keep_checkpoints: int = option(5, "Step checkpoints kept (for --resume and nmtkit average).")
-    log_every: int = option(50, "Steps between training-loss lines in metrics.jsonl.")
+    max_steps: int = option(10_000, "Optimizer steps.", min=1)
+    max_epochs: int = option(0, "Stop after this many epochs (0: no limit).", min=0)
+    max_minutes: float = option(0.0, "Stop, after a last evaluation, once training ran this long (0: no limit).",
+                                min=0.0)
+    max_tokens: int = option(4096, "Batch size in padded tokens per micro-batch (sentences x longest sentence).", min=1)
+    accumulate: int = option(1, "Micro-batches per optimizer step (per process).", min=1)
+    lr: float = option(5e-4, "Peak learning rate.", min=0.0)
+    schedule: Literal["inverse-sqrt", "cosine", "constant"] = option(
+        "inverse-sqrt", "inverse-sqrt, cosine or constant, after the warmup.")
+    warmup_steps: int = option(1000, "Linear warmup steps from 0.", "--warmup", min=0)
+    min_lr_ratio: float = option(0.0, "cosine: the floor, as a share of --lr.", min=0.0, max=1.0)
+    weight_decay: float = option(0.0, "AdamW weight decay on matrices.", min=0.0)
+    beta1: float = option(0.9, "AdamW beta1.", min=0.0, max=1.0)
+    beta2: float = option(0.98, "AdamW beta2.", min=0.0, max=1.0)
+    clip_norm: float = option(1.0, "Gradient clipping norm (0: off).", min=0.0)
+    label_smoothing: float = option(0.1, "Label smoothing.", min=0.0, max=1.0)
+    teacher_forcing: float = option(1.0, "RNNs: share of steps fed the reference token (the rest: their own "
+                                    "prediction).", min=0.0, max=1.0)
+    eval_every: int = option(500, "Steps between validations and checkpoints.", min=1)
+    patience: int = option(0, "Stop after this many validations without improvement (0: never).", min=0)
+    best_metric: str = option("bleu", "The validation metric that picks the best checkpoint (bleu, chrf, accuracy, "
+                                      "f1: higher; valid_loss: lower).")
+    keep_checkpoints: int = option(5, "Step checkpoints kept (for --resume and nmtkit average).", min=1)
+    log_every: int = option(50, "Steps between training-loss lines in metrics.jsonl.", min=1)
     seed: int = option(1, "Random seed.")
     bf16: bool = option(True, "bf16 autocast on GPUs that support it (never on CPU).")
     compile: bool = option(False, "torch.compile the model.")
-    max_len: int = option(256, "Leave out training pairs longer than this (pieces); they are counted and reported.")
+    max_len: int = option(256, "Leave out training pairs longer than this (pieces); they are counted and reported.",
+                          min=1)
 
     def validate(self, where: str) -> None:
         for name in ("max_steps", "max_tokens", "accumulate", "eval_every", "log_every", "max_len", "keep_checkpoints"):
@@ -199,13 +224,14 @@ NOISE_GROUP = 8  # word2vec examples that share their noise words (see nmtkit.mo
 class Word2VecTrainConfig:
     """How word vectors train: word2vec's own plain SGD with a linearly decaying rate."""
 
-    epochs: int = option(5, "Passes over the corpus.")
-    window: int = option(5, "Context words on each side (each centre draws its own window from 1..window).")
-    negative: int = option(5, "Noise words per true word, drawn from unigram counts ** 0.75.")
-    sample: float = option(1e-3, "Subsampling threshold of frequent words (0: off).")
-    lr: float = option(0.025, "Initial learning rate, decaying linearly to --min-lr over the run.")
-    min_lr: float = option(0.0001, "The learning rate at the end of the run.")
-    batch_size: int = option(0, f"Examples per update, a multiple of {NOISE_GROUP} (0: 2048 for skipgram, 512 for cbow, the best trade-offs measured).")
+    epochs: int = option(5, "Passes over the corpus.", min=1)
+    window: int = option(5, "Context words on each side (each centre draws its own window from 1..window).", min=1)
+    negative: int = option(5, "Noise words per true word, drawn from unigram counts ** 0.75.", min=1)
+    sample: float = option(1e-3, "Subsampling threshold of frequent words (0: off).", min=0.0)
+    lr: float = option(0.025, "Initial learning rate, decaying linearly to --min-lr over the run.", min=0.0)
+    min_lr: float = option(0.0001, "The learning rate at the end of the run.", min=0.0)
+    batch_size: int = option(0, f"Examples per update, a multiple of {NOISE_GROUP} (0: 2048 for skipgram, 512 for "
+                                "cbow, the best trade-offs measured).", min=0)
     seed: int = option(1, "Random seed.")
 
     def validate(self, where: str) -> None:

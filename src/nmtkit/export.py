@@ -53,10 +53,14 @@ def is_ctranslate2_folder(path: str | Path) -> bool:
 def read_export(folder: str | Path, kinds: tuple[str, ...] | None = None) -> dict[str, Any]:
     """The config of the run an export was made from; refuses an export of another kind of run."""
     info = read_json(Path(folder) / INFO)
+    config = info.get("config") if isinstance(info, dict) else None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{Path(folder) / INFO}: holds no run config; the export is damaged")
     if kinds is not None and info.get("kind") not in kinds:
         raise CheckpointError(f"{folder}: a CTranslate2 export of a {info.get('kind')!r} run, but this command needs "
                               f"one of: {', '.join(kinds)}")
-    return info["config"]
+    checkpoint.check_sections(config, Path(folder) / INFO)
+    return config
 
 
 def export_ctranslate2(run_dir: str | Path, out: str | Path, quantization: str | None = None) -> dict[str, Any]:
@@ -75,6 +79,7 @@ def export_ctranslate2(run_dir: str | Path, out: str | Path, quantization: str |
     if out.exists() and any(out.iterdir()):
         raise CheckpointError(f"{out}: exists and is not empty; choose another output folder")
     config = checkpoint.read_config(run_dir, ("translator", "gpt", "finetune"))
+    checkpoint.check_sections(config, run_dir / checkpoint.CONFIG)
     if config["kind"] == "finetune" and config["task"] != "generate":
         raise ConfigError(f"{run_dir}: a --task {config['task']} run; CTranslate2 export is for translators and GPTs")
     tok = Tokenizer(run_dir / checkpoint.TOKENIZER_DIR)

@@ -124,8 +124,9 @@ def _option(field: dataclasses.Field, hint: Any, default: Any, panel: str | None
     if hint is bool:  # --name/--no-name, unless the field names its own pair ("--bidirectional/--unidirectional")
         pairs = [flag for flag in flags if "/" in flag]
         flags = pairs or [f"{flag}/--no-{flag[2:]}" for flag in flags]
+    bounds = {k: field.metadata.get(k) for k in ("min", "max") if field.metadata.get(k) is not None}
     return typer.Option(None, *flags, help=f"{field.metadata['help']} (default {_shown(default)})", show_default=False,
-                        rich_help_panel=panel)
+                        rich_help_panel=panel, **bounds)
 
 
 def _shown(default: Any) -> str:
@@ -213,11 +214,6 @@ def settings_tables(settings_file: Optional[Path], tables: tuple[str, ...]) -> d
     return settings
 
 
-def given(**values: Any) -> dict[str, Any]:
-    """The values of the flags that were given (not None)."""
-    return {k: v for k, v in values.items() if v is not None}
-
-
 def run_folder(output: Optional[Path], resume: bool, prefix: str) -> Path:
     """The run folder: --output, or checkpoints/PREFIX-DATE-TIME for a new run."""
     if resume and output is None:
@@ -227,6 +223,11 @@ def run_folder(output: Optional[Path], resume: bool, prefix: str) -> Path:
 
 def command_line() -> list[str]:
     return ["nmtkit", *sys.argv[1:]]
+
+
+def stdin():
+    """Standard input as bytes, or None when it is closed (`<&-`)."""
+    return sys.stdin.buffer if sys.stdin is not None else None
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -264,7 +265,8 @@ def wide_console(width: int = 100) -> Console:
 
 
 class TrainingDisplay:
-    """A rich progress bar on stderr with loss, learning rate, tokens/s and ETA; evaluations as log lines."""
+    """A rich progress bar on stderr with loss, learning rate, tokens/s and ETA; evaluations as log lines. The bar
+    appears with the first training step (a command that fails before it leaves no empty line)."""
 
     def __init__(self):
         from rich.progress import (
@@ -282,11 +284,11 @@ class TrainingDisplay:
         self.task = None
 
     def __enter__(self):
-        self.progress.__enter__()
         return self
 
     def __exit__(self, *exc):
-        return self.progress.__exit__(*exc)
+        if self.task is not None:
+            self.progress.stop()
 
     def __call__(self, event: dict) -> None:
         if event["event"] == "train":
@@ -294,6 +296,7 @@ class TrainingDisplay:
             if "mfu" in event:
                 stats += f"  MFU {event['mfu']:.1%}"
             if self.task is None:  # a time budget (compare --budget 5m) has no step total
+                self.progress.start()
                 total = event["max_steps"] if event["max_steps"] < 10**9 else None
                 self.task = self.progress.add_task("train", total=total, completed=event["step"], stats=stats)
             self.progress.update(self.task, completed=event["step"], stats=stats)

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any, List, Optional
 
 import typer
 
 from nmtkit.cli.app import (DEVICE, ON_BAD_LINE, OVERWRITE, RESUME, SETTINGS, TrainingDisplay, check_on_bad_line,
-                            command, command_line, config_options, log_trained, run_folder, settings_tables,
+                            command, command_line, config_options, log_trained, run_folder, settings_tables, stdin,
                             write_lines)
 from nmtkit.cli.lm import NOT_FOR_GPT
 from nmtkit.config import TrainConfig
@@ -38,11 +37,11 @@ def finetune_cmd(
     split: str = typer.Option("train", "--split", help="The dataset's training split."),
     valid_split: Optional[str] = typer.Option(None, "--valid-split", help="The dataset's validation split."),
     data_files: Optional[List[str]] = typer.Option(None, "--data-files", help="Local files for --dataset json/csv."),
-    max_len: Optional[int] = typer.Option(None, "--max-len", help=f"Longest input in pieces, at most the model's context (default {DATA_DEFAULTS['max_len']})."),
-    stride: Optional[int] = typer.Option(None, "--stride", help=f"qa: pieces shared by neighbouring windows of a long context (default {DATA_DEFAULTS['stride']})."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help=f"Examples (qa: windows) per micro-batch (default {DATA_DEFAULTS['batch_size']})."),
+    max_len: Optional[int] = typer.Option(None, "--max-len", help=f"Longest input in pieces, at most the model's context (default {DATA_DEFAULTS['max_len']}).", min=1),
+    stride: Optional[int] = typer.Option(None, "--stride", help=f"qa: pieces shared by neighbouring windows of a long context (default {DATA_DEFAULTS['stride']}).", min=0),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help=f"Examples (qa: windows) per micro-batch (default {DATA_DEFAULTS['batch_size']}).", min=1),
     freeze_body: Optional[bool] = typer.Option(None, "--freeze-body/--train-body", help="Train the task head only; the pretrained body stays fixed (default: train both)."),
-    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help=f"generate: longest response when scoring chrF/BLEU (default {DATA_DEFAULTS['max_new_tokens']})."),
+    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help=f"generate: longest response when scoring chrF/BLEU (default {DATA_DEFAULTS['max_new_tokens']}).", min=0),
     device: str = DEVICE,
     resume: bool = RESUME,
     settings_file: Optional[Path] = SETTINGS,
@@ -89,7 +88,7 @@ def classify_cmd(
     model: Path = typer.Option(..., "--model", "-m", help="A finetune --task classify run."),
     probs: bool = typer.Option(False, "--probs", help="Append a tab and each label's probability."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per line: label and probabilities."),
-    batch_size: int = typer.Option(64, "--batch-size", help="Texts per batch."),
+    batch_size: int = typer.Option(64, "--batch-size", help="Texts per batch.", min=1),
     device: str = DEVICE,
     on_bad_line: str = ON_BAD_LINE,
 ) -> None:
@@ -98,7 +97,7 @@ def classify_cmd(
     from nmtkit.workflows import finetune
 
     ft = finetune.FineTuned(model, device, ("classify",))
-    results = finetune.classify(ft, input_lines(files, sys.stdin.buffer, check_on_bad_line(on_bad_line)), batch_size)
+    results = finetune.classify(ft, input_lines(files, stdin(), check_on_bad_line(on_bad_line)), batch_size)
 
     def render(result) -> str:
         if result is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import sys
 from pathlib import Path
@@ -9,9 +10,9 @@ from typing import Any, List, Optional
 
 import typer
 
-from nmtkit.cli.app import (COMPUTE_TYPE, DEVICE, OVERWRITE, RESUME, SETTINGS, TrainingDisplay, command, command_line,
-                            config_options, log_trained, run_folder, settings_tables, tokenizer_config,
-                            tokenizer_options)
+from nmtkit.cli.app import (COMPUTE_TYPE, DEVICE, ON_BAD_LINE, OVERWRITE, RESUME, SETTINGS, TrainingDisplay,
+                            check_on_bad_line, command, command_line, config_options, log_trained, run_folder,
+                            settings_tables, stdin, tokenizer_config, tokenizer_options)
 from nmtkit.config import TrainConfig
 from nmtkit.errors import NmtkitError
 from nmtkit.models.configs import GPTConfig
@@ -33,7 +34,7 @@ def pretrain_cmd(
     split: str = typer.Option("train", "--split", help="The dataset split."),
     data_files: Optional[List[str]] = typer.Option(None, "--data-files", help="Local files for --dataset json/csv/text."),
     valid_fraction: Optional[float] = typer.Option(None, "--valid-fraction", help=f"The last share of the text (in characters) kept for validation (default {DATA_DEFAULTS['valid_fraction']})."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help=f"Windows per micro-batch (default {DATA_DEFAULTS['batch_size']})."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help=f"Windows per micro-batch (default {DATA_DEFAULTS['batch_size']}).", min=1),
     tokenizer: Optional[Path] = typer.Option(None, "--tokenizer", "-t", help="Use this tokenizer (else train one on the text)."),
     vocab_size: Optional[int] = VOCAB_SIZE,
     tokenizer_type: Optional[str] = TOKENIZER_TYPE,
@@ -71,17 +72,18 @@ def generate_cmd(
     prompts: List[str] = typer.Argument(None, help="Prompts; with none, one prompt per line of --prompts-file or stdin."),
     model: Path = typer.Option(..., "--model", "-m", help="A GPT run (nmtkit pretrain), an instruction-tuned one (finetune --task generate), or a CTranslate2 export of either."),
     prompts_file: Optional[str] = typer.Option(None, "--prompts-file", "-f", help="A file of prompts, one per line."),
-    max_new_tokens: int = typer.Option(200, "--max-new-tokens", "-n", help="Tokens to generate at most."),
-    temperature: float = typer.Option(1.0, "--temperature", help="Sampling temperature; 0 means greedy."),
-    top_k: int = typer.Option(0, "--top-k", help="Sample among the k most likely tokens (0: all)."),
+    max_new_tokens: int = typer.Option(200, "--max-new-tokens", "-n", help="Tokens to generate at most.", min=0),
+    temperature: float = typer.Option(1.0, "--temperature", help="Sampling temperature; 0 means greedy.", min=0.0),
+    top_k: int = typer.Option(0, "--top-k", help="Sample among the k most likely tokens (0: all).", min=0),
     top_p: float = typer.Option(1.0, "--top-p", help="Sample from the smallest set of tokens whose probability reaches p."),
     seed: int = typer.Option(0, "--seed", help="Random seed."),
-    num_samples: int = typer.Option(1, "--num-samples", help="Samples per prompt."),
+    num_samples: int = typer.Option(1, "--num-samples", help="Samples per prompt.", min=1),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per prompt and sample: prompt, sample, text."),
     instruction: Optional[str] = typer.Option(None, "--instruction", help="An instruction, put into the prompt template of finetune --task generate."),
     instruction_input: Optional[str] = typer.Option(None, "--input", help="With --instruction: its input (the context it works on), if any."),
     device: str = DEVICE,
     compute_type: str = COMPUTE_TYPE,
+    on_bad_line: str = ON_BAD_LINE,
 ) -> None:
     """Continue prompts with a pretrained decoder (sampling with temperature, top-k and top-p, and a KV cache), or
     answer an --instruction with an instruction-tuned one."""
@@ -90,6 +92,7 @@ def generate_cmd(
 
     if instruction_input is not None and instruction is None:
         raise NmtkitError("--input goes with --instruction (a file of prompts is --prompts-file)")
+    lm.check_sampling(max_new_tokens, temperature, top_k, top_p)  # before any output
     model_ = lm.open_language_model(model, device, compute_type)
     options = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
     if instruction is not None:
@@ -100,14 +103,16 @@ def generate_cmd(
         _stream(lm.generate_stream(model_, format_prompt(instruction, instruction_input or ""), **options))
         return
     if prompts:
-        texts = [p.replace("\\n", "\n") for p in prompts]
-    else:
-        texts = [line or "" for line in input_lines([prompts_file] if prompts_file else [], sys.stdin.buffer)]
-    if len(texts) == 1 and num_samples == 1 and not as_json:  # one prompt: stream tokens as they come
-        sys.stdout.write(texts[0])
-        _stream(lm.generate_stream(model_, texts[0], **options))
+        texts = iter([p.replace("\\n", "\n") for p in prompts])
+    else:  # read as they are needed: a large file of prompts streams
+        texts = (line or "" for line in input_lines([prompts_file] if prompts_file else [], stdin(),
+                                                    check_on_bad_line(on_bad_line)))
+    first = list(itertools.islice(texts, 2))
+    if len(first) == 1 and num_samples == 1 and not as_json:  # one prompt: stream tokens as they come
+        sys.stdout.write(first[0])
+        _stream(lm.generate_stream(model_, first[0], **options))
         return
-    for i, record in enumerate(lm.generate(model_, texts, num_samples=num_samples, **options)):
+    for i, record in enumerate(lm.generate(model_, itertools.chain(first, texts), num_samples=num_samples, **options)):
         if as_json:
             print(json.dumps(record, ensure_ascii=False), flush=True)
         else:

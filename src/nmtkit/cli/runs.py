@@ -38,7 +38,7 @@ def info_cmd(
 @command("average")
 def average_cmd(
     model: Path = typer.Option(..., "--model", "-m", help="A run folder with step checkpoints."),
-    last: int = typer.Option(5, "--last", help="Average the last N step checkpoints."),
+    last: int = typer.Option(5, "--last", help="Average the last N step checkpoints.", min=1),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="New run folder (default RUN-avgN)."),
     overwrite: bool = OVERWRITE,
 ) -> None:

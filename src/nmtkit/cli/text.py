@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any, List, Optional
 
@@ -10,7 +9,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from nmtkit.cli.app import ON_BAD_LINE, OVERWRITE, check_on_bad_line, command, config_options, err, log, write_lines
+from nmtkit.cli.app import (ON_BAD_LINE, OVERWRITE, check_on_bad_line, command, config_options, err, log, stdin,
+                            write_lines)
 from nmtkit.config import TokenizerConfig
 
 
@@ -62,7 +62,7 @@ def tokenize_cmd(
     from nmtkit.workflows.runs import tokenizer_folder
 
     tok = Tokenizer(tokenizer_folder(tokenizer))
-    lines = input_lines(files, sys.stdin.buffer, check_on_bad_line(on_bad_line))
+    lines = input_lines(files, stdin(), check_on_bad_line(on_bad_line))
     write_lines(text.tokenize(tok, lines, ids=ids, decode=decode), output)
 
 

@@ -13,7 +13,7 @@ from rich.table import Table
 
 from nmtkit.cli.app import (AS_JSON, COMPUTE_TYPE, DEVICE, ON_BAD_LINE, OVERWRITE, RESUME, SETTINGS, TrainingDisplay,
                             check_on_bad_line, command, command_line, config_options, log, log_trained, print_json,
-                            run_folder, settings_tables, tokenizer_config, tokenizer_options, write_lines)
+                            run_folder, settings_tables, stdin, tokenizer_config, tokenizer_options, write_lines)
 from nmtkit.config import TrainConfig
 from nmtkit.errors import NmtkitError
 from nmtkit.models.configs import RNNConfig, TransformerConfig
@@ -121,13 +121,13 @@ def translate_cmd(
     model: Path = typer.Option(..., "--model", "-m", help="A translator run folder, or its CTranslate2 export."),
     input_: Optional[List[str]] = typer.Option(None, "--input", "-i", help="Input file (repeatable); same as the arguments."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write here instead of stdout."),
-    beam: int = typer.Option(5, "--beam", "-b", help="Beam size (1: greedy)."),
+    beam: int = typer.Option(5, "--beam", "-b", help="Beam size (1: greedy).", min=1, max=1024),
     length_penalty: float = typer.Option(1.0, "--length-penalty", help="Scores divided by length ** this (0: raw log-probability)."),
-    n_best: int = typer.Option(1, "--n-best", help="Write the K best translations with scores, as one JSON object per line."),
+    n_best: int = typer.Option(1, "--n-best", help="Write the K best translations with scores, as one JSON object per line.", min=1),
     with_scores: bool = typer.Option(False, "--scores", help="Append a tab and the score to each translation."),
-    batch_size: int = typer.Option(64, "--batch-size", help="Sentences per batch (sorted by length)."),
-    max_len_ratio: float = typer.Option(2.0, "--max-len-ratio", help="Longest output: ratio x source length + --max-len-extra pieces."),
-    max_len_extra: int = typer.Option(10, "--max-len-extra", help="See --max-len-ratio."),
+    batch_size: int = typer.Option(64, "--batch-size", help="Sentences per batch (sorted by length).", min=1),
+    max_len_ratio: float = typer.Option(2.0, "--max-len-ratio", help="Longest output: ratio x source length + --max-len-extra pieces.", min=0.0),
+    max_len_extra: int = typer.Option(10, "--max-len-extra", help="See --max-len-ratio.", min=0),
     compute_type: str = COMPUTE_TYPE,
     device: str = DEVICE,
     on_bad_line: str = ON_BAD_LINE,
@@ -139,7 +139,7 @@ def translate_cmd(
 
     translator = translation.open_translator(model, device, compute_type)
     lines = translation.translate(
-        translator, input_lines(list(files or []) + list(input_ or []), sys.stdin.buffer, check_on_bad_line(on_bad_line)),
+        translator, input_lines(list(files or []) + list(input_ or []), stdin(), check_on_bad_line(on_bad_line)),
         beam=beam, batch_size=batch_size, length_penalty=length_penalty, n_best=n_best, with_scores=with_scores,
         max_len_ratio=max_len_ratio, max_len_extra=max_len_extra, buffer_lines=max(batch_size * 8, 64),
     )
@@ -167,13 +167,15 @@ def score_cmd(
     lowercase: bool = typer.Option(False, "--lowercase", "-lc", help="Case-insensitive scores."),
     lang: Optional[str] = typer.Option(None, "--lang", help="Target language (default: the reference file's extension)."),
     as_json: bool = AS_JSON,
+    on_bad_line: str = ON_BAD_LINE,
 ) -> None:
     """BLEU, chrF and TER with sacrebleu, printed with their signatures."""
     from nmtkit.data.sources import input_lines
     from nmtkit.workflows import translation
 
-    hyps = [line or "" for line in input_lines([input_] if input_ else [], sys.stdin.buffer)]
-    refs = [[line or "" for line in input_lines([r], None)] for r in ref]
+    check_on_bad_line(on_bad_line)
+    hyps = [line or "" for line in input_lines([input_] if input_ else [], stdin(), on_bad_line)]
+    refs = [[line or "" for line in input_lines([r], None, on_bad_line)] for r in ref]
     scores = translation.score(hyps, refs, (str(input_ or "<stdin>"), [str(r) for r in ref]),
                                metrics=[m.strip() for m in metrics.split(",") if m.strip()], tokenize=tokenize,
                                lowercase=lowercase, target_lang=lang or Path(ref[0]).suffix.lstrip("."))
@@ -189,9 +191,9 @@ def evaluate_cmd(
     dataset: Optional[str] = typer.Option(None, "--dataset", help="Fine-tuned runs: a Hugging Face dataset instead of --data."),
     dataset_config: Optional[str] = typer.Option(None, "--config", help="The dataset's configuration name."),
     split: str = typer.Option("validation", "--split", help="The dataset split."),
-    beam: int = typer.Option(5, "--beam", "-b", help="Beam size."),
+    beam: int = typer.Option(5, "--beam", "-b", help="Beam size.", min=1, max=1024),
     length_penalty: float = typer.Option(1.0, "--length-penalty", help="Length penalty."),
-    batch_size: int = typer.Option(64, "--batch-size", help="Sentences per batch."),
+    batch_size: int = typer.Option(64, "--batch-size", help="Sentences per batch.", min=1),
     tokenize: Optional[str] = typer.Option(None, "--tokenize", help=TOKENIZE_HELP),
     lowercase: bool = typer.Option(False, "--lowercase", "-lc", help="Case-insensitive scores."),
     device: str = DEVICE,

@@ -46,7 +46,9 @@ def input_lines(files: Iterable[str | Path] | None, stdin=None,
     """The decoded lines of the given files (known corpus names resolved), or of `stdin` when there are none.
     `None` stands for a line skipped as invalid UTF-8, so line-by-line commands keep the line count."""
     files = list(files or [])
-    if not files and stdin is not None:
+    if not files:
+        if stdin is None:
+            raise DataError("no input: stdin is closed; give input files")
         yield from corpora.decode_lines(stdin, "<stdin>", on_bad_line)
     for spec in files:
         with corpora.open_binary(registry.resolve(spec)) as stream:

@@ -17,6 +17,8 @@ def translator_config(arch: str, settings: dict[str, Any], where: str = "model")
     from nmtkit.config import from_dict
     from nmtkit.errors import ConfigError
 
+    if not isinstance(settings, dict):
+        raise ConfigError(f"{where}: the model settings must be a table, got {type(settings).__name__}")
     if arch == "transformer":
         from nmtkit.models.transformer import TransformerConfig
 

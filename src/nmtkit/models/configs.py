@@ -9,25 +9,26 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from nmtkit.config import option
+from nmtkit.config import MAX_VOCAB, option
 from nmtkit.errors import ConfigError
 
 
 @dataclass(frozen=True)
 class TransformerConfig:
-    src_vocab: int = option(8000, "Source vocabulary size (the table is padded to a multiple of 64).")
-    tgt_vocab: int = option(8000, "Target vocabulary size.")
-    d_model: int = option(256, "Transformer width D.")
-    heads: int = option(4, "Transformer attention heads H (D must be divisible by H).")
-    encoder_layers: int = option(3, "Transformer encoder layers.")
-    decoder_layers: int = option(3, "Transformer decoder layers.")
-    ff_dim: int = option(1024, "Transformer feed-forward inner width.")
-    dropout: float = option(0.1, "Dropout.")
-    attention_dropout: float = option(0.0, "Dropout on attention weights.")
+    src_vocab: int = option(8000, "Source vocabulary size (tables are padded to a multiple of 64).", min=5,
+                            max=MAX_VOCAB)
+    tgt_vocab: int = option(8000, "Target vocabulary size.", min=5, max=MAX_VOCAB)
+    d_model: int = option(256, "Transformer width D.", min=1, max=65536)
+    heads: int = option(4, "Transformer attention heads H (D must be divisible by H).", min=1, max=1024)
+    encoder_layers: int = option(3, "Transformer encoder layers.", min=1, max=1024)
+    decoder_layers: int = option(3, "Transformer decoder layers.", min=1, max=1024)
+    ff_dim: int = option(1024, "Transformer feed-forward inner width.", min=1, max=1 << 20)
+    dropout: float = option(0.1, "Dropout.", min=0.0, max=1.0)
+    attention_dropout: float = option(0.0, "Dropout on attention weights.", min=0.0, max=1.0)
     activation: Literal["relu", "gelu"] = option("relu", "Transformer feed-forward activation: relu or gelu.")
     positions: Literal["sinusoidal", "learned"] = option("sinusoidal", "Transformer positions: sinusoidal or learned.")
-    max_positions: int = option(1024, "Transformer positions: the longest sentence in pieces.")
-    norm: Literal["pre", "post"] = option("pre", "Transformer layer norm: pre (trains stably without long warmup) or post.")
+    max_positions: int = option(1024, "Transformer positions: the longest sentence in pieces.", min=2, max=1 << 20)
+    norm: Literal["pre", "post"] = option("pre", "Transformer layer norm: pre (stable without long warmup) or post.")
     share_embeddings: bool = option(True, "One table for source, target and output (needs the joint vocabulary).")
     tie_output: bool = option(True, "Output projection = target embedding.")
 
@@ -40,16 +41,17 @@ class TransformerConfig:
 
 @dataclass(frozen=True)
 class RNNConfig:
-    src_vocab: int = option(8000, "Source vocabulary size.")
-    tgt_vocab: int = option(8000, "Target vocabulary size.")
+    src_vocab: int = option(8000, "Source vocabulary size.", min=5, max=MAX_VOCAB)
+    tgt_vocab: int = option(8000, "Target vocabulary size.", min=5, max=MAX_VOCAB)
     cell: Literal["gru", "lstm"] = option("gru", "RNN cell: gru or lstm.")
-    embed_dim: int = option(256, "RNN embedding size E.")
-    hidden_dim: int = option(512, "RNN hidden size Hd (per direction in the encoder).")
-    layers: int = option(1, "Stacked layers L, encoder and decoder alike (a Transformer: encoder_layers and decoder_layers both).")
+    embed_dim: int = option(256, "RNN embedding size E.", min=1, max=65536)
+    hidden_dim: int = option(512, "RNN hidden size Hd (per direction in the encoder).", min=1, max=65536)
+    layers: int = option(1, "Stacked layers L, encoder and decoder alike (a Transformer: its encoder_layers and "
+                            "decoder_layers both).", min=1, max=1024)
     bidirectional: bool = option(True, "RNN encoder reads the source both ways.", "--bidirectional/--unidirectional")
-    dropout: float = option(0.2, "Dropout.")
+    dropout: float = option(0.2, "Dropout.", min=0.0, max=1.0)
     attention: Literal["none", "bahdanau", "luong-dot", "luong-general"] = option(
-        "none", "RNN attention (--arch attention; default bahdanau there): bahdanau (additive), luong-dot or luong-general.")
+        "none", "RNN attention (--arch attention; bahdanau there): bahdanau (additive), luong-dot or luong-general.")
     input_feeding: bool = option(True, "Luong attention: feed the last attentional vector back into the decoder.")
     share_embeddings: bool = option(False, "One table for source and target (needs the joint vocabulary).")
 
@@ -62,14 +64,15 @@ class RNNConfig:
 
 @dataclass(frozen=True)
 class GPTConfig:
-    vocab_size: int = option(8000, "Real vocabulary size (the table is padded to a multiple of 64).")
-    block_size: int = option(256, "Context length: the most positions the model sees.")
-    d_model: int = option(384, "Width D.")
-    heads: int = option(6, "Attention heads H.")
-    layers: int = option(6, "Transformer blocks.")
-    ff_dim: int = option(0, "MLP inner width (0: 4 x d_model).")
-    dropout: float = option(0.2, "Dropout.")
-    attention_dropout: float = option(0.0, "Dropout on attention weights.")
+    vocab_size: int = option(8000, "Real vocabulary size (the table is padded to a multiple of 64).", min=5,
+                             max=MAX_VOCAB)
+    block_size: int = option(256, "Context length: the most positions the model sees.", min=2, max=1 << 20)
+    d_model: int = option(384, "Width D.", min=1, max=65536)
+    heads: int = option(6, "Attention heads H.", min=1, max=1024)
+    layers: int = option(6, "Transformer blocks.", min=1, max=1024)
+    ff_dim: int = option(0, "MLP inner width (0: 4 x d_model).", min=0, max=1 << 20)
+    dropout: float = option(0.2, "Dropout.", min=0.0, max=1.0)
+    attention_dropout: float = option(0.0, "Dropout on attention weights.", min=0.0, max=1.0)
 
     def validate(self, where: str) -> None:
         if self.d_model % self.heads:
@@ -80,6 +83,6 @@ class GPTConfig:
 
 @dataclass(frozen=True)
 class Word2VecConfig:
-    vocab_size: int = option(0, "Set from the vocabulary.")
-    dim: int = option(100, "Vector size.")
+    vocab_size: int = option(0, "Set from the vocabulary.", min=0, max=MAX_VOCAB)
+    dim: int = option(100, "Vector size.", min=1, max=65536)
     arch: Literal["skipgram", "cbow"] = option("skipgram", "skipgram or cbow.")

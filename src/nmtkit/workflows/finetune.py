@@ -12,7 +12,7 @@ from nmtkit import checkpoint
 from nmtkit.config import TrainConfig, from_dict, to_dict
 from nmtkit.data import corpora
 from nmtkit.data.sources import TaskSource, describe_files
-from nmtkit.errors import CheckpointError, DataError
+from nmtkit.errors import CheckpointError, ConfigError, DataError
 from nmtkit.tokenization import Tokenizer
 from nmtkit.workflows import runs
 
@@ -289,6 +289,9 @@ def _settings(run_dir: Path, resume: bool, task, pretrained, from_scratch, token
     if train_source is None:
         raise DataError("no training data: give --train FILE or --dataset NAME")
     data = {**DATA_DEFAULTS, **data}
+    for name, low in (("max_len", 1), ("stride", 0), ("batch_size", 1), ("max_new_tokens", 0)):
+        if data[name] < low:
+            raise ConfigError(f"--{name.replace('_', '-')} must be at least {low}, got {data[name]}")
     if data["freeze"] and task == "generate":
         raise DataError("--freeze-body leaves nothing to train for --task generate (it has no head)")
     model_cfg = _new_model_config(run_dir, pretrained, from_scratch, tokenizer, model_settings or {})
@@ -303,7 +306,7 @@ def _new_model_config(run_dir: Path, pretrained, from_scratch: bool, tokenizer, 
     from nmtkit.models.gpt import GPTConfig
 
     if pretrained:
-        base = checkpoint.read_config(pretrained, ("gpt",))
+        base = runs.open_run(pretrained, ("gpt",)).config
         tweaks = {k: v for k, v in model_settings.items() if k in ("dropout", "attention_dropout")}
         others = sorted(set(model_settings) - set(tweaks))
         if others:
@@ -325,7 +328,7 @@ def _resumed_settings(run_dir: Path, task, train_source, valid_source, model_set
                       data: dict[str, Any]) -> dict[str, Any]:
     from nmtkit.models.gpt import GPTConfig
 
-    saved = checkpoint.read_config(run_dir, ("finetune",))
+    saved = runs.saved_config(run_dir, "finetune")
     runs.resumed(run_dir, {"task": saved["task"]}, {"task": task or saved["task"]})
     saved_data = saved["data"]
     model = runs.resumed_config(run_dir, GPTConfig, saved["model"], model_settings, "model settings")
@@ -404,9 +407,9 @@ class FineTuned:
             raise CheckpointError(f"{self.run_dir}: a --task {self.task} run; this command needs a {' or '.join(tasks)} run")
         self.labels = self.config.get("labels")
         self.max_len, self.stride = self.config["data"]["max_len"], self.config["data"]["stride"]
-        self.tok = Tokenizer(self.run_dir / checkpoint.TOKENIZER_DIR)
-        self.device = pick_device(device)
         model_cfg = from_dict(GPTConfig, self.config["model"], str(self.run_dir / checkpoint.CONFIG))
+        self.tok = runs.run_tokenizer(run, model_cfg.vocab_size)
+        self.device = pick_device(device)
         self.model = runs.load_weights_for_inference(build_task_model(self.task, model_cfg, self.labels), run, self.device)
 
 

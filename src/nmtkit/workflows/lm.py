@@ -4,14 +4,15 @@ text with it (or with its CTranslate2 export): sampling with temperature, top-k 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 from nmtkit import checkpoint
 from nmtkit.config import TokenizerConfig, TrainConfig, from_dict, to_dict
 from nmtkit.data.sources import TextSource, describe_files
-from nmtkit.errors import CheckpointError, DataError
+from nmtkit.errors import CheckpointError, ConfigError, DataError
 from nmtkit.files import file_sha256, read_json
 from nmtkit.tokenization import Tokenizer
 from nmtkit.workflows import runs
@@ -116,7 +117,7 @@ def _settings(run_dir: Path, resume: bool, source: TextSource | None, data: dict
         _model_config({k: v for k, v in (model_settings or {}).items() if k != "vocab_size"})
         train_cfg = from_dict(TrainConfig, {**TRAIN_DEFAULTS, **(train_settings or {})}, "train settings")
     else:
-        saved = checkpoint.read_config(run_dir, ("gpt",))
+        saved = runs.saved_config(run_dir, "gpt")
         saved_data = saved["data"]
         source = runs.resumed_source(run_dir, TextSource, TextSource.saved(saved_data), source, "data")
         data = runs.resumed(run_dir, saved_data, {k: saved_data[k] for k in DATA_DEFAULTS} | data)
@@ -226,15 +227,15 @@ class LanguageModel:
         self.prefix = [EOS_ID] if run.kind == "finetune" else []
         self.max_prompt = prompt_budget(run.config["data"]["max_len"]) if run.kind == "finetune" else None
         self.cfg = from_dict(GPTConfig, run.config["model"], str(self.run_dir / checkpoint.CONFIG))
-        self.tok = Tokenizer(self.run_dir / checkpoint.TOKENIZER_DIR)
+        self.tok = runs.run_tokenizer(run, self.cfg.vocab_size)
 
     def encode_prompt(self, text: str) -> list[int]:
         """Prompt ids, line breaks as the newline piece; an empty prompt starts a new document (</s>)."""
         from nmtkit.tokenization import EOS_ID
 
-        if not text:
+        ids = self.tok.encode([text])[0] if text else []
+        if not ids:  # nothing to continue (empty, or only spaces): start a new document
             return [EOS_ID]
-        ids = self.tok.encode([text])[0]
         return self.prefix + (ids[-self.max_prompt :] if self.max_prompt else ids)
 
     def decode(self, ids: list[int]) -> str:
@@ -307,7 +308,7 @@ def open_language_model(path: str | Path, device: str = "auto", compute_type: st
 
 def generate(
     lm: LanguageModel,
-    prompts: list[str],
+    prompts: Iterable[str],
     *,
     max_new_tokens: int = 200,
     temperature: float = 1.0,
@@ -315,26 +316,45 @@ def generate(
     top_p: float = 1.0,
     seed: int = 0,
     num_samples: int = 1,
+    buffer: int = 256,
+    batch_size: int = 64,
 ) -> Iterator[dict[str, Any]]:
     """Continue each prompt; yields one record per prompt and sample, in order: {"index", "prompt", "sample", "text"}.
-    Prompts of the same token length are sampled together as one batch."""
-    from nmtkit.tokenization import EOS_ID
-
+    Streams: prompts are read `buffer` at a time (memory stays flat, the first records come at once); within a
+    buffer, prompts of the same token length are sampled together, `batch_size` rows at a time."""
+    check_sampling(max_new_tokens, temperature, top_k, top_p)
+    if num_samples < 1:
+        raise ConfigError(f"--num-samples must be at least 1, got {num_samples}")
     rng = lm.seeded(seed)
     options = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p)
-    jobs = [(i, s, _crop(lm, lm.encode_prompt(p), i)) for i, p in enumerate(prompts) for s in range(num_samples)]
-    results: dict[tuple[int, int], str] = {}
+    it, done = iter(prompts), 0
+    while chunk := list(itertools.islice(it, buffer)):
+        texts = _sample_buffer(lm, chunk, done, num_samples, rng, options, batch_size)
+        for i, p in enumerate(chunk):
+            for s in range(num_samples):
+                yield {"index": done + i + 1, "prompt": p, "sample": s + 1, "text": texts[(i, s)]}
+        done += len(chunk)
+
+
+def _sample_buffer(lm: LanguageModel, prompts: list[str], done: int, num_samples: int, rng, options,
+                   batch_size: int) -> dict[tuple[int, int], str]:
+    """The text of every (prompt, sample) of one buffer, prompts of one token length sampled together."""
+    from nmtkit.tokenization import EOS_ID
+
     by_length: dict[int, list] = {}
-    for job in jobs:
-        by_length.setdefault(len(job[2]), []).append(job)
-    for group in by_length.values():
-        steps = list(lm.steps([ids for _, _, ids in group], rng, **options))
-        for row, (i, s, _) in enumerate(group):
-            new = [step[row] for step in steps]
-            results[(i, s)] = lm.decode(new[: new.index(EOS_ID)] if EOS_ID in new else new)
     for i, p in enumerate(prompts):
+        ids = _crop(lm, lm.encode_prompt(p), done + i)
         for s in range(num_samples):
-            yield {"index": i + 1, "prompt": p, "sample": s + 1, "text": results[(i, s)]}
+            by_length.setdefault(len(ids), []).append((i, s, ids))
+    texts: dict[tuple[int, int], str] = {}
+    for jobs in by_length.values():
+        for start in range(0, len(jobs), batch_size):
+            group = jobs[start : start + batch_size]
+            steps = list(lm.steps([ids for _, _, ids in group], rng, **options))
+            for row, (i, s, _) in enumerate(group):
+                new = [step[row] for step in steps]
+                texts[(i, s)] = lm.decode(new[: new.index(EOS_ID)] if EOS_ID in new else new)
+    return texts
 
 
 def generate_stream(lm: LanguageModel, prompt: str, *, max_new_tokens: int = 200, temperature: float = 1.0,
@@ -342,6 +362,7 @@ def generate_stream(lm: LanguageModel, prompt: str, *, max_new_tokens: int = 200
     """Continue one prompt, yielding the new text as soon as each token is produced."""
     from nmtkit.tokenization import EOS_ID
 
+    check_sampling(max_new_tokens, temperature, top_k, top_p)
     ids: list[int] = []
     shown = ""
     for (token,) in lm.steps([_crop(lm, lm.encode_prompt(prompt), 0)], lm.seeded(seed), max_new_tokens=max_new_tokens,
@@ -353,6 +374,20 @@ def generate_stream(lm: LanguageModel, prompt: str, *, max_new_tokens: int = 200
         if text.startswith(shown):
             yield text[len(shown):]
             shown = text
+
+
+def check_sampling(max_new_tokens: int, temperature: float, top_k: int, top_p: float) -> None:
+    """Refuse sampling settings that mean nothing, naming the option and its valid range."""
+    import math
+
+    if max_new_tokens < 0:
+        raise ConfigError(f"--max-new-tokens must be 0 or more, got {max_new_tokens}")
+    if not (math.isfinite(temperature) and temperature >= 0):
+        raise ConfigError(f"--temperature must be a finite number >= 0 (0: greedy), got {temperature}")
+    if top_k < 0:
+        raise ConfigError(f"--top-k must be 0 (all tokens) or more, got {top_k}")
+    if not 0 < top_p <= 1:
+        raise ConfigError(f"--top-p must be in (0, 1], got {top_p}")
 
 
 def _crop(lm: LanguageModel, ids: list[int], index: int) -> list[int]:

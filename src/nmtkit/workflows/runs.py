@@ -61,7 +61,16 @@ def open_run(path: str | Path, kinds: tuple[str, ...] | None = None) -> Run:
     path = Path(path)
     if is_ctranslate2_folder(path):
         return Run(path, read_export(path, kinds), exported=True)
-    return Run(path, checkpoint.read_config(path, kinds))
+    config = checkpoint.read_config(path, kinds)
+    checkpoint.check_sections(config, path / checkpoint.CONFIG)
+    return Run(path, config)
+
+
+def saved_config(run_dir: Path, kind: str) -> dict[str, Any]:
+    """The config a run of `kind` was started with, for --resume (every section it needs checked)."""
+    config = checkpoint.read_config(run_dir, (kind,))
+    checkpoint.check_sections(config, run_dir / checkpoint.CONFIG, checkpoint.TRAINING_SECTIONS)
+    return config
 
 
 def open_for_inference(path: str | Path, device: str, compute_type: str, run_class: type, export_class: type):
@@ -77,11 +86,28 @@ def open_for_inference(path: str | Path, device: str, compute_type: str, run_cla
 def load_weights_for_inference(model, run: Run, device):
     """`model` with the run's best weights, on `device`, in eval mode; on a CPU with its linear layers in the
     faster decoding layout."""
+    import torch
+
     from nmtkit.models.layers import for_cpu_inference
 
     checkpoint.load_into(model, run.path / checkpoint.WEIGHTS)
+    broken = next((name for name, p in model.state_dict().items() if p.is_floating_point() and not torch.isfinite(p).all()),
+                  None)
+    if broken is not None:
+        raise CheckpointError(f"{run.path / checkpoint.WEIGHTS}: {broken} holds NaN or infinite values (the run diverged: "
+                              "take an earlier checkpoint, or train again with a lower --lr)")
     model = model.to(device).eval()
     return for_cpu_inference(model) if device.type == "cpu" else model
+
+
+def run_tokenizer(run: Run, vocab_size: int) -> Tokenizer:
+    """The run's tokenizer, refused when its size is not the one the model was trained with (a tokenizer copied
+    from another run would give the model ids it never saw)."""
+    tok = Tokenizer(run.path / checkpoint.TOKENIZER_DIR)
+    if len(tok) != vocab_size:
+        raise CheckpointError(f"{run.path / checkpoint.TOKENIZER_DIR}: {len(tok)} pieces, but the model was trained with "
+                              f"{vocab_size} (config.json); this is not the run's own tokenizer")
+    return tok
 
 
 def tokenizer_folder(path: str | Path) -> Path:
@@ -111,7 +137,7 @@ def one_writer(train_workflow: Callable[..., Any]) -> Callable[..., Any]:
                 log.warning("%s: no checkpoint saved yet; starting the run from the beginning", run_dir)
                 resume = False
             if resume:
-                checkpoint.load_train_state(run_dir / checkpoint.TRAIN_STATE)
+                checkpoint.check_train_state(run_dir / checkpoint.TRAIN_STATE)
             return train_workflow(run_dir=run_dir, resume=resume, **kwargs)
 
     return locked

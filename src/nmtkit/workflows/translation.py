@@ -34,7 +34,7 @@ class Translator:
         run = runs.open_run(run_dir, ("translator",))
         self.run_dir, self.config, self.arch = run.path, run.config, run.config["arch"]
         self.model_cfg = translator_config(self.arch, self.config["model"], f"{self.run_dir / checkpoint.CONFIG}")
-        self.tok = Tokenizer(self.run_dir / checkpoint.TOKENIZER_DIR)
+        self.tok = runs.run_tokenizer(run, self.model_cfg.src_vocab)
         self.device = pick_device(device)
         self.model = runs.load_weights_for_inference(build_translator(self.arch, self.model_cfg), run, self.device)
         self.max_src_len = max_source_len(self.model_cfg)
@@ -54,8 +54,9 @@ class CT2Translator:
         ct2 = ctranslate2_module()
         run = runs.open_run(folder, ("translator",))
         self.run_dir, self.config, self.arch = run.path, run.config, run.config["arch"]
-        self.tok = Tokenizer(self.run_dir / checkpoint.TOKENIZER_DIR)
-        self.max_src_len = max_source_len(translator_config(self.arch, self.config["model"], str(self.run_dir / INFO)))
+        model_cfg = translator_config(self.arch, self.config["model"], str(self.run_dir / INFO))
+        self.tok = runs.run_tokenizer(run, model_cfg.src_vocab)
+        self.max_src_len = max_source_len(model_cfg)
         self.model = ct2.Translator(str(self.run_dir), **ctranslate2_device(ct2, device), compute_type=compute_type)
 
     def translate_ids(self, src: list[list[int]], *, beam: int = 5, length_penalty: float = 1.0, n_best: int = 1,
@@ -197,6 +198,8 @@ def score(hypotheses: list[str], references: list[list[str]], names: tuple[str, 
     from nmtkit import evaluation
 
     hyp_name, ref_names = names
+    if not hypotheses:
+        raise DataError(f"{hyp_name}: no lines to score")
     for ref, name in zip(references, ref_names):
         if len(ref) != len(hypotheses):
             raise DataError(f"{name} has {len(ref)} lines but {hyp_name} has {len(hypotheses)}; they must match line for line")
@@ -301,7 +304,7 @@ def _settings(run_dir: Path, resume: bool, arch, model_settings, train_settings,
         _model_config(arch, model_settings or {})  # fail fast on bad model settings
         return arch, model_settings or {}, from_dict(TrainConfig, train_settings or {}, "train settings"), \
             train_source, valid_source
-    saved = checkpoint.read_config(run_dir, ("translator",))
+    saved = runs.saved_config(run_dir, "translator")
     runs.resumed(run_dir, {"arch": saved["arch"]}, {"arch": arch or saved["arch"]})
     model = {k: v for k, v in saved["model"].items() if k not in ("src_vocab", "tgt_vocab")}
     merged = {k: v for k, v in to_dict(_model_config(saved["arch"], {**saved["model"], **(model_settings or {})})).items()

@@ -134,7 +134,7 @@ def _settings(run_dir: Path, resume: bool, source: TextSource | None, data: dict
         train_cfg = from_dict(Word2VecTrainConfig, train_settings or {}, "train settings")
         _model_config({k: v for k, v in (model_settings or {}).items() if k != "vocab_size"})
     else:
-        saved = checkpoint.read_config(run_dir, ("embeddings",))
+        saved = runs.saved_config(run_dir, "embeddings")
         source = runs.resumed_source(run_dir, TextSource, TextSource.saved(saved["data"]), source, "data")
         kept = {k: saved["data"][k] for k in DATA_DEFAULTS}
         data = runs.resumed(run_dir, kept, {**kept, **data})
