@@ -8,6 +8,7 @@ import json
 import os
 import stat
 import threading
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -209,3 +210,180 @@ def test_training_into_a_folder_of_other_files_needs_overwrite_and_keeps_them(ti
     assert sorted(p.name for p in project.iterdir()) == ["paper.tex"]
     assert run(*args, "--overwrite").exit_code == 0
     assert (project / "paper.tex").read_text() == "my thesis\n" and (project / "model.safetensors").is_file()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Hostile input: one line, exit 1 (exit 2 for a flag out of its range), never a traceback
+
+
+@pytest.fixture(scope="module")
+def gpt(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("gpt")
+    text = write(folder / "text.txt", (DEMO / "train.en").read_text(encoding="utf-8"))
+    result = run("pretrain", text, "--tokenizer-type", "char", "--vocab-size", "60", "--block-size", "16", "--d-model",
+                 "16", "--heads", "2", "--layers", "1", "--max-steps", "4", "--eval-every", "4", "-o", folder / "gpt",
+                 "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    return folder / "gpt"
+
+
+def test_generate_takes_blank_prompts_and_refuses_meaningless_sampling(gpt):
+    result = run("generate", "-m", gpt, " ", "-n", "3", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    result = run("generate", "-m", gpt, " ", "hello", "-n", "3", "--json", "--device", "cpu")
+    assert result.exit_code == 0 and [json.loads(x)["prompt"] for x in result.stdout.splitlines()] == [" ", "hello"]
+    for flags, message in ((["--top-p", "0"], "--top-p must be in (0, 1], got 0.0"),
+                           (["--top-p", "-1"], "--top-p must be in (0, 1], got -1.0")):
+        result = run("generate", "-m", gpt, "hello", *flags, "--device", "cpu")
+        one_line_error(result, message)
+        assert result.stdout == ""
+    for flags in (["--temperature", "nan"], ["--top-k", "-3"], ["--seed", "1e20"]):
+        result = run("generate", "-m", gpt, "hello", *flags)
+        assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+
+
+@pytest.mark.parametrize("flags", [["translate", "--batch-size", "0"], ["translate", "--beam", "100000"],
+                                   ["train-translator", "--heads", "0"], ["train-translator", "--d-model", "0"],
+                                   ["train-translator", "--layers", "0"], ["train-translator", "--dropout", "2"],
+                                   ["train-translator", "--hidden-dim", "-1"], ["train-translator", "--lr", "nan"],
+                                   ["finetune", "--task", "classify", "--max-len", "0"]])
+def test_options_out_of_range_are_refused_by_the_parser_with_the_range(flags):
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "nmtkit", *flags], capture_output=True, text=True)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith("error: Invalid value for") and ("greater than" in line or "less than" in line), line
+
+
+def test_closed_stdin_and_empty_files(tiny, tmp_path):
+    import subprocess
+    import sys
+
+    tok = tiny["run"] / "tokenizer"
+
+    def closed_stdin(*args):
+        return subprocess.run([sys.executable, "-m", "nmtkit", *map(str, args)], capture_output=True, text=True,
+                              stdin=subprocess.DEVNULL, preexec_fn=lambda: os.close(0))
+
+    done = closed_stdin("tokenize", "-t", tok, tiny["src"])
+    assert done.returncode == 0 and done.stdout.count("\n") == 24, done.stderr
+    done = closed_stdin("tokenize", "-t", tok)
+    assert done.returncode == 1 and done.stderr.strip() == "error: no input: stdin is closed; give input files"
+    empty = write(tmp_path / "empty.txt", "")
+    one_line_error(run("score", "-r", empty, "-i", empty), f"{empty}: no lines to score")
+
+
+def damaged_runs(tiny, gpt, tmp_path):
+    """Run folders damaged in every way tried so far: (folder, what the error must say)."""
+    import pickle
+    import shutil
+
+    import torch
+
+    def copy(src, name, change):
+        folder = Path(shutil.copytree(src, tmp_path / name))
+        change(folder)
+        return folder
+
+    def config(folder, edit):
+        cfg = json.loads((folder / "config.json").read_text())
+        edit(cfg)
+        write(folder / "config.json", json.dumps(cfg))
+
+    marker = tmp_path / "code-ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    def nan_weights(folder):
+        weights = checkpoint.load_weights(folder / "model.safetensors")
+        name = next(k for k, v in weights.items() if v.is_floating_point())
+        weights[name] = torch.full_like(weights[name], float("nan"))
+        checkpoint.save_weights(folder / "model.safetensors", weights)
+
+    def bad_tied(folder):
+        from safetensors.torch import load_file, save_file
+
+        save_file(load_file(folder / "model.safetensors"), folder / "model.safetensors",
+                  metadata={"format": "pt", "nmtkit_tied": json.dumps({"x": "no-such-tensor"})})
+
+    foreign = tmp_path / "foreign-tok"
+    assert run("train-tokenizer", tiny["src"], "-o", foreign, "--model-type", "char").exit_code == 0
+    cases = []
+    for src, prefix in ((tiny["run"], "tr"), (gpt, "gpt")):
+        cases += [
+            (copy(src, f"{prefix}-null-model", lambda f: config(f, lambda c: c.update(model=None))), "'model' must be a table"),
+            (copy(src, f"{prefix}-list-model", lambda f: config(f, lambda c: c.update(model=[1]))), "'model' must be a table"),
+            (copy(src, f"{prefix}-no-model", lambda f: config(f, lambda c: c.pop("model"))), "'model' must be a table"),
+            (copy(src, f"{prefix}-kind", lambda f: config(f, lambda c: c.update(kind="robot"))), "unknown kind 'robot'"),
+            (copy(src, f"{prefix}-negative", lambda f: config(f, lambda c: c["model"].update(d_model=-4))),
+             "d_model must be at least 1"),
+            (copy(src, f"{prefix}-absurd", lambda f: config(f, lambda c: c["model"].update(d_model=10**12))),
+             "d_model must be at most"),
+            (copy(src, f"{prefix}-pickle", lambda f: write(f / "model.safetensors", pickle.dumps(Payload()))),
+             "not a valid safetensors weights file"),
+            (copy(src, f"{prefix}-truncated", lambda f: write(f / "model.safetensors", (f / "model.safetensors")
+                                                               .read_bytes()[:100])), "not a valid safetensors"),
+            (copy(src, f"{prefix}-nan", nan_weights), "holds NaN or infinite values"),
+            (copy(src, f"{prefix}-tied", bad_tied), "tied-weight record names tensors the file does not hold"),
+            (copy(src, f"{prefix}-foreign-tok", lambda f: (shutil.rmtree(f / "tokenizer"),
+                                                            shutil.copytree(foreign, f / "tokenizer"))),
+             "this is not the run's own tokenizer"),
+        ]
+    return cases, marker
+
+
+def test_damaged_run_folders_are_one_line_through_every_command(tiny, gpt, tmp_path):
+    cases, marker = damaged_runs(tiny, gpt, tmp_path)
+    for folder, message in cases:
+        if folder.name.startswith("tr-"):
+            commands = [["translate", "-m", folder], ["classify", "-m", folder]]
+        else:
+            commands = [["generate", "-m", folder, "hi", "-n", "2"], ["classify", "-m", folder]]
+        for args in commands:
+            result = run(*args, "--device", "cpu", input="hello\n")
+            line = one_line_error(result)
+            if args[0] != "classify":  # classify may first say that the run is not a classifier
+                assert message in line, (folder.name, line)
+        result = run("info", folder)
+        assert result.exit_code in (0, 1) and "Traceback" not in result.output, (folder.name, result.output)
+    assert not marker.exists()
+
+
+def test_a_training_state_with_the_wrong_keys_is_refused_and_nothing_rewritten(tiny, tmp_path):
+    import shutil
+
+    import torch
+
+    run_dir = shutil.copytree(tiny["run"], tmp_path / "run")
+    torch.save({"x": 1}, run_dir / checkpoint.TRAIN_STATE)
+    before = tree(run_dir)
+    one_line_error(run("train-translator", "-o", run_dir, "--resume", "--max-steps", "20"),
+                   "not a training state nmtkit wrote")
+    assert tree(run_dir) == before
+
+
+@pytest.mark.parametrize("content, message", [
+    (b'[model]\nd_model = -4\n', "d_model must be at least 1"),
+    (b'model = 5\n', "must be a table of settings"),
+    (b'[train]\nlr = nan\n', "lr must be a finite number"),
+    (b'[train]\nlr = inf\n', "lr must be a finite number"),
+    (b'[train]\nwarmup = 5\neval_every = "ten"\n', "eval_every must be an integer"),
+    (b'\xff\xfe[train]\n', "not a UTF-8 text file"),
+    (b'[model]\nunknown = 1\n', "unknown setting(s) unknown"),
+])
+def test_bad_settings_files_are_one_line(tiny, tmp_path, content, message):
+    settings = write(tmp_path / "s.toml", content)
+    result = run("train-translator", "--src", tiny["src"], "--tgt", tiny["tgt"], "--settings", settings, "--max-steps",
+                 "2", "--vocab-size", "100", "--tokenizer-type", "char", "-o", tmp_path / "run", "--device", "cpu")
+    one_line_error(result, message)
+
+
+def test_a_settings_file_may_start_with_a_byte_order_mark(tiny, tmp_path):
+    settings = write(tmp_path / "s.toml", "\ufeff[train]\nmax-steps = 2\neval-every = 2\n".encode("utf-8"))
+    result = run("train-translator", "--src", tiny["src"], "--tgt", tiny["tgt"], "--settings", settings, *TINY,
+                 "-o", tmp_path / "run")
+    assert result.exit_code == 0, result.output

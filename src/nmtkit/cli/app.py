@@ -211,6 +211,9 @@ def settings_tables(settings_file: Optional[Path], tables: tuple[str, ...]) -> d
     unknown = sorted(set(settings) - set(tables))
     if unknown:
         raise NmtkitError(f"{settings_file}: unknown table(s) {', '.join(unknown)}; valid: {', '.join(tables)}")
+    for name, value in settings.items():
+        if name != "arch" and not isinstance(value, dict):
+            raise NmtkitError(f"{settings_file}: {name} must be a table of settings ([{name}]), got {value!r}"[:200])
     return settings
 
 
