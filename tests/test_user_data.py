@@ -374,6 +374,8 @@ def test_a_training_state_with_the_wrong_keys_is_refused_and_nothing_rewritten(t
     (b'[train]\nwarmup = 5\neval_every = "ten"\n', "eval_every must be an integer"),
     (b'\xff\xfe[train]\n', "not a UTF-8 text file"),
     (b'[model]\nunknown = 1\n', "unknown setting(s) unknown"),
+    (b'[model]\nmax_positions = 8\n', "max_positions 8 is shorter than --max-len 256"),
+    (b'[model]\nd_model = 65536\nff_dim = 1048576\nencoder_layers = 1024\n', "does not fit in this machine's memory"),
 ])
 def test_bad_settings_files_are_one_line(tiny, tmp_path, content, message):
     settings = write(tmp_path / "s.toml", content)
@@ -387,3 +389,15 @@ def test_a_settings_file_may_start_with_a_byte_order_mark(tiny, tmp_path):
     result = run("train-translator", "--src", tiny["src"], "--tgt", tiny["tgt"], "--settings", settings, *TINY,
                  "-o", tmp_path / "run")
     assert result.exit_code == 0, result.output
+
+
+def test_a_tokenizer_with_other_special_ids_is_refused(tmp_path):
+    import sentencepiece as spm
+
+    corpus = write(tmp_path / "c.txt", "the cat sat on the mat\n" * 50)
+    folder = tmp_path / "foreign"
+    folder.mkdir()
+    spm.SentencePieceTrainer.Train(input=str(corpus), model_prefix=str(folder / "tokenizer"), vocab_size=20,
+                                   model_type="char", minloglevel=2)  # sentencepiece's own ids: unk 0, bos 1, eos 2
+    one_line_error(run("tokenize", "-t", folder, input="hello\n"),
+                   "special ids (pad, unk, bos, eos) are (-1, 0, 1, 2), not nmtkit's (0, 1, 2, 3)")

@@ -50,6 +50,10 @@ class Tokenizer:
             self.sp.Load(str(model))
         except (OSError, RuntimeError) as exc:
             raise CheckpointError(f"{model}: not a SentencePiece model ({exc})") from None
+        ids = (self.sp.pad_id(), self.sp.unk_id(), self.sp.bos_id(), self.sp.eos_id())
+        if ids != (PAD_ID, UNK_ID, BOS_ID, EOS_ID):
+            raise CheckpointError(f"{model}: special ids (pad, unk, bos, eos) are {ids}, not nmtkit's "
+                                  f"{(PAD_ID, UNK_ID, BOS_ID, EOS_ID)}; train the tokenizer with nmtkit train-tokenizer")
         if model.parent == self.folder and (self.folder / INFO_FILE).is_file():
             self.info: dict[str, Any] = read_json(self.folder / INFO_FILE)
         else:

@@ -6,11 +6,24 @@ help must come at once. Each model module imports its config from here.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Literal
 
 from nmtkit.config import MAX_VOCAB, option
 from nmtkit.errors import ConfigError
+
+
+def check_fits(parameters: int, where: str) -> None:
+    """Refuse a model whose float32 weights alone would not fit in this machine's memory (a damaged or absurd
+    config), before anything is built."""
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not on this system: nothing to compare with
+        return
+    if 4 * parameters > memory:
+        raise ConfigError(f"{where}: a model of {parameters:,} parameters ({4 * parameters / 2**30:,.0f} GiB) does not fit "
+                          f"in this machine's memory ({memory / 2**30:,.0f} GiB); check its sizes")
 
 
 @dataclass(frozen=True)
@@ -37,6 +50,10 @@ class TransformerConfig:
             raise ConfigError(f"{where}: d_model={self.d_model} must be divisible by heads={self.heads}")
         if self.share_embeddings and self.src_vocab != self.tgt_vocab:
             raise ConfigError(f"{where}: share_embeddings needs one joint vocabulary (got {self.src_vocab} and {self.tgt_vocab})")
+        D, F = self.d_model, self.ff_dim
+        block = 4 * D * D + 2 * D * F  # attention projections and the feed-forward layer
+        check_fits(self.encoder_layers * block + self.decoder_layers * (block + 4 * D * D)
+                   + (self.src_vocab + 2 * self.tgt_vocab) * D + 2 * self.max_positions * D, where)
 
 
 @dataclass(frozen=True)
@@ -60,6 +77,8 @@ class RNNConfig:
             raise ConfigError(f"{where}: share_embeddings needs one joint vocabulary (got {self.src_vocab} and {self.tgt_vocab})")
         if self.layers < 1:
             raise ConfigError(f"{where}: layers must be at least 1")
+        E, H, dirs = self.embed_dim, self.hidden_dim, 2 if self.bidirectional else 1
+        check_fits(8 * self.layers * dirs * H * (E + H) + (self.src_vocab + 2 * self.tgt_vocab) * max(E, H), where)
 
 
 @dataclass(frozen=True)
@@ -79,6 +98,9 @@ class GPTConfig:
             raise ConfigError(f"{where}: d_model={self.d_model} must be divisible by heads={self.heads}")
         if self.block_size < 2:
             raise ConfigError(f"{where}: block_size must be at least 2")
+        D = self.d_model
+        check_fits(self.layers * (4 * D * D + 2 * D * (self.ff_dim or 4 * D)) + (self.vocab_size + self.block_size) * D,
+                   where)
 
 
 @dataclass(frozen=True)
@@ -86,3 +108,6 @@ class Word2VecConfig:
     vocab_size: int = option(0, "Set from the vocabulary.", min=0, max=MAX_VOCAB)
     dim: int = option(100, "Vector size.", min=1, max=65536)
     arch: Literal["skipgram", "cbow"] = option("skipgram", "skipgram or cbow.")
+
+    def validate(self, where: str) -> None:
+        check_fits(2 * self.vocab_size * self.dim, where)

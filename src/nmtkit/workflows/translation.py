@@ -12,7 +12,7 @@ from nmtkit import checkpoint
 from nmtkit.config import TokenizerConfig, TrainConfig, from_dict, to_dict
 from nmtkit.data import corpora, registry
 from nmtkit.data.sources import ParallelSource, describe_files
-from nmtkit.errors import DataError, OutOfMemory
+from nmtkit.errors import ConfigError, DataError, OutOfMemory
 from nmtkit.files import file_sha256
 from nmtkit.tokenization import Tokenizer
 from nmtkit.workflows import runs
@@ -301,9 +301,12 @@ def _settings(run_dir: Path, resume: bool, arch, model_settings, train_settings,
         if train_source is None:
             raise DataError("no training data: give --src/--tgt files, --corpus NAME, or --dataset NAME")
         arch = arch or "transformer"
-        _model_config(arch, model_settings or {})  # fail fast on bad model settings
-        return arch, model_settings or {}, from_dict(TrainConfig, train_settings or {}, "train settings"), \
-            train_source, valid_source
+        model_cfg = _model_config(arch, model_settings or {})  # fail fast on bad model settings
+        train_cfg = from_dict(TrainConfig, train_settings or {}, "train settings")
+        if getattr(model_cfg, "max_positions", train_cfg.max_len) < train_cfg.max_len:
+            raise ConfigError(f"max_positions {model_cfg.max_positions} is shorter than --max-len {train_cfg.max_len}, "
+                              "the longest pair trained on (in pieces): raise --max-positions or lower --max-len")
+        return arch, model_settings or {}, train_cfg, train_source, valid_source
     saved = runs.saved_config(run_dir, "translator")
     runs.resumed(run_dir, {"arch": saved["arch"]}, {"arch": arch or saved["arch"]})
     model = {k: v for k, v in saved["model"].items() if k not in ("src_vocab", "tgt_vocab")}
