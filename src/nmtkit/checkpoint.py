@@ -67,6 +67,9 @@ def read_config(run_dir: str | Path, kinds: tuple[str, ...] | None = None) -> di
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise CheckpointError(f"{run_dir}: no such run folder")
+    if not (run_dir / CONFIG).is_file():
+        what = "a tokenizer folder" if (run_dir / "tokenizer.model").is_file() else "not a run folder"
+        raise CheckpointError(f"{run_dir}: {what}, but this command needs a run folder (with {CONFIG} and {WEIGHTS})")
     config = read_json(run_dir / CONFIG)
     version = config.get("format_version") if isinstance(config, dict) else None
     if version != FORMAT_VERSION:

@@ -10,6 +10,17 @@ from typing import Any, Sequence
 from nmtkit.errors import ConfigError
 
 METRICS = ("bleu", "chrf", "ter")
+LOWER_IS_BETTER = ("loss", "ppl", "bits_per_char", "ter")  # in a metric's name; every other metric: higher is better
+
+
+def lower_is_better(metric: str) -> bool:
+    """Whether a smaller value of `metric` is better (losses, perplexity, bits per character, TER)."""
+    return any(part in metric for part in LOWER_IS_BETTER)
+
+
+def better(metric: str, new: float, old: float | None) -> bool:
+    """Whether `new` beats `old` (None: nothing yet) on `metric`."""
+    return old is None or (new < old if lower_is_better(metric) else new > old)
 TOKENIZERS = ("13a", "intl", "zh", "char", "none", "ja-mecab", "ko-mecab", "flores101", "flores200")
 
 
@@ -58,7 +69,7 @@ def score(
         elif name == "chrf":
             metric = CHRF(lowercase=lowercase)
         else:
-            metric = TER(case_sensitive=not lowercase)
+            metric = TER()  # sacrebleu's default (case-insensitive), so the numbers match its users
         result = metric.corpus_score(hyps, refs)
         entry: dict[str, Any] = {"score": round(result.score, 2), "signature": str(metric.get_signature())}
         if name == "bleu":

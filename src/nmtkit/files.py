@@ -33,7 +33,9 @@ def atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "wb
     path = Path(path)
     if path.is_symlink():
         path = path.resolve()
-    if path.exists() and not path.is_file() and not path.is_dir():  # a device, a FIFO, /dev/stdout: written through
+    if path.is_dir():
+        raise WriteError(f"{path}: is a folder; give the name of a file to write")
+    if path.exists() and not path.is_file():  # a device, a FIFO, /dev/stdout: written through
         return _write_through(path, write, mode)
     tmp = None
     try:

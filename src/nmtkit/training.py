@@ -33,6 +33,7 @@ from torch import nn
 from nmtkit import checkpoint
 from nmtkit.config import NOISE_GROUP, TrainConfig, Word2VecTrainConfig
 from nmtkit.errors import ConfigError, Interrupted, OutOfMemory
+from nmtkit.evaluation import better
 from nmtkit.files import append_jsonl, read_jsonl, write_lines
 from nmtkit.runtime import Distributed, autocast, measured_peak_flops
 
@@ -71,12 +72,6 @@ def unwrap(model: nn.Module) -> nn.Module:
             model = model.module
         else:
             return model
-
-
-def _better(metric: str, new: float, old: float | None) -> bool:
-    if old is None:
-        return True
-    return new < old if "loss" in metric else new > old
 
 
 def _rng_state() -> dict[str, Any]:
@@ -269,6 +264,8 @@ class _Loop:
         self.tokens_since += sum(b.tokens for b in micro)
         if state["step"] % cfg.log_every == 0 or state["step"] == 1:
             self._log_step(total_loss, items, lr)
+        elif self.progress and dist.is_main:  # the bar moves every step (no device sync: the loss waits for a log)
+            self.progress({"event": "step", "step": state["step"], "max_steps": cfg.max_steps, "lr": lr})
 
     def _log_step(self, total_loss: torch.Tensor, items: torch.Tensor, lr: float) -> None:
         """A training line in metrics.jsonl and on the progress bar: loss, lr, tokens/s (and MFU on GPU)."""
@@ -355,7 +352,7 @@ class _Loop:
         """The weights of the best evaluation so far (by best_metric, else valid_loss) go to model.safetensors."""
         metric = self.cfg.best_metric if self.cfg.best_metric in record else "valid_loss"
         value = record.get(metric)
-        if value is None or _better(metric, value, self.state["best"]):
+        if value is None or better(metric, value, self.state["best"]):
             self.state.update(best=value, best_step=self.state["step"], bad_evals=0)
             checkpoint.save_weights(self.run_dir / checkpoint.WEIGHTS, unwrap(self.model).state_dict())
         else:

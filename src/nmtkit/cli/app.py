@@ -285,6 +285,7 @@ class TrainingDisplay:
             TimeRemainingColumn(), console=err, transient=False,
         )
         self.task = None
+        self.last: dict[str, Any] = {}  # the latest values shown: lr every step, loss and speed every logged step
 
     def __enter__(self):
         return self
@@ -294,15 +295,20 @@ class TrainingDisplay:
             self.progress.stop()
 
     def __call__(self, event: dict) -> None:
-        if event["event"] == "train":
-            stats = f"loss {event['train_loss']:.3f}  lr {event['lr']:.2e}  {event['tokens_per_s']:,} tok/s"
-            if "mfu" in event:
-                stats += f"  MFU {event['mfu']:.1%}"
+        if event["event"] in ("step", "train"):  # every step moves the bar; logged steps bring loss and speed
             if self.task is None:  # a time budget (compare --budget 5m) has no step total
                 self.progress.start()
                 total = event["max_steps"] if event["max_steps"] < 10**9 else None
-                self.task = self.progress.add_task("train", total=total, completed=event["step"], stats=stats)
-            self.progress.update(self.task, completed=event["step"], stats=stats)
+                self.task = self.progress.add_task("train", total=total, completed=0, stats="")
+            self.last.update(event)
+            last = self.last
+            stats = f"lr {last['lr']:.2e}" if "lr" in last else ""
+            if "train_loss" in last:
+                stats = f"loss {last['train_loss']:.3f}  {stats}  {last['tokens_per_s']:,} tok/s"
+            self.progress.update(self.task, completed=event["step"],
+                                 stats=stats + (f"  MFU {last['mfu']:.1%}" if "mfu" in last else ""))
+        elif event["best"] is None:  # nothing to evaluate on: a checkpoint only
+            log.info("checkpoint at step %d (no validation data)", event["step"])
         else:
             shown = {k: v for k, v in event.items() if k not in ("event", "epoch", "elapsed_s", "best_step")}
             log.info("eval " + "  ".join(f"{k} {v}" for k, v in shown.items()) + f" (best at step {event['best_step']})")
@@ -312,5 +318,7 @@ def log_trained(what: str, summary: dict[str, Any], metrics: tuple[str, ...], ex
     """The closing log line of a training command: size, steps, time, the best evaluation."""
     best = summary["best"] or {}
     shown = ", ".join(f"{k} {best[k]}" for k in metrics if k in best) + extra
-    log.info("%s (%s parameters) for %d steps in %.0f s; best %s at step %s", what, f"{summary['parameters']:,}",
-             summary["steps"], summary["seconds"], shown or "-", summary["best_step"])
+    kept = f"best {shown} at step {summary['best_step']}" if shown else \
+        f"no validation data: model.safetensors holds the last step ({summary['steps']})"
+    log.info("%s (%s parameters) for %d steps in %.0f s; %s", what, f"{summary['parameters']:,}", summary["steps"],
+             summary["seconds"], kept)

@@ -111,10 +111,22 @@ def classify_cmd(
     write_lines((render(r) for r in results), None)
 
 
+def _context(value: str) -> str:
+    """--context: a file's text, stdin's (-), or the text as given."""
+    from nmtkit.data import corpora
+    from nmtkit.data.sources import input_lines
+
+    if value == "-":
+        return "\n".join(line or "" for line in input_lines([], stdin()))
+    if Path(value).is_file():
+        return "\n".join(corpora.read_lines(value))
+    return value
+
+
 @command("answer")
 def answer_cmd(
     model: Path = typer.Option(..., "--model", "-m", help="A finetune --task qa run."),
-    context: Optional[Path] = typer.Option(None, "--context", help="A text file holding the context."),
+    context: Optional[str] = typer.Option(None, "--context", help="The context: a text file, - for stdin, or the text itself."),
     question: Optional[List[str]] = typer.Option(None, "--question", "-q", help="A question about the context (repeatable)."),
     input_: Optional[Path] = typer.Option(None, "--input", "-i", help="Batch mode: a JSONL (or JSON list) file of records with context and question (and id)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON: answer, character offsets, score."),
@@ -134,7 +146,7 @@ def answer_cmd(
             print(json.dumps(result, ensure_ascii=False))
         return
     if not context or not question:
-        raise NmtkitError("give --context FILE and --question, or --input FILE.jsonl")
-    text = "\n".join(corpora.read_lines(context))
+        raise NmtkitError("give --context (a file, - for stdin, or the text) and --question, or --input FILE.jsonl")
+    text = _context(context)
     for result in finetune.answer(ft, [(str(i + 1), text, q) for i, q in enumerate(question)]):
         print(json.dumps(result, ensure_ascii=False) if as_json else result["answer"])

@@ -100,7 +100,13 @@ def generate_cmd(
 
         if prompts or prompts_file:
             raise NmtkitError("--instruction and prompts (arguments or --prompts-file) do not go together")
-        _stream(lm.generate_stream(model_, format_prompt(instruction, instruction_input or ""), **options))
+        prompt = format_prompt(instruction, instruction_input or "")
+        if as_json:
+            (record,) = lm.generate(model_, [prompt], **options)
+            print(json.dumps({"instruction": instruction, "input": instruction_input or "", "response": record["text"]},
+                             ensure_ascii=False))
+        else:
+            _stream(lm.generate_stream(model_, prompt, **options))
         return
     if prompts:
         texts = iter([p.replace("\\n", "\n") for p in prompts])

@@ -71,7 +71,9 @@ def plot_cmd(
         plots.curves(series, metric, output)
         log.info("wrote %s", output)
     table = Table("run", metric, "first", "best", "last", "steps", box=None)
-    best = min if "loss" in metric else max
+    from nmtkit.evaluation import lower_is_better
+
+    best = min if lower_is_better(metric) else max
     for name, (steps, values) in series.items():
         table.add_row(name, plots.sparkline(values), f"{values[0]:.4g}", f"{best(values):.4g}", f"{values[-1]:.4g}",
                       f"{steps[0]}..{steps[-1]}")

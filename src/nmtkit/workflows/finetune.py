@@ -433,6 +433,9 @@ def answer(ft: FineTuned, questions: list[tuple[str, str, str]]) -> list[dict[st
     """Answers to (id, context, question) triples: text, character offsets in the context, score."""
     from nmtkit.data.datasets import qa_features
 
+    for qid, context, question in questions:
+        if not context.strip() or not question.strip():
+            raise DataError(f"question {qid}: the {'context' if not context.strip() else 'question'} is empty")
     examples = [corpora.QAExample(qid, "", context, question, ()) for qid, context, question in questions]
     features = qa_features(ft.tok, examples, ft.max_len, ft.stride)
     return best_spans(features, examples, span_logits(ft.model, ft.device, features))

@@ -84,6 +84,9 @@ def pretrain(
     validate = None
     if len(valid_ids) > block:
         validate = lambda m: validation_scores(m, dev, valid_ids, block, meta["valid"]["chars"], batch_size)  # noqa: E731
+    else:
+        log.warning("the validation text (%d tokens) is shorter than a block of %d: no validation; model.safetensors "
+                    "will hold the weights of the last step (raise --valid-fraction)", len(valid_ids), block)
     result = train(model, lm_loss(), batches, cfg=train_cfg, run_dir=run_dir, device=dev, evaluate=validate,
                    dist=dist, resume=resume, progress=progress, flops_per_token=model.flops_per_token())
     summary = runs.training_summary(run_dir, "gpt", model, result)

@@ -261,13 +261,18 @@ def info(path: str | Path) -> dict[str, Any]:
     files = {p.name: p.stat().st_size for p in sorted(path.iterdir()) if p.is_file() and not p.name.startswith(".")}
     if (path / INFO_FILE).is_file() and not (path / checkpoint.CONFIG).is_file():
         return {"path": str(path), "kind": "tokenizer", **read_json(path / INFO_FILE), "files": files}
+    runs = [p for p in sorted(path.iterdir()) if (p / checkpoint.CONFIG).is_file()]
+    if not (path / checkpoint.CONFIG).is_file() and not is_ctranslate2_folder(path) and runs:
+        return {"path": str(path), "kind": "comparison (a folder of runs)",  # what nmtkit compare writes
+                "runs": {p.name: _summary(info(p)) for p in runs}, "files": files}
     run = open_run(path)
-    result: dict[str, Any] = {"path": str(path), "kind": run.kind, "config": run.config, "files": files}
+    kind = f"{run.kind} (CTranslate2 export)" if run.exported else run.kind
+    result: dict[str, Any] = {"path": str(path), "kind": kind, "config": run.config, "files": files}
     if (path / checkpoint.WEIGHTS).is_file():
         result["parameters"] = checkpoint.count_parameters(checkpoint.load_weights(path / checkpoint.WEIGHTS))
     if (path / checkpoint.TOKENIZER_DIR / INFO_FILE).is_file():
-        tok = read_json(path / checkpoint.TOKENIZER_DIR / INFO_FILE)
-        result["tokenizer"] = {"vocab_size": tok.get("vocab_size"), **tok.get("config", {})}
+        tok = read_json(path / checkpoint.TOKENIZER_DIR / INFO_FILE)  # its size as trained, not as asked for
+        result["tokenizer"] = {**tok.get("config", {}), "vocab_size": tok.get("vocab_size")}
     evals = [m for m in read_jsonl(path / checkpoint.METRICS) if m.get("kind") == "eval"]
     if evals:
         result["evaluations"] = len(evals)
@@ -275,6 +280,11 @@ def info(path: str | Path) -> dict[str, Any]:
     if (path / checkpoint.RUN_RECORD).is_file():
         result["run"] = read_json(path / checkpoint.RUN_RECORD)
     return result
+
+
+def _summary(found: dict[str, Any]) -> dict[str, Any]:
+    """A run's kind, size and last evaluation, for the info of a folder of runs."""
+    return {k: found[k] for k in ("kind", "parameters", "last_evaluation") if k in found}
 
 
 def average_checkpoints(run_dir: str | Path, last: int, output: str | Path, overwrite: bool = False) -> dict[str, Any]:
@@ -292,6 +302,9 @@ def average_checkpoints(run_dir: str | Path, last: int, output: str | Path, over
     files = sorted((run_dir / STEPS_DIR).glob("step-*.safetensors"))[-last:]
     if len(files) < 2:
         raise CheckpointError(f"{run_dir}: needs at least 2 step checkpoints to average, found {len(files)} in {STEPS_DIR}/")
+    if len(files) < last:
+        log.warning("%s holds %d step checkpoints, not %d: averaging those %d", run_dir / STEPS_DIR, len(files), last,
+                    len(files))
     total: dict[str, torch.Tensor] = {}
     for f in files:
         for k, v in checkpoint.load_weights(f).items():

@@ -165,7 +165,8 @@ def _compare_row(arch: str, run_dir: Path, result: dict[str, Any], on_test: bool
 
     trained = read_json(run_dir / checkpoint.RUN_RECORD)["training"][-1]
     records = read_jsonl(run_dir / checkpoint.METRICS)
-    speeds = [r["tokens_per_s"] for r in records if r.get("kind") == "train" and r.get("step", 0) > 1]
+    logged = [r for r in records if r.get("kind") == "train"]
+    speeds = [r["tokens_per_s"] for r in logged if r.get("step", 0) > 1] or [r["tokens_per_s"] for r in logged]
     bleus = [r["bleu"] for r in records if r.get("kind") == "eval" and "bleu" in r]
     return {"arch": arch, "parameters": trained["parameters"], "steps": trained["steps"],
             "train_seconds": trained["seconds"], "tokens_per_s": round(mean(speeds)) if speeds else None,

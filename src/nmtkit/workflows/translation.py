@@ -278,6 +278,9 @@ def train_translator(
     seed_everything(train_cfg.seed)  # the initial weights depend on the seed alone
     model = build_translator(arch, model_cfg)
     validate = (lambda m: validation_scores(m, dev, valid_data, tok, train_cfg, train_source.tgt_lang)) if valid_data else None
+    if validate is None:
+        log.warning("no validation data (--valid-src/--valid-tgt): no BLEU, no early stopping; model.safetensors will "
+                    "hold the weights of the last step")
     result = train(model, seq2seq_loss(train_cfg.label_smoothing, train_cfg.teacher_forcing),
                    _batches(train_data, train_cfg), cfg=train_cfg, run_dir=run_dir, device=dev, evaluate=validate,
                    dist=dist, resume=resume, progress=progress, flops_per_token=_flops_per_token(arch, model, train_data))
