@@ -1,0 +1,161 @@
+"""The rough edges a new user met with their own data, each through the command line as they typed it."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import shutil
+
+import pytest
+from typer.testing import CliRunner
+
+from nmtkit.cli import app
+
+from conftest import DEMO, write
+
+runner = CliRunner()
+CT2 = importlib.util.find_spec("ctranslate2") is not None
+TINY = ["--d-model", "32", "--heads", "2", "--layers", "1", "--ff-dim", "64", "--vocab-size", "100", "--tokenizer-type",
+        "char", "--device", "cpu"]
+
+
+def run(*args, input=None):
+    return runner.invoke(app, [str(a) for a in args], input=input)
+
+
+def error_line(result) -> str:
+    assert result.exit_code == 1, result.output
+    line = result.stderr.strip().splitlines()[-1]
+    assert line.startswith("error: ") and "Traceback" not in result.output
+    return line
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("edges")
+    en = (DEMO / "train.en").read_text(encoding="utf-8").splitlines()[:24]
+    ko = (DEMO / "train.ko").read_text(encoding="utf-8").splitlines()[:24]
+    src, tgt = write(folder / "t.en", "\n".join(en) + "\n"), write(folder / "t.ko", "\n".join(ko) + "\n")
+    result = run("train-translator", "--src", src, "--tgt", tgt, "--valid-src", src, "--valid-tgt", tgt, *TINY,
+                 "--max-steps", "30", "--eval-every", "10", "--lr", "3e-3", "--warmup", "5", "-o", folder / "run")
+    assert result.exit_code == 0, result.output
+    return {"folder": folder, "src": src, "tgt": tgt, "run": folder / "run"}
+
+
+def test_plot_calls_the_lowest_perplexity_best(data):
+    values = [json.loads(line)["valid_ppl"] for line in (data["run"] / "metrics.jsonl").read_text().splitlines()
+              if '"eval"' in line]
+    assert values[0] != min(values)
+    result = run("plot", data["run"], "--metric", "valid_ppl")
+    assert result.exit_code == 0, result.output
+    numbers = re.findall(r"\d+(?:\.\d+)?", result.stdout.splitlines()[-1].split("run", 1)[1])
+    assert numbers[:3] == [f"{values[0]:.4g}", f"{min(values):.4g}", f"{values[-1]:.4g}"], result.stdout
+
+
+def test_average_says_when_it_has_fewer_checkpoints_than_asked(data, tmp_path):
+    result = run("average", "-m", data["run"], "--last", "10", "-o", tmp_path / "avg")
+    assert result.exit_code == 0, result.output
+    assert "holds 3 step checkpoints, not 10: averaging those 3" in " ".join(result.stderr.split())
+
+
+def test_evaluate_and_score_on_empty_files_are_one_line(data, tmp_path):
+    empty = write(tmp_path / "empty.en", "")
+    assert "no lines to score" in error_line(run("evaluate", "-m", data["run"], "--src", empty, "--ref", empty,
+                                                 "--device", "cpu"))
+
+
+def test_training_without_validation_data_says_what_it_keeps(data, tmp_path):
+    result = run("train-translator", "--src", data["src"], "--tgt", data["tgt"], *TINY, "--max-steps", "4",
+                 "--eval-every", "2", "-o", tmp_path / "run")
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.stderr.split())
+    assert "no validation data (--valid-src/--valid-tgt)" in said
+    assert "no validation data: model.safetensors holds the last step (4)" in said
+    assert "None" not in said and "best -" not in said
+
+
+def test_folders_say_what_they_are(data, tmp_path):
+    tok = data["run"] / "tokenizer"
+    line = error_line(run("translate", "-m", tok, input="hi\n"))
+    assert line == f"error: {tok}: a tokenizer folder, but this command needs a run folder (with config.json and " \
+                   "model.safetensors)"
+    folder = tmp_path / "out"
+    folder.mkdir()
+    assert error_line(run("translate", "-m", data["run"], "-o", folder, "--device", "cpu", input="hi\n")) == \
+        f"error: {folder}: is a folder; give the name of a file to write"
+    comparison = tmp_path / "cmp"
+    for arch in ("rnn", "transformer"):
+        shutil.copytree(data["run"], comparison / arch)
+    result = run("info", comparison, "--json")
+    assert result.exit_code == 0 and json.loads(result.stdout)["kind"].startswith("comparison")
+    asked = run("train-translator", "--src", data["src"], "--tgt", data["tgt"], *TINY, "--vocab-size", "400",
+                "--max-steps", "1", "-o", tmp_path / "char")
+    assert asked.exit_code == 0, asked.output
+    info = json.loads(run("info", tmp_path / "char", "--json").stdout)
+    real = json.loads((tmp_path / "char" / "tokenizer" / "tokenizer.json").read_text())["vocab_size"]
+    assert info["tokenizer"]["vocab_size"] == real < 400  # what the tokenizer has, not what was asked for
+    if CT2:
+        assert run("export", data["run"], tmp_path / "ct2").exit_code == 0
+        result = run("info", tmp_path / "ct2", "--json")
+        assert result.exit_code == 0 and json.loads(result.stdout)["kind"] == "translator (CTranslate2 export)"
+
+
+def test_ter_takes_sacrebleu_s_defaults(tmp_path):
+    ref = write(tmp_path / "ref.en", "The cat sat on the mat .\n")
+    hyp = write(tmp_path / "hyp.en", "the cat sat on the mat .\n")
+    result = run("score", "-r", ref, "-i", hyp, "--metrics", "ter", "--json")
+    ter = json.loads(result.stdout)["ter"]
+    assert ter["score"] == 0.0 and "case:lc" in ter["signature"]
+
+
+@pytest.fixture(scope="module")
+def gpt(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("edges-gpt")
+    text = write(folder / "text.txt", (DEMO / "train.en").read_text(encoding="utf-8"))
+    result = run("pretrain", text, "--tokenizer-type", "char", "--vocab-size", "60", "--block-size", "32", "--d-model",
+                 "16", "--heads", "2", "--layers", "1", "--max-steps", "4", "--eval-every", "4", "-o", folder / "gpt",
+                 "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    return folder / "gpt"
+
+
+def test_generate_an_instruction_as_json(gpt):
+    result = run("generate", "-m", gpt, "--instruction", "Say hi.", "--json", "-n", "4", "--temperature", "0",
+                 "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.stdout)
+    assert record["instruction"] == "Say hi." and isinstance(record["response"], str)
+
+
+def test_answer_takes_the_context_as_text_a_file_or_stdin_and_refuses_an_empty_one(gpt, tmp_path):
+    squad = {"data": [{"title": "t", "paragraphs": [{"context": "The cat sat on the mat.", "qas": [
+        {"id": "1", "question": "Who sat?", "answers": [{"text": "The cat", "answer_start": 0}]}]}]}]}
+    train = write(tmp_path / "squad.json", json.dumps(squad))
+    result = run("finetune", "--task", "qa", "-m", gpt, "--train", train, "--valid", train, "--max-steps", "2",
+                 "--eval-every", "2", "--max-len", "32", "-o", tmp_path / "qa", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    context = "The cat sat on the mat."
+    answers = [run("answer", "-m", tmp_path / "qa", "--context", given, "-q", "Who sat?", "--json", "--device", "cpu",
+                   input=stdin) for given, stdin in ((context, None), (write(tmp_path / "c.txt", context + "\n"), None),
+                                                      ("-", context + "\n"))]
+    assert all(a.exit_code == 0 for a in answers), [a.output for a in answers]
+    assert len({json.loads(a.stdout)["answer"] for a in answers}) == 1
+    empty = write(tmp_path / "empty.txt", " \n")
+    assert "the context is empty" in error_line(run("answer", "-m", tmp_path / "qa", "--context", empty, "-q",
+                                                    "Who sat?", "--device", "cpu"))
+
+
+def test_the_progress_display_hears_of_every_step(data, tmp_path):
+    from nmtkit.config import TokenizerConfig
+    from nmtkit.data.sources import ParallelSource
+    from nmtkit.workflows import translation
+
+    events = []
+    spec = ParallelSource(src=str(data["src"]), tgt=str(data["tgt"]), src_lang="en", tgt_lang="ko")
+    translation.train_translator(run_dir=tmp_path / "run", train_source=spec, valid_source=spec, device="cpu",
+                                 model_settings={"d_model": 16, "heads": 2, "layers": 1, "ff_dim": 32},
+                                 train_settings={"max_steps": 7, "eval_every": 7, "log_every": 50},
+                                 tokenizer_cfg=TokenizerConfig(model_type="char", vocab_size=100), progress=events.append)
+    assert [e["step"] for e in events if e["event"] in ("step", "train")] == list(range(1, 8))
+    assert all("lr" in e for e in events if e["event"] == "step")
