@@ -159,3 +159,43 @@ def test_the_progress_display_hears_of_every_step(data, tmp_path):
                                  tokenizer_cfg=TokenizerConfig(model_type="char", vocab_size=100), progress=events.append)
     assert [e["step"] for e in events if e["event"] in ("step", "train")] == list(range(1, 8))
     assert all("lr" in e for e in events if e["event"] == "step")
+
+
+@pytest.fixture(scope="module")
+def table(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("table")
+    en = (DEMO / "train.en").read_text(encoding="utf-8").splitlines()[:60]
+    ko = (DEMO / "train.ko").read_text(encoding="utf-8").splitlines()[:60]
+    rows = "".join(f"{a}\t{b}\n" for a, b in zip(en, ko))
+    return {"folder": folder, "en": en, "ko": ko, "tsv": write(folder / "pairs.tsv", "english\tkorean\n" + rows),
+            "plain": write(folder / "pairs.txt", rows),
+            "jsonl": write(folder / "pairs.jsonl", "".join(json.dumps({"en": a, "ko": b}, ensure_ascii=False) + "\n"
+                                                          for a, b in zip(en, ko)))}
+
+
+def test_a_parallel_table_trains_a_translator_on_its_two_columns(table, tmp_path):
+    args = [*TINY, "--max-steps", "2", "--device", "cpu"]
+    result = run("train-translator", "--train", table["tsv"], "--src-column", "english", "--tgt-column", "korean", *args,
+                 "-o", tmp_path / "tsv")
+    assert result.exit_code == 0, result.output
+    assert "60 training pairs" in " ".join(result.stderr.split())  # the header row is not a pair
+    result = run("train-translator", "--train", table["plain"], "--delimiter", "\t", "--no-header", "--src-column", "1",
+                 "--tgt-column", "2", *args, "-o", tmp_path / "plain")
+    assert result.exit_code == 0, result.output
+    result = run("train-translator", "--train", table["jsonl"], "--src-column", "en", "--tgt-column", "ko", *args,
+                 "-o", tmp_path / "jsonl")
+    assert result.exit_code == 0 and json.loads((tmp_path / "jsonl" / "config.json").read_text())["data"]["src_lang"] == "en"
+    line = error_line(run("train-translator", "--train", table["tsv"], "--src-column", "english", "--tgt-column",
+                          "german", *args, "-o", tmp_path / "missing"))
+    assert line.endswith("no column 'german'; columns are: english, korean")
+    assert not (tmp_path / "missing").exists()  # a run that failed before its first checkpoint leaves nothing
+    line = error_line(run("train-translator", "--src", table["tsv"], "--tgt", table["tsv"], *args, "-o", tmp_path / "x"))
+    assert "a table, not a text file of one sentence per line: give it as --train" in line
+
+
+def test_a_joint_tokenizer_reads_every_column_given(table, tmp_path):
+    result = run("train-tokenizer", table["tsv"], "--column", "english", "--column", "korean", "--model-type", "char",
+                 "-o", tmp_path / "tok")
+    assert result.exit_code == 0, result.output
+    ids = run("tokenize", "-t", tmp_path / "tok", "--ids", input=table["ko"][0] + "\n" + table["en"][0] + "\n").stdout
+    assert ids.count("\n") == 2 and "1" not in ids.split()  # no <unk> (id 1): both columns' characters are known

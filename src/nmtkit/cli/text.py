@@ -19,7 +19,7 @@ from nmtkit.config import TokenizerConfig
 def train_tokenizer_cmd(
     inputs: List[str] = typer.Argument(None, help="Text files (.gz too), TSV/CSV/JSON(L) files with --column, or known corpora (demo, multi30k/train.en)."),
     output: Path = typer.Option(..., "--output", "-o", help="The tokenizer folder to write."),
-    column: Optional[str] = typer.Option(None, "--column", "-c", help="Column (name, or number from 1) of TSV/CSV files, or field of JSON(L) records."),
+    columns: Optional[List[str]] = typer.Option(None, "--column", "-c", help="Column (name, or number from 1) of TSV/CSV files, or field of JSON(L) records; repeat it to read several (a joint tokenizer over both sides of a parallel table)."),
     header: bool = typer.Option(True, "--header/--no-header", help="Whether TSV/CSV files start with a header row."),
     dataset: Optional[str] = typer.Option(None, "--dataset", help="A Hugging Face dataset (name, or a builder like json/csv with --data-files)."),
     dataset_config: Optional[str] = typer.Option(None, "--config", help="The dataset's configuration name."),
@@ -37,10 +37,12 @@ def train_tokenizer_cmd(
 
     cfg = from_dict(TokenizerConfig, {**(load_settings_file(settings_file) if settings_file else {}), **settings},
                     "train-tokenizer")
-    source = TextSource(inputs=tuple(inputs or ()), column=column, header=header, dataset=dataset,
-                        config=dataset_config, split=split, data_files=tuple(data_files) if data_files else None)
+    sources = [TextSource(inputs=tuple(inputs or ()), column=column, header=header, dataset=dataset,
+                          config=dataset_config, split=split, data_files=tuple(data_files) if data_files else None)
+               for column in columns or [None]]
     with err.status("training the tokenizer..."):
-        result = text.train_tokenizer(source, output, cfg, on_bad_line=check_on_bad_line(on_bad_line), overwrite=overwrite)
+        result = text.train_tokenizer(sources, output, cfg, on_bad_line=check_on_bad_line(on_bad_line),
+                                      overwrite=overwrite)
     log.info("trained a %s tokenizer with %d pieces on %d sentences: %s", cfg.model_type, result["vocab_size"],
              result["sentences"], output)
     print(output)

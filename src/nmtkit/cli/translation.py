@@ -29,11 +29,17 @@ VOCAB_SIZE, TOKENIZER_TYPE = tokenizer_options()
 TOKENIZE_HELP = "sacrebleu tokenizer: 13a, intl, zh, char, ja-mecab, ko-mecab... (default: chosen for the target language)."
 
 
-def translation_data(src, tgt, valid_src, valid_tgt, corpus, src_lang, tgt_lang, dataset: dict | None = None):
+def translation_data(src, tgt, valid_src, valid_tgt, corpus, src_lang, tgt_lang, dataset: dict | None = None,
+                     table: dict | None = None):
     """The training and validation `ParallelSource`s of train-translator and compare, from their data options
     (None, None when none was given)."""
     from nmtkit.data.sources import ParallelSource
 
+    if table and table.get("table"):
+        valid = table.pop("valid")
+        columns = (table["src_column"], table["tgt_column"])
+        langs = {"src_lang": src_lang or _language(columns[0]), "tgt_lang": tgt_lang or _language(columns[1])}
+        return ParallelSource(**table, **langs), (ParallelSource(**{**table, "table": valid}, **langs) if valid else None)
     if src or tgt:
         if not (src and tgt):
             raise NmtkitError("--src and --tgt go together")
@@ -60,6 +66,11 @@ BY_ARCH = {"dropout": "0.1 (transformer), 0.2 (rnn, attention)",
            "share_embeddings": "true (transformer), false (rnn, attention)"}
 
 
+def _language(column: str | None) -> str | None:
+    """A column named like a language code (en, de, pt_br) names the language; a number does not."""
+    return column if column and not column.isdigit() and len(column) <= 5 else None
+
+
 @command("train-translator")
 @config_options(TransformerConfig, "model_flags", exclude=VOCABULARY, defaults=BY_ARCH, panel="Model: transformer")
 @config_options(RNNConfig, "model_flags", exclude=(*VOCABULARY, *BY_ARCH), panel="Model: rnn and attention")
@@ -71,6 +82,10 @@ def train_translator_cmd(
     tgt: Optional[str] = TRAIN_TGT,
     valid_src: Optional[str] = VALID_SRC,
     valid_tgt: Optional[str] = VALID_TGT,
+    train_table: Optional[str] = typer.Option(None, "--train", help="Training pairs as two columns of one TSV/CSV/JSON(L) file: --src-column and --tgt-column."),
+    valid_table: Optional[str] = typer.Option(None, "--valid", help="Validation pairs, two columns of a file like --train."),
+    header: bool = typer.Option(True, "--header/--no-header", help="Whether the --train/--valid tables start with a header row (without one, columns are numbered from 1)."),
+    delimiter: Optional[str] = typer.Option(None, "--delimiter", help="The tables' delimiter (default: tab for .tsv, comma for .csv)."),
     corpus: Optional[str] = CORPUS,
     src_lang: Optional[str] = SRC_LANG,
     tgt_lang: Optional[str] = TGT_LANG,
@@ -79,8 +94,8 @@ def train_translator_cmd(
     split: str = typer.Option("train", "--split", help="The dataset's training split."),
     valid_split: Optional[str] = typer.Option(None, "--valid-split", help="The dataset's validation split."),
     data_files: Optional[List[str]] = typer.Option(None, "--data-files", help="Local files for --dataset json/csv."),
-    src_column: Optional[str] = typer.Option(None, "--src-column", help="Dataset column holding source text."),
-    tgt_column: Optional[str] = typer.Option(None, "--tgt-column", help="Dataset column holding target text."),
+    src_column: Optional[str] = typer.Option(None, "--src-column", help="The column (name, or number from 1) of --train or --dataset holding source text."),
+    tgt_column: Optional[str] = typer.Option(None, "--tgt-column", help="The column of --train or --dataset holding target text."),
     tokenizer: Optional[Path] = typer.Option(None, "--tokenizer", "-t", help="Use this tokenizer (else train a joint one on the training data)."),
     vocab_size: Optional[int] = VOCAB_SIZE,
     tokenizer_type: Optional[str] = TOKENIZER_TYPE,
@@ -98,7 +113,11 @@ def train_translator_cmd(
     file_settings = settings_tables(settings_file, ("arch", "model", "train"))
     train_source, valid_source = translation_data(src, tgt, valid_src, valid_tgt, corpus, src_lang, tgt_lang, dict(
         dataset=dataset, config=dataset_config, data_files=tuple(data_files) if data_files else None,
-        src_column=src_column, tgt_column=tgt_column, split=split, valid_split=valid_split))
+        src_column=src_column, tgt_column=tgt_column, split=split, valid_split=valid_split), dict(
+        table=train_table, valid=valid_table, src_column=src_column, tgt_column=tgt_column, header=header,
+        delimiter=delimiter))
+    if valid_table and not train_table:
+        raise NmtkitError("--valid goes with --train (files of one sentence per line: --valid-src/--valid-tgt)")
     if train_source is None and not resume:
         raise NmtkitError("no training data: give --src/--tgt files, --corpus NAME, or --dataset NAME")
     arch = arch or file_settings.get("arch")

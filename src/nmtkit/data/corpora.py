@@ -282,17 +282,20 @@ def nonempty(texts: Iterable[str], name: str) -> Iterator[str]:
 # Task formats
 
 
-def read_labeled(path: str | Path, text_column: str, label_column: str, *, header: bool = True,
-                 on_bad_line: OnBadLine = "error") -> Iterator[tuple[str, str]]:
-    """(text, label) pairs from two columns of a TSV/CSV file or two fields of JSON(L) records."""
+def read_two_columns(path: str | Path, first: str, second: str, *, header: bool = True, delimiter: str | None = None,
+                     on_bad_line: OnBadLine = "error") -> Iterator[tuple[str, str]]:
+    """Pairs from two columns of a TSV/CSV file (by name, or numbered from 1) or two fields of JSON(L) records:
+    (text, label) examples, or (source, target) sentence pairs."""
     suffix = base_suffix(path)
-    if suffix in TABLE_SUFFIXES:
-        yield from read_table(path, [text_column, label_column], header=header, on_bad_line=on_bad_line)  # type: ignore[misc]
+    if suffix in TABLE_SUFFIXES or delimiter:
+        yield from read_table(path, [first, second], header=header, delimiter=delimiter,  # type: ignore[misc]
+                              on_bad_line=on_bad_line)
     elif suffix in JSON_SUFFIXES:
         for where, rec in read_records(path):
-            yield record_field(rec, text_column, where), record_field(rec, label_column, where)
+            yield record_field(rec, first, where), record_field(rec, second, where)
     else:
-        raise DataError(f"{path}: labelled examples come from a TSV, CSV, JSON or JSONL file (got {suffix or 'no suffix'})")
+        raise DataError(f"{path}: two columns come from a TSV, CSV, JSON or JSONL file (got {suffix or 'no suffix'}; "
+                        "a table of another name needs --delimiter)")
 
 
 @dataclass(frozen=True)

@@ -67,28 +67,44 @@ def _dataset(source) -> Any:
 
 @dataclasses.dataclass(frozen=True)
 class ParallelSource:
-    """Sentence pairs: files `src` and `tgt`, a split of a known `corpus`, or a Hugging Face `dataset` with a
-    `translation` column (keyed by language) or two text columns."""
+    """Sentence pairs: files `src` and `tgt`, two columns of one table or JSON(L) file (`table`), a split of a
+    known `corpus`, or a Hugging Face `dataset` with a `translation` column (keyed by language) or two text
+    columns."""
 
     src: str | None = None  # line-aligned files (or NAME/FILE of a known corpus)
     tgt: str | None = None
+    table: str | None = None  # a TSV/CSV/JSON(L) file whose src_column and tgt_column hold the pairs
+    header: bool = True  # the table starts with a header row
+    delimiter: str | None = None  # the table's delimiter (default: from its extension)
     corpus: str | None = None  # a known translation corpus, with src_lang, tgt_lang and split
     dataset: str | None = None  # a Hugging Face dataset (or json/csv with data_files)
     config: str | None = None
     data_files: tuple[str, ...] | None = None
     split: str = "train"
-    src_column: str | None = None  # the dataset's columns, when it has no 'translation' column
+    src_column: str | None = None  # the table's columns, or the dataset's when it has no 'translation' column
     tgt_column: str | None = None
     src_lang: str | None = None
     tgt_lang: str | None = None
 
+    def __post_init__(self) -> None:
+        self.validate("data")
+
     def validate(self, where: str) -> None:
-        if not (self.src or self.corpus or self.dataset):
-            raise DataError("no training data: give --src/--tgt files, --corpus NAME, or --dataset NAME")
+        if not (self.src or self.table or self.corpus or self.dataset):
+            raise DataError("no training data: give --src/--tgt files, --train TABLE, --corpus NAME, or --dataset NAME")
         if self.src and not self.tgt:
             raise DataError(f"{where}: --src needs --tgt, the line-aligned target file")
+        if self.table and not (self.src_column and self.tgt_column):
+            raise DataError(f"{self.table}: name the columns of the pairs with --src-column and --tgt-column")
+        for path in (self.src, self.tgt):
+            if path and corpora.base_suffix(path) in corpora.TABLE_SUFFIXES + corpora.JSON_SUFFIXES:
+                raise DataError(f"{path}: a table, not a text file of one sentence per line: give it as --train "
+                                f"{path} with --src-column and --tgt-column")
 
     def pairs(self, on_bad_line: corpora.OnBadLine = "error") -> Iterator[tuple[str, str]]:
+        if self.table:
+            return corpora.read_two_columns(registry.resolve(self.table), self.src_column, self.tgt_column,
+                                            header=self.header, delimiter=self.delimiter, on_bad_line=on_bad_line)
         if self.src:
             return corpora.read_parallel(registry.resolve(self.src), registry.resolve(self.tgt), on_bad_line)
         if self.corpus:
@@ -101,7 +117,9 @@ class ParallelSource:
         return ((row[self.src_lang], row[self.tgt_lang]) for row in ds["translation"])
 
     def files(self) -> list[Path]:
-        """The source and target files (none for a dataset)."""
+        """The source and target files (the table; none for a dataset)."""
+        if self.table:
+            return [registry.resolve(self.table)]
         if self.src:
             return [registry.resolve(self.src), registry.resolve(self.tgt)]
         if self.corpus:
@@ -198,7 +216,7 @@ class TaskSource:
             return corpora.read_squad(path)
         if task == "generate":
             return corpora.read_instructions(path)
-        pairs = list(corpora.read_labeled(path, self.text_column, self.label_column, on_bad_line=on_bad_line))
+        pairs = list(corpora.read_two_columns(path, self.text_column, self.label_column, on_bad_line=on_bad_line))
         if not pairs:
             raise DataError(f"{path}: empty corpus (no labelled rows)")
         return pairs

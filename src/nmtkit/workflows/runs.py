@@ -15,6 +15,7 @@ import datetime
 import functools
 import logging
 import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -125,20 +126,28 @@ def one_writer(train_workflow: Callable[..., Any]) -> Callable[..., Any]:
     run is refused unless `overwrite`), holding the folder's lock (`checkpoint.lock_run`), so a second process
     pointed at it is refused (under torchrun, rank 0 holds it for all), and with `resume` turned off when there
     is nothing to resume yet (a run killed before its first checkpoint starts again); a training state that
-    cannot be resumed from is refused before anything in the run is rewritten."""
+    cannot be resumed from is refused before anything in the run is rewritten. A run that fails before its first
+    checkpoint in a folder it created removes the folder (a run interrupted by Ctrl-C keeps it: it says how to
+    go on)."""
 
     @functools.wraps(train_workflow)
     def locked(*, run_dir: str | Path, resume: bool = False, overwrite: bool = False, **kwargs: Any) -> Any:
         run_dir = Path(run_dir)
         check_output_folder(run_dir, checkpoint.is_run_folder, overwrite, "a run")
-        lock = contextlib.nullcontext() if int(os.environ.get("RANK", "0")) else checkpoint.lock_run(run_dir)
-        with lock:
-            if resume and not (run_dir / checkpoint.TRAIN_STATE).exists():
-                log.warning("%s: no checkpoint saved yet; starting the run from the beginning", run_dir)
-                resume = False
-            if resume:
-                checkpoint.check_train_state(run_dir / checkpoint.TRAIN_STATE)
-            return train_workflow(run_dir=run_dir, resume=resume, **kwargs)
+        created = not run_dir.exists()
+        main = not int(os.environ.get("RANK", "0"))
+        try:
+            with checkpoint.lock_run(run_dir) if main else contextlib.nullcontext():
+                if resume and not (run_dir / checkpoint.TRAIN_STATE).exists():
+                    log.warning("%s: no checkpoint saved yet; starting the run from the beginning", run_dir)
+                    resume = False
+                if resume:
+                    checkpoint.check_train_state(run_dir / checkpoint.TRAIN_STATE)
+                return train_workflow(run_dir=run_dir, resume=resume, **kwargs)
+        except Exception:
+            if created and main and run_dir.is_dir() and not (run_dir / checkpoint.TRAIN_STATE).exists():
+                shutil.rmtree(run_dir, ignore_errors=True)  # all of it is this call's: nothing else was there
+            raise
 
     return locked
 

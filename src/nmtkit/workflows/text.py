@@ -13,18 +13,22 @@ from nmtkit.errors import DataError
 from nmtkit.tokenization import Tokenizer, train_tokenizer as _train_tokenizer
 
 
-def train_tokenizer(source: TextSource, out: str | Path, cfg: TokenizerConfig,
+def train_tokenizer(sources: list[TextSource], out: str | Path, cfg: TokenizerConfig,
                     on_bad_line: corpora.OnBadLine = "error", overwrite: bool = False) -> dict[str, Any]:
-    """Train a SentencePiece tokenizer on files (text, table columns, JSON fields) and/or a HF dataset column."""
-    if not source.inputs and not source.dataset:
+    """Train one SentencePiece tokenizer on files (text, table columns, JSON fields) and/or HF dataset columns:
+    one source per column, so a joint tokenizer reads both sides of a parallel table."""
+    first = sources[0]
+    if not first.inputs and not first.dataset:
         raise DataError("no training text: give input files, a known corpus name, or --dataset")
-    if source.dataset and not source.column:
-        raise DataError(f"dataset {source.dataset!r}: --column is needed to say which column holds the text")
-    provenance: dict[str, Any] = {"files": describe_files(source.files()), "column": source.column}
-    if source.dataset:
-        provenance["dataset"] = {"name": source.dataset, "config": source.config, "split": source.split,
-                                 "data_files": source.data_files}
-    sentences = corpora.nonempty(source.texts(on_bad_line), source.name())
+    if first.dataset and not first.column:
+        raise DataError(f"dataset {first.dataset!r}: --column is needed to say which column holds the text")
+    provenance: dict[str, Any] = {"files": describe_files(first.files()), "column": first.column}
+    if len(sources) > 1:
+        provenance["columns"] = [s.column for s in sources]
+    if first.dataset:
+        provenance["dataset"] = {"name": first.dataset, "config": first.config, "split": first.split,
+                                 "data_files": first.data_files}
+    sentences = corpora.nonempty(itertools.chain.from_iterable(s.texts(on_bad_line) for s in sources), first.name())
     tokenizer = _train_tokenizer(sentences, out, cfg, provenance, overwrite)
     return {"folder": str(out), **tokenizer.info}
 
