@@ -199,3 +199,31 @@ def test_a_joint_tokenizer_reads_every_column_given(table, tmp_path):
     assert result.exit_code == 0, result.output
     ids = run("tokenize", "-t", tmp_path / "tok", "--ids", input=table["ko"][0] + "\n" + table["en"][0] + "\n").stdout
     assert ids.count("\n") == 2 and "1" not in ids.split()  # no <unk> (id 1): both columns' characters are known
+
+
+def test_help_pages_show_whole_option_names_and_plain_metavars():
+    import os
+    import subprocess
+    import sys
+
+    for command in ("train-tokenizer", "train-translator", "translate"):
+        done = subprocess.run([sys.executable, "-m", "nmtkit", command, "--help"], capture_output=True, text=True,
+                              env={**os.environ, "COLUMNS": "80"})
+        assert done.returncode == 0
+        assert "…" not in done.stdout and "<list[str]>" not in done.stdout and "<bool>" not in done.stdout
+    assert "--character-coverage FLOAT" in subprocess.run(
+        [sys.executable, "-m", "nmtkit", "train-tokenizer", "--help"], capture_output=True, text=True,
+        env={**os.environ, "COLUMNS": "80"}).stdout
+
+
+def test_line_commands_show_progress_on_a_terminal_only(data, monkeypatch):
+    from rich.console import Console
+
+    import nmtkit.cli.core
+
+    quiet = run("translate", "-m", data["run"], data["src"], "--beam", "1", "--device", "cpu")
+    assert quiet.exit_code == 0 and quiet.stderr == ""  # not a terminal: nothing on stderr
+    monkeypatch.setattr(nmtkit.cli.core, "err", Console(stderr=True, force_terminal=True, width=100))
+    shown = run("translate", "-m", data["run"], data["src"], "--beam", "1", "--device", "cpu")
+    assert shown.exit_code == 0 and shown.stdout == quiet.stdout
+    assert "translate" in shown.stderr and "24/24" in shown.stderr and "lines/s" in shown.stderr

@@ -4,7 +4,7 @@ The command `X` lives in the module of its group, named like its `nmtkit.workflo
 README's section: `text` (train-tokenizer, tokenize, download), `translation` (train-translator, translate,
 score, evaluate), `lm` (pretrain, generate), `finetune` (finetune, classify, answer), `vectors` (build-vocab,
 train-embeddings, similarity, neighbors, analogy), `see` (attention, plot, compare), `runs` (info, average,
-export); `app` holds what they share.
+export); `core` holds the app and what they share.
 
 This package is the only one that prints, exits, or imports typer and rich. Results go to stdout, progress and
 logs to stderr, so commands compose in shell pipelines. A `NmtkitError` becomes `error: <message>` on one line
@@ -13,6 +13,6 @@ closed pipe (`| head`) exits quietly. Line-by-line output never holds a line bre
 """
 
 from nmtkit.cli import finetune, lm, runs, see, text, translation, vectors  # noqa: F401  (each registers its commands)
-from nmtkit.cli.app import app, main
+from nmtkit.cli.core import app, main
 
 __all__ = ["app", "main"]

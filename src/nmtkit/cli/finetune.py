@@ -8,9 +8,9 @@ from typing import Any, List, Optional
 
 import typer
 
-from nmtkit.cli.app import (DEVICE, ON_BAD_LINE, OVERWRITE, RESUME, SETTINGS, TrainingDisplay, check_on_bad_line,
+from nmtkit.cli.core import (DEVICE, ON_BAD_LINE, OVERWRITE, RESUME, SETTINGS, TrainingDisplay, check_on_bad_line,
                             command, command_line, config_options, log_trained, run_folder, settings_tables, stdin,
-                            write_lines)
+                            with_progress, write_lines)
 from nmtkit.cli.lm import NOT_FOR_GPT
 from nmtkit.config import TrainConfig
 from nmtkit.errors import NmtkitError
@@ -19,9 +19,8 @@ from nmtkit.workflows.finetune import DATA_DEFAULTS, TRAIN_DEFAULTS
 
 
 @command("finetune")
-@config_options(GPTConfig, "model_flags", exclude=("vocab_size",),
-                panel="Model (a new one, with --from-scratch --tokenizer; a pretrained one changes only its dropout)")
-@config_options(TrainConfig, "train_flags", defaults=TRAIN_DEFAULTS, exclude=NOT_FOR_GPT, panel="Training")
+@config_options(GPTConfig, "model_flags", exclude=("vocab_size",))
+@config_options(TrainConfig, "train_flags", defaults=TRAIN_DEFAULTS, exclude=NOT_FOR_GPT)
 def finetune_cmd(
     task: str = typer.Option(..., "--task", help="classify, qa or generate."),
     model: Optional[Path] = typer.Option(None, "--model", "-m", help="The pretrain run to start from (weights and tokenizer)."),
@@ -108,7 +107,7 @@ def classify_cmd(
             return result["label"] + "\t" + " ".join(f"{k}:{v:.4f}" for k, v in result["probs"].items())
         return result["label"]
 
-    write_lines((render(r) for r in results), None)
+    write_lines(with_progress((render(r) for r in results), "classify", files or []), None)
 
 
 def _context(value: str) -> str:

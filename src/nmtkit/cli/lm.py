@@ -10,9 +10,9 @@ from typing import Any, List, Optional
 
 import typer
 
-from nmtkit.cli.app import (COMPUTE_TYPE, DEVICE, ON_BAD_LINE, OVERWRITE, RESUME, SETTINGS, TrainingDisplay,
+from nmtkit.cli.core import (COMPUTE_TYPE, DEVICE, ON_BAD_LINE, OVERWRITE, RESUME, SETTINGS, TrainingDisplay,
                             check_on_bad_line, command, command_line, config_options, log_trained, run_folder,
-                            settings_tables, stdin, tokenizer_config, tokenizer_options)
+                            settings_tables, stdin, tokenizer_config, tokenizer_options, with_progress)
 from nmtkit.config import TrainConfig
 from nmtkit.errors import NmtkitError
 from nmtkit.models.configs import GPTConfig
@@ -23,8 +23,8 @@ NOT_FOR_GPT = ("best_metric", "max_tokens", "max_len", "teacher_forcing")  # set
 
 
 @command("pretrain")
-@config_options(GPTConfig, "model_flags", exclude=("vocab_size",), panel="Model")
-@config_options(TrainConfig, "train_flags", defaults=TRAIN_DEFAULTS, exclude=NOT_FOR_GPT, panel="Training")
+@config_options(GPTConfig, "model_flags", exclude=("vocab_size",))
+@config_options(TrainConfig, "train_flags", defaults=TRAIN_DEFAULTS, exclude=NOT_FOR_GPT)
 def pretrain_cmd(
     inputs: List[str] = typer.Argument(None, help="Text files (one document each), TSV/CSV/JSON(L) with --column, or known corpora (tinyshakespeare)."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Run folder (default checkpoints/gpt-DATE-TIME)."),
@@ -118,7 +118,9 @@ def generate_cmd(
         sys.stdout.write(first[0])
         _stream(lm.generate_stream(model_, first[0], **options))
         return
-    for i, record in enumerate(lm.generate(model_, itertools.chain(first, texts), num_samples=num_samples, **options)):
+    records = lm.generate(model_, itertools.chain(first, texts), num_samples=num_samples, **options)
+    counted = [prompts_file] if prompts_file and num_samples == 1 else []  # lines of the file: its records
+    for i, record in enumerate(with_progress(records, "generate", counted)):
         if as_json:
             print(json.dumps(record, ensure_ascii=False), flush=True)
         else:

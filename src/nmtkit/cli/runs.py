@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from nmtkit.cli.app import OVERWRITE, command, log, print_json, wide_console
+from nmtkit.cli.core import OVERWRITE, command, log, print_json, wide_console
 from nmtkit.errors import NmtkitError
 
 

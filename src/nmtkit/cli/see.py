@@ -8,7 +8,7 @@ from typing import List, Optional
 import typer
 from rich.table import Table
 
-from nmtkit.cli.app import (AS_JSON, DEVICE, OVERWRITE, TrainingDisplay, command, log, print_json, settings_tables,
+from nmtkit.cli.core import (AS_JSON, DEVICE, OVERWRITE, TrainingDisplay, command, log, print_json, settings_tables,
                             wide_console)
 from nmtkit.cli.translation import (CORPUS, SRC_LANG, TGT_LANG, TRAIN_SRC, TRAIN_TGT, VALID_SRC, VALID_TGT, VOCAB_SIZE,
                                     translation_data)
@@ -96,7 +96,7 @@ def compare_cmd(
     archs: str = typer.Option("rnn,attention,transformer", "--archs", help="Which architectures, comma-separated."),
     tokenizer: Optional[Path] = typer.Option(None, "--tokenizer", "-t", help="One tokenizer for all (else a joint one is trained)."),
     vocab_size: Optional[int] = VOCAB_SIZE,
-    settings_file: Optional[Path] = typer.Option(None, "--settings", help="TOML/YAML with \\[rnn], \\[attention], \\[transformer] model tables and a \\[train] table."),
+    settings_file: Optional[Path] = typer.Option(None, "--settings", help="TOML/YAML with [rnn], [attention], [transformer] model tables and a [train] table."),
     device: str = DEVICE,
     overwrite: bool = OVERWRITE,
     as_json: bool = AS_JSON,
@@ -104,7 +104,7 @@ def compare_cmd(
     """RNN vs attention vs Transformer on the same data, tokenizer and budget: one table, and their validation curves."""
     import dataclasses
 
-    from nmtkit.cli.app import tokenizer_config
+    from nmtkit.cli.core import tokenizer_config
     from nmtkit.data.sources import ParallelSource
     from nmtkit.workflows import see
 

@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from nmtkit.cli.app import (ON_BAD_LINE, OVERWRITE, check_on_bad_line, command, config_options, err, log, stdin,
+from nmtkit.cli.core import (ON_BAD_LINE, OVERWRITE, check_on_bad_line, command, config_options, err, log, stdin,
                             write_lines)
 from nmtkit.config import TokenizerConfig
 

@@ -11,9 +11,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from nmtkit.cli.app import (AS_JSON, COMPUTE_TYPE, DEVICE, ON_BAD_LINE, OVERWRITE, RESUME, SETTINGS, TrainingDisplay,
+from nmtkit.cli.core import (AS_JSON, COMPUTE_TYPE, DEVICE, ON_BAD_LINE, OVERWRITE, RESUME, SETTINGS, TrainingDisplay,
                             check_on_bad_line, command, command_line, config_options, log, log_trained, print_json,
-                            run_folder, settings_tables, stdin, tokenizer_config, tokenizer_options, write_lines)
+                            run_folder, settings_tables, stdin, tokenizer_config, tokenizer_options, with_progress,
+                            write_lines)
 from nmtkit.config import TrainConfig
 from nmtkit.errors import NmtkitError
 from nmtkit.models.configs import RNNConfig, TransformerConfig
@@ -72,9 +73,9 @@ def _language(column: str | None) -> str | None:
 
 
 @command("train-translator")
-@config_options(TransformerConfig, "model_flags", exclude=VOCABULARY, defaults=BY_ARCH, panel="Model: transformer")
-@config_options(RNNConfig, "model_flags", exclude=(*VOCABULARY, *BY_ARCH), panel="Model: rnn and attention")
-@config_options(TrainConfig, "train_flags", exclude=("best_metric",), panel="Training")
+@config_options(TransformerConfig, "model_flags", exclude=VOCABULARY, defaults=BY_ARCH)
+@config_options(RNNConfig, "model_flags", exclude=(*VOCABULARY, *BY_ARCH))
+@config_options(TrainConfig, "train_flags", exclude=("best_metric",))
 def train_translator_cmd(
     arch: Optional[str] = typer.Option(None, "--arch", help="rnn (fixed context vector), attention, or transformer (default)."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Run folder (default checkpoints/ARCH-DATE-TIME)."),
@@ -157,11 +158,12 @@ def translate_cmd(
     from nmtkit.workflows import translation
 
     translator = translation.open_translator(model, device, compute_type)
-    lines = translation.translate(
-        translator, input_lines(list(files or []) + list(input_ or []), stdin(), check_on_bad_line(on_bad_line)),
+    inputs = list(files or []) + list(input_ or [])
+    lines = with_progress(translation.translate(
+        translator, input_lines(inputs, stdin(), check_on_bad_line(on_bad_line)),
         beam=beam, batch_size=batch_size, length_penalty=length_penalty, n_best=n_best, with_scores=with_scores,
         max_len_ratio=max_len_ratio, max_len_extra=max_len_extra, buffer_lines=max(batch_size * 8, 64),
-    )
+    ), "translate", inputs)
     if output is None and sys.stdout.isatty():
         for line in lines:  # interactive: answer each line as soon as it is translated
             print(line, flush=True)
@@ -234,7 +236,8 @@ def evaluate_cmd(
         raise NmtkitError("a translator is evaluated on --src FILE and --ref FILE")
     result = translation.evaluate_translator(model, src, ref, device=device, beam=beam, batch_size=batch_size,
                                              length_penalty=length_penalty, tokenize=tokenize, lowercase=lowercase,
-                                             compute_type=compute_type, record=False)
+                                             compute_type=compute_type, record=False,
+                                             progress=lambda lines: with_progress(lines, "translate", [src]))
     if as_json:
         print_json(result)
     else:

@@ -9,7 +9,7 @@ from typing import Any, List, Optional
 import typer
 from rich.table import Table
 
-from nmtkit.cli.app import (AS_JSON, ON_BAD_LINE, OVERWRITE, SETTINGS, TrainingDisplay, check_on_bad_line, command,
+from nmtkit.cli.core import (AS_JSON, ON_BAD_LINE, OVERWRITE, SETTINGS, TrainingDisplay, check_on_bad_line, command,
                             command_line, config_options, err, log, print_json, run_folder, settings_tables,
                             wide_console)
 from nmtkit.config import Word2VecTrainConfig
@@ -73,8 +73,8 @@ def _vocab_rows(stats: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 @command("train-embeddings")
-@config_options(Word2VecConfig, "model_flags", exclude=("vocab_size",), panel="Model")
-@config_options(Word2VecTrainConfig, "train_flags", panel="Training")
+@config_options(Word2VecConfig, "model_flags", exclude=("vocab_size",))
+@config_options(Word2VecTrainConfig, "train_flags")
 def train_embeddings_cmd(
     inputs: List[str] = typer.Argument(None, help="Text files (.gz too), TSV/CSV/JSON(L) with --column, or known corpus files (multi30k/train.en tinyshakespeare)."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Run folder (default checkpoints/embeddings-DATE-TIME)."),

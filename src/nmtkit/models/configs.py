@@ -1,6 +1,6 @@
 """The models' configs: one small frozen dataclass per model, saved inside every run folder (nanoGPT's
 `GPTConfig`), each field with its default and help. They live here, apart from the models, because this module
-needs no torch: the command line builds its model flags from them (`nmtkit.cli.app.config_options`) and its
+needs no torch: the command line builds its model flags from them (`nmtkit.cli.core.config_options`) and its
 help must come at once. Each model module imports its config from here.
 """
 

@@ -209,10 +209,11 @@ def score(hypotheses: list[str], references: list[list[str]], names: tuple[str, 
 def evaluate_translator(
     run_dir: str | Path, src: str, ref: str, *, device: str = "auto", beam: int = 5, batch_size: int = 64,
     length_penalty: float = 1.0, tokenize: str | None = None, lowercase: bool = False, target_lang: str | None = None,
-    record: bool = True, compute_type: str = "default",
+    record: bool = True, compute_type: str = "default", progress=None,
 ) -> dict[str, Any]:
     """Translate a test set, score it, and record the result in the run folder's run.json (a run folder or a
-    CTranslate2 export of one, as `open_translator` takes)."""
+    CTranslate2 export of one, as `open_translator` takes). `progress` may wrap the translated lines as they
+    come (a progress display)."""
     import time
 
     translator = open_translator(run_dir, device, compute_type)
@@ -220,7 +221,8 @@ def evaluate_translator(
     sources = list(corpora.read_lines(src_path))
     references = list(corpora.read_lines(ref_path))
     t0 = time.perf_counter()
-    hyps = list(translate(translator, sources, beam=beam, batch_size=batch_size, length_penalty=length_penalty))
+    hyps = translate(translator, sources, beam=beam, batch_size=batch_size, length_penalty=length_penalty)
+    hyps = list(progress(hyps) if progress else hyps)
     seconds = time.perf_counter() - t0
     lang = target_lang or translator.config.get("data", {}).get("tgt_lang") or ref_path.suffix.lstrip(".")
     scores = score(hyps, [references], (str(src_path), [str(ref_path)]), tokenize=tokenize, lowercase=lowercase,

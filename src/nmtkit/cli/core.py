@@ -31,6 +31,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 err = Console(stderr=True)
@@ -80,12 +81,12 @@ def command(name: str, **kwargs: Any) -> Callable[[Callable[..., Any]], Callable
     return register
 
 
-def config_options(cls: type, into: str, *, defaults: dict[str, Any] | None = None, exclude: tuple[str, ...] = (),
-                   panel: str | None = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+def config_options(cls: type, into: str, *, defaults: dict[str, Any] | None = None,
+                   exclude: tuple[str, ...] = ()) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Give a command one flag per field of the config dataclass `cls` (but `exclude`): `--field-name` and the
-    field's own extra flags, its help, and the default this command uses (`defaults`, else the field's) shown
-    in the help, under the help panel `panel`. The command receives the flags that were given as one dict, in
-    its parameter `into` (with those of any other `config_options` for the same `into`)."""
+    field's own extra flags, its help, its range, and the default this command uses (`defaults`, else the
+    field's) shown in the help. The command receives the flags that were given as one dict, in its parameter
+    `into` (with those of any other `config_options` for the same `into`)."""
     defaults = defaults or {}
     hints = typing.get_type_hints(cls)
     fields = [f for f in dataclasses.fields(cls) if f.name not in exclude]
@@ -93,7 +94,7 @@ def config_options(cls: type, into: str, *, defaults: dict[str, Any] | None = No
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
         signature = inspect.signature(fn, eval_str=True)
         added = [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, annotation=_option_type(hints[f.name]),
-                                   default=_option(f, hints[f.name], defaults.get(f.name, f.default), panel))
+                                   default=_option(f, hints[f.name], defaults.get(f.name, f.default)))
                  for f in fields]
 
         @functools.wraps(fn)
@@ -119,20 +120,36 @@ def _option_type(hint: Any) -> Any:
     return Optional[hint]
 
 
-def _option(field: dataclasses.Field, hint: Any, default: Any, panel: str | None) -> Any:
+def _option(field: dataclasses.Field, hint: Any, default: Any) -> Any:
     flags = [f"--{field.name.replace('_', '-')}", *field.metadata.get("flags", ())]
     if hint is bool:  # --name/--no-name, unless the field names its own pair ("--bidirectional/--unidirectional")
         pairs = [flag for flag in flags if "/" in flag]
         flags = pairs or [f"{flag}/--no-{flag[2:]}" for flag in flags]
     bounds = {k: field.metadata.get(k) for k in ("min", "max") if field.metadata.get(k) is not None}
     return typer.Option(None, *flags, help=f"{field.metadata['help']} (default {_shown(default)})", show_default=False,
-                        rich_help_panel=panel, **bounds)
+                        **bounds)
 
 
 def _shown(default: Any) -> str:
     if isinstance(default, tuple):
         return ", ".join(default) or "none"
     return str(default).lower() if isinstance(default, bool) else str(default)
+
+
+def _plain_metavars(group) -> None:
+    """Help pages name values as click does (TEXT, INTEGER, FLOAT, PATH), not by Python type (<list[str]>)."""
+    names = {str: "TEXT", int: "INTEGER", float: "FLOAT", Path: "PATH"}
+    for command in group.commands.values():
+        for param in command.params:
+            hint = param.type_descriptor.annotation
+            args = [a for a in typing.get_args(hint) if a is not type(None)]  # Optional[X], List[X]: X
+            while args and typing.get_args(args[0]):
+                args = [a for a in typing.get_args(args[0]) if a is not type(None)]
+            base = args[0] if args else hint
+            if getattr(param, "param_type_name", "") == "argument":  # its name says what it is: files, prompts...
+                param.display_type_rich = lambda ctx: ""
+            elif param.metavar is None and base in names:
+                param.metavar = names[base]
 
 
 def _version(value: bool) -> None:
@@ -152,8 +169,10 @@ def main() -> None:
     """Entry point: like `app()`, but a command line that does not parse also gets one line (and exit 2)."""
     # typer may vendor its own click: find its UsageError through a class it exports
     usage_error = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
+    command = typer.main.get_command(app)
+    _plain_metavars(command)
     try:
-        rc = app(standalone_mode=False, prog_name="nmtkit")
+        rc = command.main(standalone_mode=False, prog_name="nmtkit")
     except usage_error as exc:
         if type(exc).__name__ == "NoArgsIsHelpError":  # plain `nmtkit`: show the help
             print(exc.ctx.get_help() if exc.ctx else exc)
@@ -174,7 +193,7 @@ def main() -> None:
 ON_BAD_LINE = typer.Option("error", "--on-bad-line", help="What to do with invalid UTF-8: error, skip the line (an empty output line in line-by-line commands) or replace the bad bytes with U+FFFD; skips and replacements are counted on stderr.")
 DEVICE = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps.")
 COMPUTE_TYPE = typer.Option("default", "--compute-type", help="CTranslate2 exports: int8, int8_float32, float16, float32... (default: as exported).")
-SETTINGS = typer.Option(None, "--settings", help="TOML/YAML with \\[model] and \\[train] tables, keys named like the flags; flags override it.")
+SETTINGS = typer.Option(None, "--settings", help="TOML/YAML with [model] and [train] tables, keys named like the flags; flags override it.")
 RESUME = typer.Option(False, "--resume", help="Continue the run in --output exactly where it stopped (settings given again must be the same, but for the training limits).")
 AS_JSON = typer.Option(False, "--json", help="Print JSON.")
 OVERWRITE = typer.Option(False, "--overwrite", help="Write into an --output folder that holds other files (nmtkit never deletes what it did not create).")
@@ -261,6 +280,42 @@ def _copy_lines(lines, handle) -> None:
             block.clear()
     if block:
         handle.write(("\n".join(block) + "\n").encode("utf-8"))
+
+
+def with_progress(items, what: str, files=()):
+    """`items` passed through, with a progress bar on stderr (count, per second, and the ETA when the input
+    `files` say how many lines there are) while stderr is a terminal; nothing is shown when it is not."""
+    if not err.is_terminal:
+        yield from items
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
+    from rich.text import Text
+
+    class Rate(ProgressColumn):
+        def render(self, task) -> Text:
+            return Text(f"{task.speed or 0:,.1f} lines/s")
+
+    total = _count_lines(files) if files else None
+    columns = [TextColumn(what), BarColumn(), MofNCompleteColumn(), Rate(), TimeRemainingColumn()]
+    with Progress(*columns, console=err, transient=True) as progress:
+        task = progress.add_task(what, total=total)
+        for item in items:
+            yield item
+            progress.advance(task)
+
+
+def _count_lines(files) -> int | None:
+    from nmtkit.data import corpora, registry
+
+    try:
+        total = 0
+        for spec in files:
+            with corpora.open_binary(registry.resolve(spec)) as stream:
+                for block in iter(lambda: stream.read(1 << 20), b""):
+                    total += block.count(b"\n")
+        return total
+    except OSError:  # the command reports it when it reads the file
+        return None
 
 
 def wide_console(width: int = 100) -> Console:
