@@ -54,6 +54,18 @@ def test_exported_greedy_output_is_identical_to_nmtkit(run, exported):
     assert ours == theirs
 
 
+def test_an_undertrained_export_stops_at_the_same_length_limit(tmp_path):
+    """A model that never says </s> runs to the output limit: both decoders stop after the same number of pieces."""
+    run = train(tmp_path / "und", "--max-steps", "3")
+    out = tmp_path / "und-ct2"
+    assert runner.invoke(app, ["export", str(run), str(out)]).exit_code == 0
+    for beam in ("1", "3"):
+        ours, theirs = translate(run, "--beam", beam), translate(out, "--beam", beam)
+        assert ours == theirs, beam
+    long = [line for line in ours if len(line) > 20]
+    assert long, "the model should run to its limit on some lines"
+
+
 def test_evaluate_scores_an_export_like_its_run(run, exported):
     def bleu(model, *extra):
         result = runner.invoke(app, ["evaluate", "-m", str(model), "--src", str(DEMO / "test.en"), "--ref",

@@ -25,7 +25,8 @@ def tree_map(fn: Callable[[Tensor], Tensor], tree: Any) -> Any:
 
 
 def max_lengths(src_mask: Tensor, ratio: float, extra: int, cap: int) -> Tensor:
-    """Per-sentence output limit: ratio x source length + extra, at most `cap`. (B,)"""
+    """Per-sentence output limit: ratio x source length + extra tokens, at most `cap`; a sentence that reaches it
+    ends there (</s> follows). (B,)"""
     return (src_mask.sum(1).float() * ratio + extra).long().clamp(1, cap)
 
 
@@ -40,11 +41,11 @@ def greedy(model, src: Tensor, src_mask: Tensor, *, bos: int, eos: int, max_len:
     prev = torch.full((B, 1), bos, dtype=torch.long, device=src.device)
     alive = torch.arange(B, device=src.device)  # the sentence of each row still decoding
     limit = max_len
-    out = torch.full((B, int(max_len.max())), eos, dtype=torch.long, device=src.device)  # (B, T)
+    out = torch.full((B, int(max_len.max()) + 1), eos, dtype=torch.long, device=src.device)  # (B, T): tokens, </s>
     cache = None
     for t in range(out.size(1)):
         logits, cache = model.decode_step(prev, memory, cache)
-        token = logits.argmax(-1).masked_fill(t + 1 >= limit, eos)  # at the limit: end
+        token = logits.argmax(-1).masked_fill(t >= limit, eos)  # `limit` tokens made: end
         out[alive, t] = token
         ended = token == eos
         if bool(ended.any()):
@@ -85,12 +86,12 @@ def beam_search(
     done = [False] * B
     sent = list(range(B))  # the sentence of each group of K rows; done sentences leave the batch
     cache = None
-    for t in range(int(max_len.max())):
+    for t in range(int(max_len.max()) + 1):
         B = len(sent)
         logits, cache = model.decode_step(tokens, memory, cache)
         logp = torch.log_softmax(logits.float(), -1)  # (B*K, V)
         V = logp.size(-1)
-        at_limit = t + 1 >= limit
+        at_limit = t >= limit  # `limit` tokens made
         if bool(at_limit.any()):  # sentences at their length limit may only end
             forced = torch.full_like(logp, float("-inf"))
             forced[:, eos] = 0.0

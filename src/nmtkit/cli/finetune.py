@@ -49,7 +49,8 @@ def finetune_cmd(
     model_flags: Optional[dict[str, Any]] = None,
     train_flags: Optional[dict[str, Any]] = None,
 ) -> None:
-    """Fine-tune a pretrained decoder: classify texts, answer questions (extractive QA), or follow instructions."""
+    """Fine-tune a pretrained decoder: classify texts, answer questions (extractive QA), or follow instructions.
+    The model flags size a new model (--from-scratch --tokenizer); a pretrained one changes only its dropout."""
     from nmtkit.data.sources import TaskSource
     from nmtkit.workflows import finetune
 

@@ -144,7 +144,7 @@ def translate_cmd(
     beam: int = typer.Option(5, "--beam", "-b", help="Beam size (1: greedy).", min=1, max=1024),
     length_penalty: float = typer.Option(1.0, "--length-penalty", help="Scores divided by length ** this (0: raw log-probability)."),
     n_best: int = typer.Option(1, "--n-best", help="Write the K best translations with scores, as one JSON object per line.", min=1),
-    with_scores: bool = typer.Option(False, "--scores", help="Append a tab and the score to each translation."),
+    with_scores: bool = typer.Option(False, "--scores", help="Append a tab and the score to each translation (an empty input line gives a lone tab: no translation, no score)."),
     batch_size: int = typer.Option(64, "--batch-size", help="Sentences per batch (sorted by length).", min=1),
     max_len_ratio: float = typer.Option(2.0, "--max-len-ratio", help="Longest output: ratio x source length + --max-len-extra pieces.", min=0.0),
     max_len_extra: int = typer.Option(10, "--max-len-extra", help="See --max-len-ratio.", min=0),

@@ -61,13 +61,20 @@ class CT2Translator:
 
     def translate_ids(self, src: list[list[int]], *, beam: int = 5, length_penalty: float = 1.0, n_best: int = 1,
                       max_len_ratio: float = 2.0, max_len_extra: int = 10, scores: bool = False):
+        """Each sentence with the output limit nmtkit's decoder gives it (`decoding.max_lengths`): CTranslate2
+        takes one limit per call, so sentences are translated in groups of one limit."""
         piece, to_id = self.tok.id_to_piece, self.tok.piece_to_id
-        results = self.model.translate_batch(
-            [[piece(i) for i in ids] for ids in src], beam_size=beam, num_hypotheses=n_best,
-            length_penalty=length_penalty, return_scores=True,
-            max_decoding_length=min(int(max(map(len, src)) * max_len_ratio + max_len_extra), self.max_src_len))
-        return [[([to_id(p) for p in h], float(sc) if (scores or beam > 1) else 0.0) for h, sc in zip(r.hypotheses, r.scores)]
-                for r in results]
+        limits = [max(1, min(int(len(ids) * max_len_ratio + max_len_extra), self.max_src_len)) for ids in src]
+        out: list = [None] * len(src)
+        for limit in set(limits):
+            idx = [i for i, n in enumerate(limits) if n == limit]
+            results = self.model.translate_batch(
+                [[piece(i) for i in src[i]] for i in idx], beam_size=beam, num_hypotheses=n_best,
+                length_penalty=length_penalty, return_scores=True, max_decoding_length=limit)
+            for i, r in zip(idx, results):
+                out[i] = [([to_id(p) for p in h], float(sc) if (scores or beam > 1) else 0.0)
+                          for h, sc in zip(r.hypotheses, r.scores)]
+        return out
 
 
 def open_translator(path: str | Path, device: str = "auto", compute_type: str = "default"):
