@@ -227,3 +227,19 @@ def test_line_commands_show_progress_on_a_terminal_only(data, monkeypatch):
     shown = run("translate", "-m", data["run"], data["src"], "--beam", "1", "--device", "cpu")
     assert shown.exit_code == 0 and shown.stdout == quiet.stdout
     assert "translate" in shown.stderr and "24/24" in shown.stderr and "lines/s" in shown.stderr
+
+
+def test_score_takes_positional_references_and_tests_several_systems(data, tmp_path):
+    hyp = tmp_path / "hyp.ko"
+    result = run("evaluate", "-m", data["run"], "--src", data["src"], "--ref", data["tgt"], "--beam", "1", "--device",
+                 "cpu", "-o", hyp)
+    assert result.exit_code == 0 and len(hyp.read_text(encoding="utf-8").splitlines()) == 24
+    same = run("score", data["tgt"], "-i", hyp, "--metrics", "bleu", "--json")
+    assert same.exit_code == 0 and json.loads(same.stdout)["bleu"]["score"] >= 0
+    tested = run("score", data["tgt"], "-i", data["tgt"], "-i", hyp, "--paired-bs", "--samples", "100", "--json")
+    assert tested.exit_code == 0, tested.output
+    found = json.loads(tested.stdout)
+    assert found["test"] == "paired bootstrap" and "bs:100" in found["signatures"]["bleu"]
+    assert found["systems"][0]["scores"]["bleu"]["score"] == 100.0 and found["systems"][0]["scores"]["bleu"]["p_value"] is None
+    assert 0 < found["systems"][1]["scores"]["bleu"]["p_value"] <= 1
+    assert "needs two systems or more" in error_line(run("score", data["tgt"], "-i", hyp, "--paired-ar"))

@@ -147,3 +147,11 @@ def test_images_without_matplotlib_say_how_to_install_it(compared, tmp_path, mon
     assert result.exit_code == 1 and "pip install 'nmtkit[plots]'" in result.stderr
     result = run("plot", folder / "cmp" / "rnn")  # the terminal chart needs nothing
     assert result.exit_code == 0
+
+
+def test_compare_says_whether_each_architecture_differs_significantly_from_the_first(compared):
+    folder, result, _ = compared
+    p_values = [row["p_bleu_vs_rnn"] for row in result["rows"]]
+    assert p_values[0] is None and all(0 < p <= 1 for p in p_values[1:])
+    for row in result["rows"]:  # the test-set translations it was computed from stay beside the runs
+        assert len((folder / "cmp" / f"{row['arch']}.hyp").read_text(encoding="utf-8").splitlines()) == 24

@@ -50,26 +50,9 @@ def score(
 
     Returns {"bleu": {"score": 34.1, "signature": "nrefs:1|case:mixed|...", ...}, "chrf": {...}, ...}.
     """
-    from sacrebleu.metrics import BLEU, CHRF, TER
-
-    unknown = [m for m in metrics if m not in METRICS]
-    if unknown:
-        raise ConfigError(f"unknown metric {unknown[0]!r}; choose from {', '.join(METRICS)}")
-    tokenize = tokenize or default_tokenizer(target_lang)
-    if tokenize not in TOKENIZERS:
-        raise ConfigError(f"--tokenize {tokenize!r} is not valid; choose one of {', '.join(TOKENIZERS)}")
     hyps, refs = list(hypotheses), [list(r) for r in references]
     results: dict[str, dict[str, Any]] = {}
-    for name in metrics:
-        if name == "bleu":
-            try:
-                metric = BLEU(tokenize=tokenize, lowercase=lowercase)
-            except (ImportError, RuntimeError) as exc:
-                raise ConfigError(f"--tokenize {tokenize}: {exc}") from None
-        elif name == "chrf":
-            metric = CHRF(lowercase=lowercase)
-        else:
-            metric = TER()  # sacrebleu's default (case-insensitive), so the numbers match its users
+    for name, metric in _metrics(metrics, tokenize, lowercase, target_lang).items():
         result = metric.corpus_score(hyps, refs)
         entry: dict[str, Any] = {"score": round(result.score, 2), "signature": str(metric.get_signature())}
         if name == "bleu":
@@ -77,6 +60,58 @@ def score(
                          sys_len=result.sys_len, ref_len=result.ref_len)
         results[name] = entry
     return results
+
+
+def _metrics(names: Sequence[str], tokenize: str | None, lowercase: bool, target_lang: str | None) -> dict[str, Any]:
+    """sacrebleu's metric objects by name, with sacrebleu's defaults but for the tokenizer and lowercasing."""
+    from sacrebleu.metrics import BLEU, CHRF, TER
+
+    unknown = [m for m in names if m not in METRICS]
+    if unknown:
+        raise ConfigError(f"unknown metric {unknown[0]!r}; choose from {', '.join(METRICS)}")
+    tokenize = tokenize or default_tokenizer(target_lang)
+    if tokenize not in TOKENIZERS:
+        raise ConfigError(f"--tokenize {tokenize!r} is not valid; choose one of {', '.join(TOKENIZERS)}")
+    metrics: dict[str, Any] = {}
+    for name in names:
+        if name == "bleu":
+            try:
+                metrics[name] = BLEU(tokenize=tokenize, lowercase=lowercase)
+            except (ImportError, RuntimeError) as exc:
+                raise ConfigError(f"--tokenize {tokenize}: {exc}") from None
+        else:  # TER: sacrebleu's default (case-insensitive), so the numbers match its users'
+            metrics[name] = CHRF(lowercase=lowercase) if name == "chrf" else TER()
+    return metrics
+
+
+def paired_test(systems: Sequence[tuple[str, Sequence[str]]], references: Sequence[Sequence[str]],
+                metrics: Sequence[str] = METRICS, *, test: str = "bs", samples: int = 0, tokenize: str | None = None,
+                lowercase: bool = False, target_lang: str | None = None) -> dict[str, Any]:
+    """sacrebleu's significance test of every system against the first (the baseline): paired bootstrap
+    resampling (`bs`, Koehn 2004) or approximate randomization (`ar`, Riezler and Maxwell 2005). Returns each
+    system's score, mean and 95% confidence interval, and p-value against the baseline, per metric, with the
+    signatures."""
+    from sacrebleu.significance import PairedTest
+
+    if len(systems) < 2:
+        raise ConfigError("a paired test needs two systems or more: give -i once per system (the first is the baseline)")
+    objects = _metrics(metrics, tokenize, lowercase, target_lang)
+    test_ = PairedTest([(n, list(h)) for n, h in systems], {k: v for k, v in objects.items()},
+                       [list(r) for r in references], test_type=test, n_samples=samples,
+                       n_ar_confidence=0 if test == "ar" else -1)
+    signatures, table = test_()
+    theirs = [k for k in table if k != "System"]  # sacrebleu's names (BLEU, chrF2, TER), in our metrics' order
+    rows = [{"system": name, "scores": {}} for name, _ in systems]
+    for metric, key in zip(objects, theirs):
+        for row, result in zip(rows, table[key]):
+            row["scores"][metric] = {"score": round(result.score, 2), "mean": _rounded(result.mean),
+                                     "ci": _rounded(result.ci), "p_value": _rounded(result.p_value, 4)}
+    return {"test": "paired bootstrap" if test == "bs" else "approximate randomization",
+            "signatures": {metric: str(signatures[key]) for metric, key in zip(objects, theirs)}, "systems": rows}
+
+
+def _rounded(value: Any, digits: int = 2) -> float | None:
+    return None if value is None else round(float(value), digits)
 
 
 # ---------------------------------------------------------------------------------------------------------

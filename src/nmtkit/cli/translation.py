@@ -11,10 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from nmtkit.cli.core import (AS_JSON, COMPUTE_TYPE, DEVICE, ON_BAD_LINE, OVERWRITE, RESUME, SETTINGS, TrainingDisplay,
-                            check_on_bad_line, command, command_line, config_options, log, log_trained, print_json,
-                            run_folder, settings_tables, stdin, tokenizer_config, tokenizer_options, with_progress,
-                            write_lines)
+from nmtkit.cli.core import (AS_JSON, COMPUTE_TYPE, DEVICE, ON_BAD_LINE, OVERWRITE, RESUME, SETTINGS, TrainingDisplay, check_on_bad_line, command, command_line, config_options, log, log_trained, print_json, run_folder, settings_tables, stdin, tokenizer_config, tokenizer_options, with_progress, write_lines, wide_console)
 from nmtkit.config import TrainConfig
 from nmtkit.errors import NmtkitError
 from nmtkit.models.configs import RNNConfig, TransformerConfig
@@ -181,26 +178,59 @@ def print_scores(scores: dict, as_json: bool) -> None:
 
 @command("score")
 def score_cmd(
-    ref: List[str] = typer.Option(..., "--ref", "-r", help="Reference file (repeat for several references)."),
-    input_: Optional[str] = typer.Option(None, "--input", "-i", help="Hypotheses (default stdin)."),
+    refs: List[str] = typer.Argument(None, help="Reference files (as sacrebleu takes them); or --ref."),
+    ref: Optional[List[str]] = typer.Option(None, "--ref", "-r", help="Reference file (repeat for several references)."),
+    inputs: Optional[List[str]] = typer.Option(None, "--input", "-i", help="Hypotheses (default stdin); repeat for several systems, the first the baseline of --paired-bs/--paired-ar."),
     metrics: str = typer.Option("bleu,chrf,ter", "--metrics", help="Comma-separated: bleu, chrf, ter."),
     tokenize: Optional[str] = typer.Option(None, "--tokenize", help=TOKENIZE_HELP),
-    lowercase: bool = typer.Option(False, "--lowercase", "-lc", help="Case-insensitive scores."),
+    lowercase: bool = typer.Option(False, "--lowercase", "-lc", help="Case-insensitive BLEU and chrF (TER is, as in sacrebleu)."),
     lang: Optional[str] = typer.Option(None, "--lang", help="Target language (default: the reference file's extension)."),
+    paired_bs: bool = typer.Option(False, "--paired-bs", help="Several systems: sacrebleu's paired bootstrap resampling against the first."),
+    paired_ar: bool = typer.Option(False, "--paired-ar", help="Several systems: sacrebleu's approximate randomization against the first."),
+    samples: int = typer.Option(0, "--samples", help="Resamples (--paired-bs, default 1000) or trials (--paired-ar, default 10000).", min=0),
     as_json: bool = AS_JSON,
     on_bad_line: str = ON_BAD_LINE,
 ) -> None:
-    """BLEU, chrF and TER with sacrebleu, printed with their signatures."""
+    """BLEU, chrF and TER with sacrebleu, printed with their signatures; with several systems, whether their
+    differences are significant (--paired-bs, --paired-ar)."""
     from nmtkit.data.sources import input_lines
     from nmtkit.workflows import translation
 
     check_on_bad_line(on_bad_line)
-    hyps = [line or "" for line in input_lines([input_] if input_ else [], stdin(), on_bad_line)]
-    refs = [[line or "" for line in input_lines([r], None, on_bad_line)] for r in ref]
-    scores = translation.score(hyps, refs, (str(input_ or "<stdin>"), [str(r) for r in ref]),
-                               metrics=[m.strip() for m in metrics.split(",") if m.strip()], tokenize=tokenize,
-                               lowercase=lowercase, target_lang=lang or Path(ref[0]).suffix.lstrip("."))
-    print_scores(scores, as_json)
+    references = list(refs or []) + list(ref or [])
+    if not references:
+        raise NmtkitError("give the reference file(s): nmtkit score REF -i HYP (or --ref REF)")
+    if paired_bs and paired_ar:
+        raise NmtkitError("--paired-bs and --paired-ar: choose one")
+    names = list(inputs or []) or ["<stdin>"]
+    systems = [(name, [line or "" for line in input_lines([] if name == "<stdin>" else [name], stdin(), on_bad_line)])
+               for name in names]
+    ref_lines = [[line or "" for line in input_lines([r], None, on_bad_line)] for r in references]
+    options = dict(metrics=[m.strip() for m in metrics.split(",") if m.strip()], tokenize=tokenize, lowercase=lowercase,
+                   target_lang=lang or Path(references[0]).suffix.lstrip("."))
+    if paired_bs or paired_ar:
+        result = translation.significance(systems, ref_lines, references, test="bs" if paired_bs else "ar",
+                                          samples=samples, **options)
+        print_json(result) if as_json else _print_significance(result)
+        return
+    for i, (name, hyps) in enumerate(systems):
+        scores = translation.score(hyps, ref_lines, (name, references), **options)
+        if len(systems) > 1 and not as_json:
+            print(("\n" if i else "") + f"--- {name}")
+        print_scores(scores, as_json)
+
+
+def _print_significance(result: dict[str, Any]) -> None:
+    metrics = list(result["signatures"])
+    table = Table("system", *(f"{m.upper()} (mean ± 95% CI)" for m in metrics), *(f"p {m.upper()}" for m in metrics),
+                  box=None, title=f"{result['test']} against {result['systems'][0]['system']}")
+    for row in result["systems"]:
+        cells = [row["scores"][m] for m in metrics]
+        table.add_row(row["system"], *(f"{c['score']:.2f} ({c['mean']} ± {c['ci']})" for c in cells),
+                      *("-" if c["p_value"] is None else f"{c['p_value']:.4f}" for c in cells))
+    wide_console(120).print(table)
+    for metric, signature in result["signatures"].items():
+        print(f"{metric.upper():5} {signature}")
 
 
 @command("evaluate")
@@ -217,6 +247,7 @@ def evaluate_cmd(
     batch_size: int = typer.Option(64, "--batch-size", help="Sentences per batch.", min=1),
     tokenize: Optional[str] = typer.Option(None, "--tokenize", help=TOKENIZE_HELP),
     lowercase: bool = typer.Option(False, "--lowercase", "-lc", help="Case-insensitive scores."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Translators: also keep the translations in this file."),
     device: str = DEVICE,
     compute_type: str = COMPUTE_TYPE,
     as_json: bool = AS_JSON,
@@ -236,7 +267,7 @@ def evaluate_cmd(
         raise NmtkitError("a translator is evaluated on --src FILE and --ref FILE")
     result = translation.evaluate_translator(model, src, ref, device=device, beam=beam, batch_size=batch_size,
                                              length_penalty=length_penalty, tokenize=tokenize, lowercase=lowercase,
-                                             compute_type=compute_type, record=False,
+                                             compute_type=compute_type, record=False, output=output,
                                              progress=lambda lines: with_progress(lines, "translate", [src]))
     if as_json:
         print_json(result)

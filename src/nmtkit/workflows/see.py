@@ -149,13 +149,29 @@ def compare(
             train_translator(run_dir=run_dir, arch=arch, overwrite=overwrite, train_source=train_source, valid_source=valid_source,
                              model_settings=(model_settings or {}).get(arch), tokenizer=tokenizer, device=device,
                              train_settings={**(train_settings or {}), **parse_budget(budget)}, progress=progress)
-        result = evaluate_translator(run_dir, str(test_files[0]), str(test_files[1]), device=device, beam=5)
+        result = evaluate_translator(run_dir, str(test_files[0]), str(test_files[1]), device=device, beam=5,
+                                     output=out_dir / f"{arch}.hyp")
         rows.append(_compare_row(arch, run_dir, result, test_source is not None))
+    _significance(out_dir, archs, rows, test_files[1])
     return {"rows": rows, "curves": _curves(out_dir, archs), "out": str(out_dir)}
 
 
+def _significance(out_dir: Path, archs: tuple[str, ...], rows: list[dict[str, Any]], reference: Path) -> None:
+    """Each row's p-value of its BLEU against the first architecture's (sacrebleu's paired bootstrap)."""
+    from nmtkit import evaluation
+    from nmtkit.data import corpora
+
+    if len(archs) < 2:
+        return
+    systems = [(arch, list(corpora.read_lines(out_dir / f"{arch}.hyp"))) for arch in archs]
+    result = evaluation.paired_test(systems, [list(corpora.read_lines(reference))], ("bleu",),
+                                    target_lang=reference.suffix.lstrip("."))
+    for row, system in zip(rows, result["systems"]):
+        row[f"p_bleu_vs_{archs[0]}"] = system["scores"]["bleu"]["p_value"]
+
+
 def _is_comparison(path: Path) -> bool:
-    return all(p.name in (*ARCHS, checkpoint.TOKENIZER_DIR, "curves.png") for p in path.iterdir())
+    return all(p.name in (*ARCHS, checkpoint.TOKENIZER_DIR, "curves.png") or p.suffix == ".hyp" for p in path.iterdir())
 
 
 def _compare_row(arch: str, run_dir: Path, result: dict[str, Any], on_test: bool) -> dict[str, Any]:

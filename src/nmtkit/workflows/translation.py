@@ -204,23 +204,38 @@ def score(hypotheses: list[str], references: list[list[str]], names: tuple[str, 
     """sacrebleu scores; hypothesis and reference files must have the same number of lines."""
     from nmtkit import evaluation
 
+    _check_lines(hypotheses, references, names)
+    return evaluation.score(hypotheses, references, **options)
+
+
+def significance(systems: list[tuple[str, list[str]]], references: list[list[str]], ref_names: list[str],
+                 **options) -> dict[str, Any]:
+    """Whether systems differ significantly from the first (sacrebleu's paired tests); every system must have
+    as many lines as the references."""
+    from nmtkit import evaluation
+
+    for name, hyps in systems:
+        _check_lines(hyps, references, (name, ref_names))
+    return evaluation.paired_test(systems, references, **options)
+
+
+def _check_lines(hypotheses: list[str], references: list[list[str]], names: tuple[str, list[str]]) -> None:
     hyp_name, ref_names = names
     if not hypotheses:
         raise DataError(f"{hyp_name}: no lines to score")
     for ref, name in zip(references, ref_names):
         if len(ref) != len(hypotheses):
             raise DataError(f"{name} has {len(ref)} lines but {hyp_name} has {len(hypotheses)}; they must match line for line")
-    return evaluation.score(hypotheses, references, **options)
 
 
 def evaluate_translator(
     run_dir: str | Path, src: str, ref: str, *, device: str = "auto", beam: int = 5, batch_size: int = 64,
     length_penalty: float = 1.0, tokenize: str | None = None, lowercase: bool = False, target_lang: str | None = None,
-    record: bool = True, compute_type: str = "default", progress=None,
+    record: bool = True, compute_type: str = "default", progress=None, output: str | Path | None = None,
 ) -> dict[str, Any]:
     """Translate a test set, score it, and record the result in the run folder's run.json (a run folder or a
     CTranslate2 export of one, as `open_translator` takes). `progress` may wrap the translated lines as they
-    come (a progress display)."""
+    come (a progress display); `output` keeps the translations in a file."""
     import time
 
     translator = open_translator(run_dir, device, compute_type)
@@ -231,6 +246,10 @@ def evaluate_translator(
     hyps = translate(translator, sources, beam=beam, batch_size=batch_size, length_penalty=length_penalty)
     hyps = list(progress(hyps) if progress else hyps)
     seconds = time.perf_counter() - t0
+    if output is not None:
+        from nmtkit.files import write_lines
+
+        write_lines(output, (h.replace("\n", " ") for h in hyps))
     lang = target_lang or translator.config.get("data", {}).get("tgt_lang") or ref_path.suffix.lstrip(".")
     scores = score(hyps, [references], (str(src_path), [str(ref_path)]), tokenize=tokenize, lowercase=lowercase,
                    target_lang=lang)
