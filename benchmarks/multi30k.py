@@ -42,7 +42,7 @@ RUNS = {
         "gpu": ["--d-model", "512", "--heads", "8", "--layers", "3", "--ff-dim", "2048", "--dropout", "0.3",
                 "--lr", "1e-3", "--warmup", "1000", "--max-tokens", "8192", "--max-steps", "4000", "--eval-every", "250"],
         "cpu": ["--d-model", "256", "--heads", "4", "--layers", "3", "--ff-dim", "1024", "--dropout", "0.1",
-                "--lr", "1e-3", "--warmup", "400", "--max-tokens", "4096", "--max-steps", "550", "--eval-every", "550"]}),
+                "--lr", "1e-3", "--warmup", "400", "--max-tokens", "4096", "--max-steps", "1100", "--eval-every", "275"]}),
     "transformer-en-de": ("en", "de", "transformer", {
         "gpu": ["--d-model", "512", "--heads", "8", "--layers", "3", "--ff-dim", "2048", "--dropout", "0.3",
                 "--lr", "1e-3", "--warmup", "1000", "--max-tokens", "8192", "--max-steps", "4000", "--eval-every", "250"],

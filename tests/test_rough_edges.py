@@ -243,3 +243,39 @@ def test_score_takes_positional_references_and_tests_several_systems(data, tmp_p
     assert found["systems"][0]["scores"]["bleu"]["score"] == 100.0 and found["systems"][0]["scores"]["bleu"]["p_value"] is None
     assert 0 < found["systems"][1]["scores"]["bleu"]["p_value"] <= 1
     assert "needs two systems or more" in error_line(run("score", data["tgt"], "-i", hyp, "--paired-ar"))
+
+
+EXAMPLES = DEMO.parent.parent / "examples"
+
+
+def test_every_example_settings_file_runs_with_a_run_in_one_file(data, gpt, tmp_path):
+    """Each examples/*.toml is read by its command (flags override it: tiny sizes, the demo data)."""
+    tiny = ["--max-steps", "1", "--eval-every", "1", "--device", "cpu"]
+    runs = {
+        "transformer-multi30k.toml": ["train-translator", "--corpus", "demo", "--src-lang", "en", "--tgt-lang", "ko",
+                                      "--vocab-size", "300", "--d-model", "32", "--heads", "2", "--ff-dim", "64", "--layers",
+                                      "1", "--max-len", "64", *tiny],
+        "pretrain-shakespeare.toml": ["pretrain", DEMO / "train.en", "--block-size", "16", "--d-model", "16", "--heads",
+                                      "2", "--layers", "1", "--batch-size", "2", *tiny],
+        "word2vec.toml": ["train-embeddings", DEMO / "train.en", "--epochs", "1", "--min-count", "1", "--dim", "8"],
+        "tokenizer.toml": ["train-tokenizer", DEMO / "train.en", "--vocab-size", "400"],
+        "finetune-sst2.toml": ["finetune", "--task", "classify", "-m", gpt, "--train",
+                               write(tmp_path / "s.tsv", "text\tlabel\n" + "good day\tpos\nbad day\tneg\n" * 20),
+                               "--valid", tmp_path / "s.tsv", "--text-column", "text", "--max-len", "32", *tiny],
+    }
+    assert sorted(runs) == sorted(p.name for p in EXAMPLES.glob("*.toml") if p.name != "compare-cpu.toml")
+    for name, args in runs.items():
+        result = run(*args, "--settings", EXAMPLES / name, "-o", tmp_path / name)
+        assert result.exit_code == 0, (name, result.output)
+
+
+def test_a_data_table_holds_the_data_and_flags_override_it(data, tmp_path):
+    settings = write(tmp_path / "run.toml", f'[data]\nsrc = "{data["src"]}"\ntgt = "{data["tgt"]}"\nvocab_size = 100\n'
+                                            'tokenizer_type = "char"\n[model]\nd_model = 16\nheads = 2\nlayers = 1\n'
+                                            'ff_dim = 32\n[train]\nmax_steps = 1\n')
+    result = run("train-translator", "--settings", settings, "-o", tmp_path / "run", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["data"]["train"]["src"] == str(data["src"])
+    bad = write(tmp_path / "bad.toml", '[data]\nsource = "x"\n')
+    assert "[data] has unknown key(s) source; valid: src, tgt" in error_line(
+        run("train-translator", "--settings", bad, "-o", tmp_path / "bad"))

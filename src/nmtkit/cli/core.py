@@ -193,7 +193,7 @@ def main() -> None:
 ON_BAD_LINE = typer.Option("error", "--on-bad-line", help="What to do with invalid UTF-8: error, skip the line (an empty output line in line-by-line commands) or replace the bad bytes with U+FFFD; skips and replacements are counted on stderr.")
 DEVICE = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps.")
 COMPUTE_TYPE = typer.Option("default", "--compute-type", help="CTranslate2 exports: int8, int8_float32, float16, float32... (default: as exported).")
-SETTINGS = typer.Option(None, "--settings", help="TOML/YAML with [model] and [train] tables, keys named like the flags; flags override it.")
+SETTINGS = typer.Option(None, "--settings", help="TOML/YAML with [data], [model] and [train] tables, keys named like the flags; flags override it.")
 RESUME = typer.Option(False, "--resume", help="Continue the run in --output exactly where it stopped (settings given again must be the same, but for the training limits).")
 AS_JSON = typer.Option(False, "--json", help="Print JSON.")
 OVERWRITE = typer.Option(False, "--overwrite", help="Write into an --output folder that holds other files (nmtkit never deletes what it did not create).")
@@ -234,6 +234,16 @@ def settings_tables(settings_file: Optional[Path], tables: tuple[str, ...]) -> d
         if name != "arch" and not isinstance(value, dict):
             raise NmtkitError(f"{settings_file}: {name} must be a table of settings ([{name}]), got {value!r}"[:200])
     return settings
+
+
+def data_options(settings_file: Optional[Path], settings: dict[str, Any], **flags: Any) -> dict[str, Any]:
+    """A command's data options: each flag that was given, else the settings file's [data] value of the same
+    name (`-` or `_`), so a whole run can live in one file; an unknown [data] key is refused."""
+    table = {str(k).replace("-", "_"): v for k, v in settings.get("data", {}).items()}
+    unknown = sorted(set(table) - set(flags))
+    if unknown:
+        raise NmtkitError(f"{settings_file}: [data] has unknown key(s) {', '.join(unknown)}; valid: {', '.join(flags)}")
+    return {name: table.get(name) if value is None else value for name, value in flags.items()}
 
 
 def run_folder(output: Optional[Path], resume: bool, prefix: str) -> Path:

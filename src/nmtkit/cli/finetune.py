@@ -8,9 +8,7 @@ from typing import Any, List, Optional
 
 import typer
 
-from nmtkit.cli.core import (DEVICE, ON_BAD_LINE, OVERWRITE, RESUME, SETTINGS, TrainingDisplay, check_on_bad_line,
-                            command, command_line, config_options, log_trained, run_folder, settings_tables, stdin,
-                            with_progress, write_lines)
+from nmtkit.cli.core import (DEVICE, ON_BAD_LINE, OVERWRITE, RESUME, SETTINGS, TrainingDisplay, check_on_bad_line, command, command_line, config_options, log_trained, run_folder, settings_tables, stdin, with_progress, write_lines, data_options)
 from nmtkit.cli.lm import NOT_FOR_GPT
 from nmtkit.config import TrainConfig
 from nmtkit.errors import NmtkitError
@@ -29,11 +27,11 @@ def finetune_cmd(
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Run folder (default checkpoints/TASK-DATE-TIME)."),
     train_file: Optional[str] = typer.Option(None, "--train", help="Training data: TSV/CSV/JSON(L) (classify), SQuAD JSON (qa), Alpaca JSON (generate); or a known corpus file (sst2/train.tsv)."),
     valid_file: Optional[str] = typer.Option(None, "--valid", help="Validation data, same format (default: the last 5% of --train)."),
-    text_column: str = typer.Option("text", "--text-column", help="classify: the column or field holding the text."),
-    label_column: str = typer.Option("label", "--label-column", help="classify: the column or field holding the label."),
+    text_column: Optional[str] = typer.Option(None, "--text-column", help="classify: the column or field holding the text (default text)."),
+    label_column: Optional[str] = typer.Option(None, "--label-column", help="classify: the column or field holding the label (default label)."),
     dataset: Optional[str] = typer.Option(None, "--dataset", help="A Hugging Face dataset (or json/csv with --data-files)."),
     dataset_config: Optional[str] = typer.Option(None, "--config", help="The dataset's configuration name."),
-    split: str = typer.Option("train", "--split", help="The dataset's training split."),
+    split: Optional[str] = typer.Option(None, "--split", help="The dataset's training split (default train)."),
     valid_split: Optional[str] = typer.Option(None, "--valid-split", help="The dataset's validation split."),
     data_files: Optional[List[str]] = typer.Option(None, "--data-files", help="Local files for --dataset json/csv."),
     max_len: Optional[int] = typer.Option(None, "--max-len", help=f"Longest input in pieces, at most the model's context (default {DATA_DEFAULTS['max_len']}).", min=1),
@@ -54,26 +52,31 @@ def finetune_cmd(
     from nmtkit.data.sources import TaskSource
     from nmtkit.workflows import finetune
 
-    file_settings = settings_tables(settings_file, ("model", "train"))
-    columns = {"text_column": text_column, "label_column": label_column}
+    file_settings = settings_tables(settings_file, ("data", "model", "train"))
+    d = data_options(settings_file, file_settings, train=train_file, valid=valid_file, text_column=text_column,
+                     label_column=label_column, dataset=dataset, config=dataset_config, split=split,
+                     valid_split=valid_split, data_files=data_files, max_len=max_len, stride=stride,
+                     batch_size=batch_size, freeze_body=freeze_body, max_new_tokens=max_new_tokens, tokenizer=tokenizer)
+    columns = {"text_column": d["text_column"] or "text", "label_column": d["label_column"] or "label"}
     train_source = valid_source = None
-    if train_file:
-        train_source = TaskSource(file=train_file, **columns)
-        valid_source = TaskSource(file=valid_file, **columns) if valid_file else None
-    elif dataset:
-        base = dict(dataset=dataset, config=dataset_config, data_files=tuple(data_files) if data_files else None, **columns)
-        train_source = TaskSource(**base, split=split)
-        valid_source = TaskSource(**base, split=valid_split) if valid_split else None
+    if d["train"]:
+        train_source = TaskSource(file=d["train"], **columns)
+        valid_source = TaskSource(file=d["valid"], **columns) if d["valid"] else None
+    elif d["dataset"]:
+        base = dict(dataset=d["dataset"], config=d["config"],
+                    data_files=tuple(d["data_files"]) if d["data_files"] else None, **columns)
+        train_source = TaskSource(**base, split=d["split"] or "train")
+        valid_source = TaskSource(**base, split=d["valid_split"]) if d["valid_split"] else None
     elif not resume:
         raise NmtkitError("no training data: give --train FILE or --dataset NAME")
     output = run_folder(output, resume, task)
     with TrainingDisplay() as display:
         summary = finetune.finetune(
             run_dir=output, task=task, pretrained=str(model) if model else None, from_scratch=from_scratch,
-            tokenizer=str(tokenizer) if tokenizer else None, train_source=train_source, valid_source=valid_source,
-            model_settings={**file_settings.get("model", {}), **model_flags},
-            train_settings={**file_settings.get("train", {}), **train_flags},
-            max_len=max_len, stride=stride, batch_size=batch_size, freeze=freeze_body, max_new_tokens=max_new_tokens,
+            tokenizer=str(d["tokenizer"]) if d["tokenizer"] else None, train_source=train_source,
+            valid_source=valid_source, model_settings={**file_settings.get("model", {}), **model_flags},
+            train_settings={**file_settings.get("train", {}), **train_flags}, max_len=d["max_len"],
+            stride=d["stride"], batch_size=d["batch_size"], freeze=d["freeze_body"], max_new_tokens=d["max_new_tokens"],
             device=device, resume=resume, on_bad_line=check_on_bad_line(on_bad_line), progress=display,
             command=command_line(), overwrite=overwrite)
     generation = summary.get("generation")

@@ -10,9 +10,7 @@ from typing import Any, List, Optional
 
 import typer
 
-from nmtkit.cli.core import (COMPUTE_TYPE, DEVICE, ON_BAD_LINE, OVERWRITE, RESUME, SETTINGS, TrainingDisplay,
-                            check_on_bad_line, command, command_line, config_options, log_trained, run_folder,
-                            settings_tables, stdin, tokenizer_config, tokenizer_options, with_progress)
+from nmtkit.cli.core import (COMPUTE_TYPE, DEVICE, ON_BAD_LINE, OVERWRITE, RESUME, SETTINGS, TrainingDisplay, check_on_bad_line, command, command_line, config_options, log_trained, run_folder, settings_tables, stdin, tokenizer_config, tokenizer_options, with_progress, data_options)
 from nmtkit.config import TrainConfig
 from nmtkit.errors import NmtkitError
 from nmtkit.models.configs import GPTConfig
@@ -31,7 +29,7 @@ def pretrain_cmd(
     column: Optional[str] = typer.Option(None, "--column", "-c", help="Column or field holding the text (tables, JSON, datasets)."),
     dataset: Optional[str] = typer.Option(None, "--dataset", help="A Hugging Face dataset (or json/csv/text with --data-files)."),
     dataset_config: Optional[str] = typer.Option(None, "--config", help="The dataset's configuration name."),
-    split: str = typer.Option("train", "--split", help="The dataset split."),
+    split: Optional[str] = typer.Option(None, "--split", help="The dataset split (default train)."),
     data_files: Optional[List[str]] = typer.Option(None, "--data-files", help="Local files for --dataset json/csv/text."),
     valid_fraction: Optional[float] = typer.Option(None, "--valid-fraction", help=f"The last share of the text (in characters) kept for validation (default {DATA_DEFAULTS['valid_fraction']})."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help=f"Windows per micro-batch (default {DATA_DEFAULTS['batch_size']}).", min=1),
@@ -49,18 +47,23 @@ def pretrain_cmd(
     from nmtkit.data.sources import TextSource
     from nmtkit.workflows import lm
 
-    file_settings = settings_tables(settings_file, ("model", "train"))
+    file_settings = settings_tables(settings_file, ("data", "model", "train"))
+    d = data_options(settings_file, file_settings, inputs=inputs or None, column=column, dataset=dataset,
+                     config=dataset_config, split=split, data_files=data_files, valid_fraction=valid_fraction,
+                     batch_size=batch_size, tokenizer=tokenizer, vocab_size=vocab_size, tokenizer_type=tokenizer_type)
     source = None
-    if inputs or dataset:
-        source = TextSource(inputs=tuple(inputs or ()), column=column, dataset=dataset, config=dataset_config,
-                            split=split, data_files=tuple(data_files) if data_files else None)
+    if d["inputs"] or d["dataset"]:
+        source = TextSource(inputs=tuple(d["inputs"] or ()), column=d["column"], dataset=d["dataset"],
+                            config=d["config"], split=d["split"] or "train",
+                            data_files=tuple(d["data_files"]) if d["data_files"] else None)
     output = run_folder(output, resume, "gpt")
     with TrainingDisplay() as display:
         summary = lm.pretrain(
-            run_dir=output, source=source, valid_fraction=valid_fraction, batch_size=batch_size,
+            run_dir=output, source=source, valid_fraction=d["valid_fraction"], batch_size=d["batch_size"],
             model_settings={**file_settings.get("model", {}), **model_flags},
             train_settings={**file_settings.get("train", {}), **train_flags},
-            tokenizer=str(tokenizer) if tokenizer else None, tokenizer_cfg=tokenizer_config(vocab_size, tokenizer_type),
+            tokenizer=str(d["tokenizer"]) if d["tokenizer"] else None,
+            tokenizer_cfg=tokenizer_config(d["vocab_size"], d["tokenizer_type"]),
             device=device, resume=resume, progress=display, command=command_line(), overwrite=overwrite,
         )
     log_trained("pretrained a GPT", summary, ("valid_loss", "bits_per_char", "valid_ppl"))

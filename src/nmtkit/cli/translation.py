@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from nmtkit.cli.core import (AS_JSON, COMPUTE_TYPE, DEVICE, ON_BAD_LINE, OVERWRITE, RESUME, SETTINGS, TrainingDisplay, check_on_bad_line, command, command_line, config_options, log, log_trained, print_json, run_folder, settings_tables, stdin, tokenizer_config, tokenizer_options, with_progress, write_lines, wide_console)
+from nmtkit.cli.core import (AS_JSON, COMPUTE_TYPE, DEVICE, ON_BAD_LINE, OVERWRITE, RESUME, SETTINGS, TrainingDisplay, check_on_bad_line, command, command_line, config_options, log, log_trained, print_json, run_folder, settings_tables, stdin, tokenizer_config, tokenizer_options, with_progress, write_lines, wide_console, data_options)
 from nmtkit.config import TrainConfig
 from nmtkit.errors import NmtkitError
 from nmtkit.models.configs import RNNConfig, TransformerConfig
@@ -82,14 +82,14 @@ def train_translator_cmd(
     valid_tgt: Optional[str] = VALID_TGT,
     train_table: Optional[str] = typer.Option(None, "--train", help="Training pairs as two columns of one TSV/CSV/JSON(L) file: --src-column and --tgt-column."),
     valid_table: Optional[str] = typer.Option(None, "--valid", help="Validation pairs, two columns of a file like --train."),
-    header: bool = typer.Option(True, "--header/--no-header", help="Whether the --train/--valid tables start with a header row (without one, columns are numbered from 1)."),
+    header: Optional[bool] = typer.Option(None, "--header/--no-header", help="Whether the --train/--valid tables start with a header row (default: they do; without one, columns are numbered from 1)."),
     delimiter: Optional[str] = typer.Option(None, "--delimiter", help="The tables' delimiter (default: tab for .tsv, comma for .csv)."),
     corpus: Optional[str] = CORPUS,
     src_lang: Optional[str] = SRC_LANG,
     tgt_lang: Optional[str] = TGT_LANG,
     dataset: Optional[str] = typer.Option(None, "--dataset", help="A Hugging Face dataset with a 'translation' column (or --src-column/--tgt-column)."),
     dataset_config: Optional[str] = typer.Option(None, "--config", help="The dataset's configuration name."),
-    split: str = typer.Option("train", "--split", help="The dataset's training split."),
+    split: Optional[str] = typer.Option(None, "--split", help="The dataset's training split (default train)."),
     valid_split: Optional[str] = typer.Option(None, "--valid-split", help="The dataset's validation split."),
     data_files: Optional[List[str]] = typer.Option(None, "--data-files", help="Local files for --dataset json/csv."),
     src_column: Optional[str] = typer.Option(None, "--src-column", help="The column (name, or number from 1) of --train or --dataset holding source text."),
@@ -108,13 +108,20 @@ def train_translator_cmd(
     """Train a translator: RNN encoder-decoder, RNN with attention, or Transformer."""
     from nmtkit.workflows import translation
 
-    file_settings = settings_tables(settings_file, ("arch", "model", "train"))
-    train_source, valid_source = translation_data(src, tgt, valid_src, valid_tgt, corpus, src_lang, tgt_lang, dict(
-        dataset=dataset, config=dataset_config, data_files=tuple(data_files) if data_files else None,
-        src_column=src_column, tgt_column=tgt_column, split=split, valid_split=valid_split), dict(
-        table=train_table, valid=valid_table, src_column=src_column, tgt_column=tgt_column, header=header,
-        delimiter=delimiter))
-    if valid_table and not train_table:
+    file_settings = settings_tables(settings_file, ("arch", "data", "model", "train"))
+    d = data_options(settings_file, file_settings, src=src, tgt=tgt, valid_src=valid_src, valid_tgt=valid_tgt,
+                     train=train_table, valid=valid_table, header=header, delimiter=delimiter, corpus=corpus,
+                     src_lang=src_lang, tgt_lang=tgt_lang, dataset=dataset, config=dataset_config, split=split,
+                     valid_split=valid_split, data_files=data_files, src_column=src_column, tgt_column=tgt_column,
+                     tokenizer=tokenizer, vocab_size=vocab_size, tokenizer_type=tokenizer_type)
+    train_source, valid_source = translation_data(
+        d["src"], d["tgt"], d["valid_src"], d["valid_tgt"], d["corpus"], d["src_lang"], d["tgt_lang"], dict(
+            dataset=d["dataset"], config=d["config"], data_files=tuple(d["data_files"]) if d["data_files"] else None,
+            src_column=d["src_column"], tgt_column=d["tgt_column"], split=d["split"] or "train",
+            valid_split=d["valid_split"]), dict(
+            table=d["train"], valid=d["valid"], src_column=d["src_column"], tgt_column=d["tgt_column"],
+            header=d["header"] is not False, delimiter=d["delimiter"]))
+    if d["valid"] and not d["train"]:
         raise NmtkitError("--valid goes with --train (files of one sentence per line: --valid-src/--valid-tgt)")
     if train_source is None and not resume:
         raise NmtkitError("no training data: give --src/--tgt files, --corpus NAME, or --dataset NAME")
@@ -125,9 +132,9 @@ def train_translator_cmd(
             run_dir=output, arch=arch, train_source=train_source, valid_source=valid_source,
             model_settings={**file_settings.get("model", {}), **model_flags},
             train_settings={**file_settings.get("train", {}), **train_flags},
-            tokenizer=str(tokenizer) if tokenizer else None, tokenizer_cfg=tokenizer_config(vocab_size, tokenizer_type),
-            device=device, resume=resume, on_bad_line=check_on_bad_line(on_bad_line), progress=display,
-            command=command_line(), overwrite=overwrite)
+            tokenizer=str(d["tokenizer"]) if d["tokenizer"] else None,
+            tokenizer_cfg=tokenizer_config(d["vocab_size"], d["tokenizer_type"]), device=device, resume=resume,
+            on_bad_line=check_on_bad_line(on_bad_line), progress=display, command=command_line(), overwrite=overwrite)
     log_trained(f"trained {summary['arch']}", summary, ("bleu", "chrf", "valid_loss"))
     print(output)
 

@@ -9,9 +9,7 @@ from typing import Any, List, Optional
 import typer
 from rich.table import Table
 
-from nmtkit.cli.core import (AS_JSON, ON_BAD_LINE, OVERWRITE, SETTINGS, TrainingDisplay, check_on_bad_line, command,
-                            command_line, config_options, err, log, print_json, run_folder, settings_tables,
-                            wide_console)
+from nmtkit.cli.core import (AS_JSON, ON_BAD_LINE, OVERWRITE, SETTINGS, TrainingDisplay, check_on_bad_line, command, command_line, config_options, err, log, print_json, run_folder, settings_tables, wide_console, data_options)
 from nmtkit.config import Word2VecTrainConfig
 from nmtkit.models.configs import Word2VecConfig
 from nmtkit.workflows.vectors import DATA_DEFAULTS
@@ -100,13 +98,15 @@ def train_embeddings_cmd(
         import torch
 
         torch.set_num_threads(threads)
-    file_settings = settings_tables(settings_file, ("model", "train"))
+    file_settings = settings_tables(settings_file, ("data", "model", "train"))
+    d = data_options(settings_file, file_settings, inputs=inputs or None, column=column, unit=unit, tokenizer=tokenizer,
+                     lowercase=lowercase, min_count=min_count, max_vocab=max_vocab)
     output = run_folder(output, resume, "embeddings")
     with TrainingDisplay() as display:
         summary = vectors.train_embeddings(
-            run_dir=output, source=TextSource(inputs=tuple(inputs), column=column) if inputs else None, unit=unit,
-            tokenizer=str(tokenizer) if tokenizer else None, lowercase=lowercase, min_count=min_count,
-            max_vocab=max_vocab, model_settings={**file_settings.get("model", {}), **model_flags},
+            run_dir=output, source=TextSource(inputs=tuple(d["inputs"]), column=d["column"]) if d["inputs"] else None,
+            unit=d["unit"], tokenizer=str(d["tokenizer"]) if d["tokenizer"] else None, lowercase=d["lowercase"],
+            min_count=d["min_count"], max_vocab=d["max_vocab"], model_settings={**file_settings.get("model", {}), **model_flags},
             train_settings={**file_settings.get("train", {}), **train_flags}, resume=resume, progress=display,
             command=command_line(), on_bad_line=check_on_bad_line(on_bad_line), overwrite=overwrite)
     log.info("trained %s vectors for %s %ss on %s tokens in %.1f s", summary["arch"], f"{summary['vocabulary']:,}",
