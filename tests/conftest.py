@@ -25,6 +25,22 @@ def demo_tokenizer(tmp_path_factory):
     return train_tokenizer(lines, folder, TokenizerConfig(vocab_size=600, byte_fallback=True))
 
 
+@pytest.fixture(scope="session")
+def gpt(tmp_path_factory):
+    """A tiny character GPT pretrained for 4 steps on the demo corpus's English side, through the command line."""
+    from typer.testing import CliRunner
+
+    from nmtkit.cli import app
+
+    folder = tmp_path_factory.mktemp("gpt")
+    text = write(folder / "text.txt", (DEMO / "train.en").read_text(encoding="utf-8"))
+    result = CliRunner().invoke(app, [str(a) for a in (
+        "pretrain", text, "--tokenizer-type", "char", "--vocab-size", "60", "--block-size", "32", "--d-model", "16",
+        "--heads", "2", "--layers", "1", "--max-steps", "4", "--eval-every", "4", "-o", folder / "gpt", "--device", "cpu")])
+    assert result.exit_code == 0, result.output
+    return folder / "gpt"
+
+
 @pytest.fixture
 def shared_corpora() -> Path:
     if not SHARED.is_dir():

@@ -109,17 +109,6 @@ def test_ter_takes_sacrebleu_s_defaults(tmp_path):
     assert ter["score"] == 0.0 and "case:lc" in ter["signature"]
 
 
-@pytest.fixture(scope="module")
-def gpt(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("edges-gpt")
-    text = write(folder / "text.txt", (DEMO / "train.en").read_text(encoding="utf-8"))
-    result = run("pretrain", text, "--tokenizer-type", "char", "--vocab-size", "60", "--block-size", "32", "--d-model",
-                 "16", "--heads", "2", "--layers", "1", "--max-steps", "4", "--eval-every", "4", "-o", folder / "gpt",
-                 "--device", "cpu")
-    assert result.exit_code == 0, result.output
-    return folder / "gpt"
-
-
 def test_generate_an_instruction_as_json(gpt):
     result = run("generate", "-m", gpt, "--instruction", "Say hi.", "--json", "-n", "4", "--temperature", "0",
                  "--device", "cpu")

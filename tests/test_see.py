@@ -155,3 +155,15 @@ def test_compare_says_whether_each_architecture_differs_significantly_from_the_f
     assert p_values[0] is None and all(0 < p <= 1 for p in p_values[1:])
     for row in result["rows"]:  # the test-set translations it was computed from stay beside the runs
         assert len((folder / "cmp" / f"{row['arch']}.hyp").read_text(encoding="utf-8").splitlines()) == 24
+
+
+def test_compare_reports_tokens_per_second_of_a_run_shorter_than_log_every(tmp_path):
+    from nmtkit.workflows.see import _compare_row
+
+    run = tmp_path / "rnn"
+    write(run / "run.json", json.dumps({"training": [{"parameters": 10, "steps": 3, "seconds": 1.0}]}))
+    write(run / "metrics.jsonl", json.dumps({"kind": "train", "step": 1, "tokens_per_s": 1234}) + "\n"
+          + json.dumps({"kind": "eval", "step": 3, "bleu": 1.5}) + "\n")
+    row = _compare_row("rnn", run, {"scores": {"bleu": {"score": 1.0}, "chrf": {"score": 2.0}}, "sentences": 4,
+                                    "seconds": 2.0}, True)
+    assert row["tokens_per_s"] == 1234 and row["best_valid_bleu"] == 1.5

@@ -216,17 +216,6 @@ def test_training_into_a_folder_of_other_files_needs_overwrite_and_keeps_them(ti
 # Hostile input: one line, exit 1 (exit 2 for a flag out of its range), never a traceback
 
 
-@pytest.fixture(scope="module")
-def gpt(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("gpt")
-    text = write(folder / "text.txt", (DEMO / "train.en").read_text(encoding="utf-8"))
-    result = run("pretrain", text, "--tokenizer-type", "char", "--vocab-size", "60", "--block-size", "16", "--d-model",
-                 "16", "--heads", "2", "--layers", "1", "--max-steps", "4", "--eval-every", "4", "-o", folder / "gpt",
-                 "--device", "cpu")
-    assert result.exit_code == 0, result.output
-    return folder / "gpt"
-
-
 def test_generate_takes_blank_prompts_and_refuses_meaningless_sampling(gpt):
     result = run("generate", "-m", gpt, " ", "-n", "3", "--device", "cpu")
     assert result.exit_code == 0, result.output
