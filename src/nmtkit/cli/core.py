@@ -141,15 +141,16 @@ def _plain_metavars(group) -> None:
     names = {str: "TEXT", int: "INTEGER", float: "FLOAT", Path: "PATH"}
     for command in group.commands.values():
         for param in command.params:
-            hint = param.type_descriptor.annotation
-            args = [a for a in typing.get_args(hint) if a is not type(None)]  # Optional[X], List[X]: X
-            while args and typing.get_args(args[0]):
-                args = [a for a in typing.get_args(args[0]) if a is not type(None)]
-            base = args[0] if args else hint
             if getattr(param, "param_type_name", "") == "argument":  # its name says what it is: files, prompts...
                 param.display_type_rich = lambda ctx: ""
-            elif param.metavar is None and base in names:
-                param.metavar = names[base]
+            elif param.metavar is None:
+                param.metavar = names.get(_base_type(param.type_descriptor.annotation))
+
+
+def _base_type(hint: Any) -> Any:
+    """X of X, Optional[X], List[X] and Optional[List[X]]."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    return _base_type(args[0]) if args else hint
 
 
 def _version(value: bool) -> None:
