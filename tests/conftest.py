@@ -55,3 +55,20 @@ def write(path: Path, content: str | bytes) -> Path:
     else:
         path.write_text(content, encoding="utf-8")
     return path
+
+
+def error_line(result) -> str:
+    """A command's error: exit 1, its last line on stderr `error: ...` (log lines may come before), no traceback."""
+    assert result.exit_code == 1, result.output
+    line = result.stderr.strip().splitlines()[-1]
+    assert line.startswith("error: ") and "Traceback" not in result.output
+    return line
+
+
+def one_line_error(result, *fragments: str) -> str:
+    """`error_line`, the only error said, holding each of `fragments`."""
+    line = error_line(result)
+    assert not [x for x in result.stderr.strip().splitlines()[:-1] if "error" in x], result.stderr
+    for fragment in fragments:
+        assert fragment in line, line
+    return line

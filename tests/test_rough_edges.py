@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from nmtkit.cli import app
 
-from conftest import DEMO, write
+from conftest import DEMO, error_line, write
 
 runner = CliRunner()
 CT2 = importlib.util.find_spec("ctranslate2") is not None
@@ -22,13 +22,6 @@ TINY = ["--d-model", "32", "--heads", "2", "--layers", "1", "--ff-dim", "64", "-
 
 def run(*args, input=None):
     return runner.invoke(app, [str(a) for a in args], input=input)
-
-
-def error_line(result) -> str:
-    assert result.exit_code == 1, result.output
-    line = result.stderr.strip().splitlines()[-1]
-    assert line.startswith("error: ") and "Traceback" not in result.output
-    return line
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from nmtkit import checkpoint
 from nmtkit.cli import app
 
-from conftest import DEMO, write
+from conftest import DEMO, one_line_error, write
 
 runner = CliRunner()
 TINY = ["--d-model", "32", "--heads", "2", "--layers", "1", "--ff-dim", "64", "--vocab-size", "100", "--tokenizer-type",
@@ -25,18 +25,6 @@ TINY = ["--d-model", "32", "--heads", "2", "--layers", "1", "--ff-dim", "64", "-
 
 def run(*args, input=None):
     return runner.invoke(app, [str(a) for a in args], input=input)
-
-
-def one_line_error(result, *fragments: str) -> str:
-    """Exit 1 and one error line, the last on stderr (log lines may come before it), no traceback."""
-    assert result.exit_code == 1, result.output
-    lines = result.stderr.strip().splitlines()
-    line = lines[-1]
-    assert line.startswith("error: ") and "Traceback" not in result.output
-    assert not [x for x in lines[:-1] if "error" in x], result.stderr
-    for fragment in fragments:
-        assert fragment in line, line
-    return line
 
 
 def tree(folder) -> dict[str, bytes]:

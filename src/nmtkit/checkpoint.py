@@ -76,6 +76,9 @@ def read_config(run_dir: str | Path, kinds: tuple[str, ...] | None = None) -> di
         raise CheckpointError(
             f"{run_dir / CONFIG}: format version {version!r} is not supported (this nmtkit reads version {FORMAT_VERSION})"
         )
+    if config.get("kind") not in SECTIONS:
+        raise CheckpointError(f"{run_dir / CONFIG}: unknown kind {config.get('kind')!r}; nmtkit makes "
+                              f"{', '.join(SECTIONS)} runs")
     if kinds is not None and config.get("kind") not in kinds:
         raise CheckpointError(f"{run_dir}: a {config.get('kind')!r} run, but this command needs one of: {', '.join(kinds)}")
     return config
@@ -90,7 +93,7 @@ TRAINING_SECTIONS = {"model": dict, "train": dict, "data": dict}
 def check_sections(config: dict[str, Any], where: Path, more: dict[str, type] | None = None) -> None:
     """Refuse a config whose kind is unknown or whose sections are missing or of the wrong type (a damaged file)."""
     kind = config.get("kind")
-    if kind not in SECTIONS:
+    if kind not in SECTIONS:  # an export's config (a run folder's kind is checked by read_config)
         raise CheckpointError(f"{where}: unknown kind {kind!r}; nmtkit makes {', '.join(SECTIONS)} runs")
     for name, type_ in {**SECTIONS[kind], **(more or {})}.items():
         if not isinstance(config.get(name), type_):
@@ -101,7 +104,7 @@ def check_sections(config: dict[str, Any], where: Path, more: dict[str, type] | 
 
 def check_train_state(path: Path) -> None:
     """Refuse, before a resumed run rewrites anything, a training state that cannot be resumed from."""
-    state = load_train_state(path)
+    state = load_train_state(path, mmap=True)  # the loop reads it for real when it resumes
     step_keys = {"optimizer", "loop", "rng"} <= set(state) if isinstance(state, dict) else False
     if not isinstance(state, dict) or not isinstance(state.get("weights"), str) or not (
             step_keys or isinstance(state.get("epoch"), int)):
@@ -184,8 +187,9 @@ def save_train_state(path: str | Path, state: dict[str, Any]) -> None:
     atomic_write(path, lambda f: torch.save(state, f))
 
 
-def load_train_state(path: str | Path) -> dict[str, Any]:
-    """Training state for --resume, loaded with `weights_only=True` so no code can run."""
+def load_train_state(path: str | Path, mmap: bool = False) -> dict[str, Any]:
+    """Training state for --resume, loaded with `weights_only=True` so no code can run; `mmap` maps the tensors
+    instead of reading them (to look at the state's structure only)."""
     import pickle
 
     import torch
@@ -194,7 +198,7 @@ def load_train_state(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"{path}: missing; nothing to resume from")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         first = first.split(". ")[0].rstrip(".")  # torch's own explanation runs on for several sentences

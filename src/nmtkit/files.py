@@ -53,7 +53,7 @@ def atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "wb
         # an error of this write (not of reading what is written): on the file, a temporary beside it, or a folder above
         if isinstance(exc, OSError) and (exc.filename is None or Path(exc.filename).parent == path.parent
                                          or str(path).startswith(str(exc.filename))):
-            raise _write_error(path, exc) from None
+            raise write_error(path, exc) from None
         raise
 
 
@@ -73,7 +73,8 @@ def _umask() -> int:
     return mask
 
 
-def _write_error(path: Path, exc: OSError) -> WriteError:
+def write_error(path: Path, exc: OSError) -> WriteError:
+    """The one-line error of a write that failed, the file on disk (if any) left as it was."""
     return WriteError(f"{path}: cannot write: {exc.strerror or exc} (the file on disk, if any, is unchanged)")
 
 
@@ -104,7 +105,7 @@ def append_jsonl(path: str | Path, record: dict[str, Any]) -> None:
             f.flush()
             os.fsync(f.fileno())
     except OSError as exc:
-        raise _write_error(Path(path), exc) from None
+        raise write_error(Path(path), exc) from None
 
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:

@@ -10,7 +10,8 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterable
 
-from nmtkit.errors import DataError, WriteError
+from nmtkit.errors import DataError
+from nmtkit.files import write_error
 from nmtkit.tokenization import BOS_ID, EOS_ID, Tokenizer
 
 if TYPE_CHECKING:
@@ -142,7 +143,7 @@ def _written(path, write) -> None:
     try:
         write()
     except OSError as exc:
-        raise WriteError(f"{path}: cannot write: {exc.strerror or exc}") from None
+        raise write_error(path, exc) from None
 
 
 def load_stream(folder, part: str, dtype: str):

@@ -329,13 +329,12 @@ def _resumed_settings(run_dir: Path, task, train_source, valid_source, model_set
     from nmtkit.models.gpt import GPTConfig
 
     saved = runs.saved_config(run_dir, "finetune")
-    runs.resumed(run_dir, {"task": saved["task"]}, {"task": task or saved["task"]})
+    runs.resumed_values(run_dir, saved, {"task": task} if task else {}, ("task",))
     saved_data = saved["data"]
     model = runs.resumed_config(run_dir, GPTConfig, saved["model"], model_settings, "model settings")
-    kept = {k: saved_data[k] for k in DATA_DEFAULTS if k in saved_data}
     if "max_len" in data:  # as a new run keeps it: at most the model's context
         data["max_len"] = min(data["max_len"], model.block_size)
-    return {"task": saved["task"], "data": {**DATA_DEFAULTS, **runs.resumed(run_dir, kept, {**kept, **data})},
+    return {"task": saved["task"], "data": {**DATA_DEFAULTS, **runs.resumed_values(run_dir, saved_data, data, DATA_DEFAULTS)},
             "model_cfg": model, "labels": saved.get("labels"),
             "train_cfg": runs.resumed_config(run_dir, TrainConfig, saved["train"], train_settings, "train settings",
                                              runs.RESUME_OVERRIDES),

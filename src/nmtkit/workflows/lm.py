@@ -123,10 +123,8 @@ def _settings(run_dir: Path, resume: bool, source: TextSource | None, data: dict
         saved = runs.saved_config(run_dir, "gpt")
         saved_data = saved["data"]
         source = runs.resumed_source(run_dir, TextSource, TextSource.saved(saved_data), source, "data")
-        data = runs.resumed(run_dir, saved_data, {k: saved_data[k] for k in DATA_DEFAULTS} | data)
-        model = {k: v for k, v in saved["model"].items() if k != "vocab_size"}
-        model_settings = runs.resumed(run_dir, model, {k: v for k, v in to_dict(_model_config(
-            {**saved["model"], **(model_settings or {})})).items() if k in model})
+        data = runs.resumed_values(run_dir, saved_data, data, DATA_DEFAULTS)
+        model_settings = runs.resumed_model(run_dir, saved["model"], model_settings, _model_config, ("vocab_size",))
         train_cfg = runs.resumed_config(run_dir, TrainConfig, saved["train"], train_settings, "train settings",
                                         runs.RESUME_OVERRIDES)
     if not 0.0 < data["valid_fraction"] < 1.0:

@@ -77,7 +77,7 @@ def saved_config(run_dir: Path, kind: str) -> dict[str, Any]:
 def open_for_inference(path: str | Path, device: str, compute_type: str, run_class: type, export_class: type):
     """A run folder loaded as `run_class`, or a CTranslate2 export of one as `export_class` (`compute_type`:
     int8, float16... for those)."""
-    if open_run(path).exported:
+    if is_ctranslate2_folder(path):  # the class opens it (`open_run`), checking its kind
         return export_class(path, device, compute_type)
     if compute_type != "default":
         raise ConfigError(f"--compute-type is for CTranslate2 exports; {path} is a run folder")
@@ -186,6 +186,23 @@ def resumed_config(run_dir: Path, cls: type, saved: dict[str, Any], given: dict[
     but for `allowed`)."""
     merged = to_dict(from_dict(cls, {**saved, **(given or {})}, where))
     return from_dict(cls, resumed(run_dir, saved, merged, allowed), where)
+
+
+def resumed_values(run_dir: Path, saved: dict[str, Any], given: dict[str, Any], names: Iterable[str]) -> dict[str, Any]:
+    """The `names` of a resumed run's saved settings (a data section, the arch, the task): the saved values;
+    one given again with another value is refused."""
+    kept = {k: saved[k] for k in names if k in saved}
+    return resumed(run_dir, kept, {**kept, **given})
+
+
+def resumed_model(run_dir: Path, saved: dict[str, Any], given: dict[str, Any] | None, build: Callable[[dict], Any],
+                  derived: tuple[str, ...]) -> dict[str, Any]:
+    """A resumed run's model settings, but those `derived` from its data (vocabulary sizes): the saved ones; one
+    given again with another value is refused. `build` makes the typed config (it knows aliases such as a
+    Transformer's `layers`), so a setting is compared in the form it is saved in."""
+    model = {k: v for k, v in saved.items() if k not in derived}
+    merged = {k: v for k, v in to_dict(build({**saved, **(given or {})})).items() if k in model}
+    return resumed(run_dir, model, merged)
 
 
 def resumed_source(run_dir: Path, cls: type, saved: dict[str, Any] | None, given, where: str):

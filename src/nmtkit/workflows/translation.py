@@ -339,11 +339,9 @@ def _settings(run_dir: Path, resume: bool, arch, model_settings, train_settings,
                               "the longest pair trained on (in pieces): raise --max-positions or lower --max-len")
         return arch, model_settings or {}, train_cfg, train_source, valid_source
     saved = runs.saved_config(run_dir, "translator")
-    runs.resumed(run_dir, {"arch": saved["arch"]}, {"arch": arch or saved["arch"]})
-    model = {k: v for k, v in saved["model"].items() if k not in ("src_vocab", "tgt_vocab")}
-    merged = {k: v for k, v in to_dict(_model_config(saved["arch"], {**saved["model"], **(model_settings or {})})).items()
-              if k in model}
-    runs.resumed(run_dir, model, merged)
+    runs.resumed_values(run_dir, saved, {"arch": arch} if arch else {}, ("arch",))
+    model = runs.resumed_model(run_dir, saved["model"], model_settings,
+                               lambda settings: _model_config(saved["arch"], settings), ("src_vocab", "tgt_vocab"))
     train_cfg = runs.resumed_config(run_dir, TrainConfig, saved["train"], train_settings, "train settings",
                                     runs.RESUME_OVERRIDES)
     data = saved["data"]

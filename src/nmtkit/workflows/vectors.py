@@ -136,11 +136,8 @@ def _settings(run_dir: Path, resume: bool, source: TextSource | None, data: dict
     else:
         saved = runs.saved_config(run_dir, "embeddings")
         source = runs.resumed_source(run_dir, TextSource, TextSource.saved(saved["data"]), source, "data")
-        kept = {k: saved["data"][k] for k in DATA_DEFAULTS}
-        data = runs.resumed(run_dir, kept, {**kept, **data})
-        model = {k: v for k, v in saved["model"].items() if k != "vocab_size"}
-        model_settings = runs.resumed(run_dir, model, {k: v for k, v in to_dict(_model_config(
-            {**saved["model"], **(model_settings or {})})).items() if k in model})
+        data = runs.resumed_values(run_dir, saved["data"], data, DATA_DEFAULTS)
+        model_settings = runs.resumed_model(run_dir, saved["model"], model_settings, _model_config, ("vocab_size",))
         train_cfg = runs.resumed_config(run_dir, Word2VecTrainConfig, saved["train"], train_settings,
                                         "train settings", ("epochs",))
     if data["unit"] not in ("word", "piece"):
