@@ -12,6 +12,14 @@ DEMO = ROOT / "corpora" / "demo"
 SHARED = Path(os.environ.get("NMTKIT_SHARED_CORPORA", ROOT.parent / "shared" / "corpora"))
 
 
+@pytest.fixture(autouse=True)
+def prepared_cache(tmp_path_factory, monkeypatch) -> Path:
+    """Each test's own cache of prepared training data (never the user's ~/.cache)."""
+    folder = tmp_path_factory.mktemp("cache")
+    monkeypatch.setenv("NMTKIT_CACHE", str(folder))
+    return folder
+
+
 @pytest.fixture(scope="session")
 def demo_tokenizer(tmp_path_factory):
     """A 600-piece unigram tokenizer trained jointly on the demo corpus (both languages)."""

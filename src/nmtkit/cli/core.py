@@ -347,21 +347,27 @@ class TrainingDisplay:
         )
 
         self.progress = Progress(
-            TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[stats]}"),
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[stats]}"),
             TimeRemainingColumn(), console=err, transient=False,
         )
-        self.task = None
+        self.task = self.preparing = None
         self.last: dict[str, Any] = {}  # the latest values shown: lr every step, loss and speed every logged step
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
-        if self.task is not None:
+        if self.task is not None or self.preparing is not None:
             self.progress.stop()
 
     def __call__(self, event: dict) -> None:
-        if event["event"] in ("step", "train"):  # every step moves the bar; logged steps bring loss and speed
+        if event["event"] == "prepare":  # tokenizing the training data, the first time
+            if self.preparing is None:
+                self.progress.start()
+                self.preparing = self.progress.add_task("prepare", total=None, stats="")
+            rate = event["pairs"] * 2 / max(event["seconds"], 1e-9)
+            self.progress.update(self.preparing, completed=event["pairs"], stats=f"pairs  {rate:,.0f} lines/s")
+        elif event["event"] in ("step", "train"):  # every step moves the bar; logged steps bring loss and speed
             if self.task is None:  # a time budget (compare --budget 5m) has no step total
                 self.progress.start()
                 total = event["max_steps"] if event["max_steps"] < 10**9 else None

@@ -24,6 +24,8 @@ CORPUS = typer.Option(None, "--corpus", help="A known translation corpus (demo, 
 SRC_LANG = typer.Option(None, "--src-lang", help="Source language code (with --corpus or --dataset; else --src's extension).")
 TGT_LANG = typer.Option(None, "--tgt-lang", help="Target language code (with --corpus or --dataset; else --tgt's extension).")
 VOCAB_SIZE, TOKENIZER_TYPE = tokenizer_options()
+CACHE_DIR = typer.Option(None, "--cache-dir", help="Where prepared (tokenized, memory-mapped) training data is kept (default $NMTKIT_CACHE, else ~/.cache/nmtkit/prepared).")
+WORKERS = typer.Option(None, "--workers", help="Processes that tokenize the training data the first time (default: one per core; 1: in this process).", min=1)
 TOKENIZE_HELP = "sacrebleu tokenizer: 13a, intl, zh, char, ja-mecab, ko-mecab... (default: chosen for the target language)."
 
 
@@ -102,10 +104,13 @@ def train_translator_cmd(
     settings_file: Optional[Path] = SETTINGS,
     on_bad_line: str = ON_BAD_LINE,
     overwrite: bool = OVERWRITE,
+    cache_dir: Optional[Path] = CACHE_DIR,
+    workers: Optional[int] = WORKERS,
     model_flags: Optional[dict[str, Any]] = None,
     train_flags: Optional[dict[str, Any]] = None,
 ) -> None:
-    """Train a translator: RNN encoder-decoder, RNN with attention, or Transformer."""
+    """Train a translator: RNN encoder-decoder, RNN with attention, or Transformer. The training pairs are
+    tokenized once into memory-mapped files in the cache (see nmtkit prepare) and reused by later runs."""
     from nmtkit.workflows import translation
 
     file_settings = settings_tables(settings_file, ("arch", "data", "model", "train"))
@@ -134,9 +139,55 @@ def train_translator_cmd(
             train_settings={**file_settings.get("train", {}), **train_flags},
             tokenizer=str(d["tokenizer"]) if d["tokenizer"] else None,
             tokenizer_cfg=tokenizer_config(d["vocab_size"], d["tokenizer_type"]), device=device, resume=resume,
-            on_bad_line=check_on_bad_line(on_bad_line), progress=display, command=command_line(), overwrite=overwrite)
+            on_bad_line=check_on_bad_line(on_bad_line), cache_dir=cache_dir, workers=workers, progress=display,
+            command=command_line(), overwrite=overwrite)
     log_trained(f"trained {summary['arch']}", summary, ("bleu", "chrf", "valid_loss"))
     print(output)
+
+
+@command("prepare")
+def prepare_cmd(
+    src: Optional[str] = TRAIN_SRC,
+    tgt: Optional[str] = TRAIN_TGT,
+    train_table: Optional[str] = typer.Option(None, "--train", help="Pairs as two columns of one TSV/CSV/JSON(L) file: --src-column and --tgt-column."),
+    header: bool = typer.Option(True, "--header/--no-header", help="Whether the --train table starts with a header row."),
+    delimiter: Optional[str] = typer.Option(None, "--delimiter", help="The table's delimiter (default: tab for .tsv, comma for .csv)."),
+    corpus: Optional[str] = CORPUS,
+    src_lang: Optional[str] = SRC_LANG,
+    tgt_lang: Optional[str] = TGT_LANG,
+    dataset: Optional[str] = typer.Option(None, "--dataset", help="A Hugging Face dataset with a 'translation' column (or --src-column/--tgt-column)."),
+    dataset_config: Optional[str] = typer.Option(None, "--config", help="The dataset's configuration name."),
+    split: str = typer.Option("train", "--split", help="The dataset's split."),
+    data_files: Optional[List[str]] = typer.Option(None, "--data-files", help="Local files for --dataset json/csv."),
+    src_column: Optional[str] = typer.Option(None, "--src-column", help="The column of --train or --dataset holding source text."),
+    tgt_column: Optional[str] = typer.Option(None, "--tgt-column", help="The column of --train or --dataset holding target text."),
+    tokenizer: Path = typer.Option(..., "--tokenizer", "-t", help="The tokenizer (a tokenizer folder, or a run holding one)."),
+    cache_dir: Optional[Path] = CACHE_DIR,
+    workers: Optional[int] = WORKERS,
+    on_bad_line: str = ON_BAD_LINE,
+    as_json: bool = AS_JSON,
+) -> None:
+    """Tokenize a parallel corpus once into memory-mapped id files that train-translator reuses (as
+    fairseq-preprocess does): train-translator with the same data and -t then starts at once. Prints the
+    prepared folder."""
+    from nmtkit.workflows import translation
+
+    train_source, _ = translation_data(src, tgt, None, None, corpus, src_lang, tgt_lang, dict(
+        dataset=dataset, config=dataset_config, data_files=tuple(data_files) if data_files else None,
+        src_column=src_column, tgt_column=tgt_column, split=split, valid_split=None), dict(
+        table=train_table, valid=None, src_column=src_column, tgt_column=tgt_column, header=header,
+        delimiter=delimiter))
+    if train_source is None:
+        raise NmtkitError("no data: give --src/--tgt files, --train TABLE, --corpus NAME, or --dataset NAME")
+    with TrainingDisplay() as display:
+        result = translation.prepare(train_source, tokenizer, on_bad_line=check_on_bad_line(on_bad_line),
+                                     cache_dir=cache_dir, workers=workers, progress=display)
+    if as_json:
+        print_json(result)
+        return
+    log.info("%s pairs, %s + %s pieces%s", f"{result['pairs']:,}", f"{result['tokens']['src']:,}",
+             f"{result['tokens']['tgt']:,}", f" ({result['empty']} with an empty side left out)" if result["empty"] else "")
+    print(result["folder"])
 
 
 @command("translate")

@@ -56,33 +56,66 @@ def collate_pairs(src: Sequence[Sequence[int]], tgt: Sequence[Sequence[int]]) ->
     return Seq2SeqBatch(s, s != PAD_ID, t[:, :-1], t[:, 1:])
 
 
-def token_batches(
-    lengths: Sequence[int], max_tokens: int, *, shuffle: bool, seed: int = 0, epoch: int = 0
-) -> list[list[int]]:
+def token_batches(lengths, max_tokens: int, *, shuffle: bool, seed: int = 0, epoch: int = 0) -> "IndexBatches":
     """Group example indices into batches whose padded size (count x longest) stays within `max_tokens`.
 
-    Examples are sorted by length (ties broken at random when shuffling) so each batch holds similar
-    lengths; the batch order is then shuffled. Deterministic for a given (seed, epoch), which is what makes
-    `--resume` continue with exactly the batches an uninterrupted run would have seen.
+    Examples are sorted by length (ties broken at random when shuffling) so each batch holds similar lengths;
+    the batch order is then shuffled. All of it is numpy arrays over the lengths (a few bytes per example, no
+    Python object per example). Deterministic for a given (seed, epoch), which is what makes `--resume`
+    continue with exactly the batches an uninterrupted run would have seen.
     """
-    order = list(range(len(lengths)))
-    rng = random.Random(seed * 1_000_003 + epoch)
+    import numpy as np
+
+    lengths = np.asarray(lengths)
+    n = len(lengths)
+    index_type = np.int32 if n < 2**31 else np.int64
+    rng = np.random.default_rng([seed, epoch])
     if shuffle:
-        rng.shuffle(order)
-    order.sort(key=lambda i: lengths[i])  # stable: the shuffle breaks ties
-    batches, current, longest = [], [], 0
-    for i in order:
-        longest_if_added = max(longest, lengths[i])
-        if current and longest_if_added * (len(current) + 1) > max_tokens:
-            batches.append(current)
-            current, longest_if_added = [], lengths[i]
-        current.append(i)
-        longest = longest_if_added
-    if current:
-        batches.append(current)
-    if shuffle:
-        rng.shuffle(batches)
-    return batches
+        order = rng.permutation(np.arange(n, dtype=index_type))
+        order = order[np.argsort(lengths[order], kind="stable")]
+    else:
+        order = np.argsort(lengths, kind="stable").astype(index_type)
+    bounds = _bucket_bounds(lengths[order], max_tokens)
+    batch_order = rng.permutation(len(bounds) - 1) if shuffle else np.arange(len(bounds) - 1)
+    return IndexBatches(order, bounds, batch_order)
+
+
+def _bucket_bounds(sorted_lengths, max_tokens: int):
+    """Where batches start in ascending lengths: each batch takes examples while (count x the last one's length)
+    stays within max_tokens (an example longer than that is a batch of its own). Lengths come in runs of equal
+    values (a few hundred runs for any corpus); a batch ends at the first example of a run it cannot reach."""
+    import numpy as np
+
+    n = len(sorted_lengths)
+    run_starts = np.flatnonzero(np.r_[True, sorted_lengths[1:] != sorted_lengths[:-1]]) if n else np.zeros(0, int)
+    run_ends = np.r_[run_starts[1:], n]
+    room = max_tokens // np.maximum(sorted_lengths[run_starts].astype(np.int64), 1)  # examples a batch of each length holds
+    bounds, i, r = [0], 0, 0
+    while i < n:
+        while run_ends[r] <= i:
+            r += 1
+        # the first example a batch starting at i cannot take, in each run from the current one on
+        stop = np.maximum(run_starts[r:], i + room[r:])
+        stop = stop[stop < run_ends[r:]]
+        i = max(int(stop[0]) if len(stop) else n, i + 1)
+        bounds.append(i)
+    return np.asarray(bounds, dtype=np.int64)
+
+
+class IndexBatches(Sequence):
+    """Batches of example indices: batch b is order[bounds[k]:bounds[k + 1]] for k = batch_order[b]."""
+
+    def __init__(self, order, bounds, batch_order):
+        self.order, self.bounds, self.batch_order = order, bounds, batch_order
+
+    def __len__(self) -> int:
+        return len(self.batch_order)
+
+    def __getitem__(self, b):  # type: ignore[override]
+        if not -len(self) <= b < len(self):
+            raise IndexError(b)
+        k = self.batch_order[b]
+        return self.order[self.bounds[k] : self.bounds[k + 1]]
 
 
 class LazyBatches(Sequence):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import itertools
 import json
 import logging
 from dataclasses import dataclass, field
@@ -65,17 +66,19 @@ def open_binary(path: str | Path) -> IO[bytes]:
 
 
 def decode_lines(
-    stream: Iterable[bytes], name: str, on_bad_line: OnBadLine = "error", stats: ReadStats | None = None
+    stream: Iterable[bytes], name: str, on_bad_line: OnBadLine = "error", stats: ReadStats | None = None,
+    first_line: int = 1, report: bool = True,
 ) -> Iterator[str | None]:
     """Yield each line of a binary stream as text without its line ending, or `None` for a skipped line.
 
     Yielding `None` (instead of dropping the line) lets line-by-line writers keep one output line per input
-    line. Invalid UTF-8 raises `DataError("name:line: ...")` unless `on_bad_line == "skip"`.
+    line. Invalid UTF-8 raises `DataError("name:line: ...")` unless `on_bad_line == "skip"`. `first_line` numbers
+    the first line (a stream read in chunks); with `report` false the skipped lines are counted in `stats` only.
     """
     stats = stats if stats is not None else ReadStats()
-    lineno = 0
+    lineno = first_line - 1
     try:
-        for lineno, raw in enumerate(stream, 1):
+        for lineno, raw in enumerate(stream, first_line):
             if raw.endswith(b"\n"):
                 raw = raw[:-2] if raw.endswith(b"\r\n") else raw[:-1]
             try:
@@ -88,8 +91,17 @@ def decode_lines(
                     ) from None
                 stats.skip(f"{name}:{lineno}")
                 yield raw.decode("utf-8", "replace") if on_bad_line == "replace" else None
-    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+    except READ_ERRORS as exc:
         raise DataError(f"{name}:{lineno + 1}: cannot read: {exc}") from None
+    if report:
+        report_skipped(name, stats, on_bad_line)
+
+
+READ_ERRORS = (OSError, EOFError, gzip.BadGzipFile)  # what reading a file (or a broken gzip stream) raises
+
+
+def report_skipped(name: str, stats: ReadStats, on_bad_line: OnBadLine) -> None:
+    """The warning that counts a file's lines skipped (or repaired) as invalid UTF-8, if there were any."""
     if stats.skipped:
         log.warning("%s: %s %d line(s) with invalid UTF-8 (first at %s)", name,
                     "replaced the bad bytes (U+FFFD) in" if on_bad_line == "replace" else "skipped", stats.skipped,
@@ -104,30 +116,62 @@ def read_lines(path: str | Path, on_bad_line: OnBadLine = "error", stats: ReadSt
                 yield line
 
 
-def read_parallel(
-    src: str | Path, tgt: str | Path, on_bad_line: OnBadLine = "error", stats: ReadStats | None = None
-) -> Iterator[tuple[str, str]]:
-    """Line-aligned pairs from two files; files of different lengths are an error naming the line."""
-    stats = stats if stats is not None else ReadStats()
+def read_parallel(src: str | Path, tgt: str | Path, on_bad_line: OnBadLine = "error") -> Iterator[tuple[str, str]]:
+    """Line-aligned pairs from two files; files of different lengths are an error naming the line. Skipped
+    lines are counted and reported per file; their pairs are left out."""
+    stats = (ReadStats(), ReadStats())
+    for first, s_block, t_block in parallel_line_blocks(src, tgt):
+        yield from decode_pairs(first, s_block, t_block, (str(src), str(tgt)), on_bad_line, stats)
+    for name, side in zip((src, tgt), stats):
+        report_skipped(str(name), side, on_bad_line)
+
+
+def parallel_line_blocks(src: str | Path, tgt: str | Path, size: int = 10_000) -> Iterator[tuple[int, bytes, bytes]]:
+    """The two files' raw bytes, `size` whole lines of each at a time, with the number of each block's first
+    line; files of different lengths are an error naming the line where the shorter one ends."""
     with open_binary(src) as fs, open_binary(tgt) as ft:
-        s_lines = decode_lines(fs, str(src), on_bad_line, stats)
-        t_lines = decode_lines(ft, str(tgt), on_bad_line, stats)
-        n = 0
+        first = 1
         while True:
-            s = next(s_lines, StopIteration)
-            t = next(t_lines, StopIteration)
-            if s is StopIteration and t is StopIteration:
+            s_lines, t_lines = _read_lines(fs, src, first, size), _read_lines(ft, tgt, first, size)
+            if len(s_lines) != len(t_lines):
+                n = first - 1 + min(len(s_lines), len(t_lines))
+                short, long_ = (src, tgt) if len(s_lines) < len(t_lines) else (tgt, src)
+                raise DataError(f"{short}:{n + 1}: file ends after {n} lines but {long_} has more; "
+                                "parallel files must have the same number of lines")
+            if not s_lines:
                 return
-            if s is StopIteration or t is StopIteration:
-                short, long_ = (src, tgt) if s is StopIteration else (tgt, src)
-                raise DataError(
-                    f"{short}:{n + 1}: file ends after {n} lines but {long_} has more; "
-                    "parallel files must have the same number of lines"
-                )
-            n += 1
-            if s is None or t is None:
-                continue  # the pair of a skipped line goes too, so the sides stay aligned
-            yield s, t  # type: ignore[misc]
+            yield first, b"".join(s_lines), b"".join(t_lines)
+            first += len(s_lines)
+
+
+def _read_lines(stream: IO[bytes], name: str | Path, first: int, size: int) -> list[bytes]:
+    try:
+        return list(itertools.islice(stream, size))
+    except READ_ERRORS as exc:
+        raise DataError(f"{name}:{first}: cannot read: {exc}") from None
+
+
+def decode_block(block: bytes, name: str, first: int, on_bad_line: OnBadLine, stats: ReadStats) -> list[str | None]:
+    """The lines of a block of whole raw lines, as `decode_lines` gives them (None for a skipped line). A block
+    of valid UTF-8 without carriage returns, the usual case, is decoded in one go."""
+    if b"\r" not in block:
+        try:
+            lines = block.decode("utf-8").split("\n")
+            return lines[:-1] if block.endswith(b"\n") else lines
+        except UnicodeDecodeError:
+            pass
+    raw = block.split(b"\n")
+    raw = [line + b"\n" for line in raw[:-1]] + ([raw[-1]] if raw[-1] else [])
+    return list(decode_lines(raw, name, on_bad_line, stats, first, report=False))
+
+
+def decode_pairs(first: int, s_block: bytes, t_block: bytes, names: tuple[str, str], on_bad_line: OnBadLine,
+                 stats: tuple[ReadStats, ReadStats]) -> list[tuple[str, str]]:
+    """Blocks of line-aligned raw lines (from `parallel_line_blocks`) as text pairs; a pair with a skipped line
+    goes too, so the sides stay aligned, and the skip is counted in that side's `stats`."""
+    s_lines = decode_block(s_block, names[0], first, on_bad_line, stats[0])
+    t_lines = decode_block(t_block, names[1], first, on_bad_line, stats[1])
+    return [(s, t) for s, t in zip(s_lines, t_lines) if s is not None and t is not None]  # type: ignore[misc]
 
 
 class _LineTracker:
@@ -391,6 +435,13 @@ def hf_column(dataset, column: str, name: str) -> Iterator[str]:
     """One text column of a loaded Hugging Face dataset."""
     if column not in dataset.column_names:
         raise DataError(f"dataset {name!r}: no column {column!r}; columns are: {', '.join(dataset.column_names)}")
-    for value in dataset[column]:
+    for value in hf_rows(dataset, column):
         yield "" if value is None else str(value)
+
+
+def hf_rows(dataset, column: str, batch_size: int = 1000) -> Iterator[Any]:
+    """One column's values, read from the dataset's memory-mapped Arrow files a batch at a time (never the
+    whole column in a Python list)."""
+    for batch in dataset.select_columns([column]).iter(batch_size=batch_size):
+        yield from batch[column]
 

@@ -1,4 +1,5 @@
-"""Examples: text turned into id sequences ready for batching (parallel pairs for translation).
+"""Examples: text turned into id sequences ready for batching (parallel pairs for translation, in memory:
+validation sets; training sets are prepared once and memory-mapped, prepared.py).
 
 What is *not* here: reading files (corpora.py) and batching (batching.py).
 """
@@ -35,6 +36,15 @@ class ParallelData:
     def lengths(self) -> list[int]:
         """The longer side of each pair, which is what bounds a batch's padded size."""
         return [max(len(s), len(t)) for s, t in zip(self.src, self.tgt)]
+
+    def mean_lengths(self) -> tuple[float, float]:
+        n = max(len(self), 1)
+        return sum(map(len, self.src)) / n, sum(map(len, self.tgt)) / n
+
+    def collate(self, indices):
+        from nmtkit.data.batching import collate_pairs
+
+        return collate_pairs([self.src[i] for i in indices], [self.tgt[i] for i in indices])
 
 
 def encode_parallel(

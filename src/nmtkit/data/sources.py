@@ -60,7 +60,8 @@ def describe_files(paths: Iterable[Path]) -> list[dict[str, Any]]:
     return [{"path": str(p), "bytes": p.stat().st_size, "sha256": file_sha256(p)} for p in paths if p.is_file()]
 
 
-def _dataset(source) -> Any:
+def load_dataset(source) -> Any:
+    """The Hugging Face dataset a source names (memory-mapped Arrow files; read in batches, never copied whole)."""
     return corpora.load_hf_dataset(source.dataset, source.config, source.split,
                                    list(source.data_files) if source.data_files else None)
 
@@ -105,16 +106,18 @@ class ParallelSource:
         if self.table:
             return corpora.read_two_columns(registry.resolve(self.table), self.src_column, self.tgt_column,
                                             header=self.header, delimiter=self.delimiter, on_bad_line=on_bad_line)
-        if self.src:
-            return corpora.read_parallel(registry.resolve(self.src), registry.resolve(self.tgt), on_bad_line)
-        if self.corpus:
-            return corpora.read_parallel(*self.files(), on_bad_line)
-        ds, name = _dataset(self), self.dataset
+        if self.line_files():
+            return corpora.read_parallel(*self.line_files(), on_bad_line)
+        ds, name = load_dataset(self), self.dataset
         if self.src_column:
             return zip(corpora.hf_column(ds, self.src_column, name), corpora.hf_column(ds, self.tgt_column or "", name))
         if "translation" not in ds.column_names:
             raise DataError(f"dataset {name!r}: no 'translation' column; name the columns with --src-column/--tgt-column")
-        return ((row[self.src_lang], row[self.tgt_lang]) for row in ds["translation"])
+        return ((row[self.src_lang], row[self.tgt_lang]) for row in corpora.hf_rows(ds, "translation"))
+
+    def line_files(self) -> tuple[Path, Path] | None:
+        """The two line-aligned files of the pairs (--src/--tgt or a known corpus), or None (a table, a dataset)."""
+        return tuple(self.files()) if self.src or self.corpus else None  # type: ignore[return-value]
 
     def files(self) -> list[Path]:
         """The source and target files (the table; none for a dataset)."""
@@ -159,7 +162,7 @@ class TextSource:
         for path in self.files():
             yield from corpora.read_texts(path, self.column, header=self.header, on_bad_line=on_bad_line)
         if self.dataset:
-            yield from corpora.hf_column(_dataset(self), self.column or "text", self.dataset)
+            yield from corpora.hf_column(load_dataset(self), self.column or "text", self.dataset)
 
     def documents(self, on_bad_line: corpora.OnBadLine = "error") -> Iterator[str]:
         """Documents for language modelling: a plain text file is one document (its lines joined by
@@ -170,7 +173,7 @@ class TextSource:
             else:
                 yield "\n".join(corpora.read_lines(path, on_bad_line))
         if self.dataset:
-            yield from corpora.hf_column(_dataset(self), self.column or "text", self.dataset)
+            yield from corpora.hf_column(load_dataset(self), self.column or "text", self.dataset)
 
     def name(self) -> str:
         return ", ".join([str(p) for p in self.files()] + ([self.dataset] if self.dataset else [])) or "the data"
@@ -198,7 +201,7 @@ class TaskSource:
             return self._file_examples(task, registry.resolve(self.file), on_bad_line)
         if not self.dataset:
             raise DataError("no data: give a file, a known corpus file (sst2/train.tsv), or --dataset")
-        ds, name = _dataset(self), self.dataset
+        ds, name = load_dataset(self), self.dataset
         if task == "classify":
             return list(zip(corpora.hf_column(ds, self.text_column, name), corpora.hf_column(ds, self.label_column, name)))
         if task == "qa":

@@ -17,7 +17,7 @@ import math
 from torch import Tensor, nn
 
 from nmtkit.models.configs import GPTConfig
-from nmtkit.models.layers import Block, Positions, pad_vocab
+from nmtkit.models.layers import Block, Positions, cut_vocab, pad_vocab
 
 
 class GPT(nn.Module):
@@ -59,11 +59,11 @@ class GPT(nn.Module):
 
     def forward(self, ids: Tensor) -> Tensor:
         x, _ = self.hidden(ids)
-        return self.out(x)[..., : self.cfg.vocab_size]
+        return cut_vocab(self.out(x), self.cfg.vocab_size)
 
     def decode_step(self, prev: Tensor, memory=None, cache: list | None = None):
         x, cache = self.hidden(prev if cache is None else prev[:, -1:], cache)
-        return self.out(x[:, -1])[..., : self.cfg.vocab_size], cache
+        return cut_vocab(self.out(x[:, -1]), self.cfg.vocab_size), cache
 
     def flops_per_token(self) -> float:
         """Training FLOPs per token (PaLM appendix B): 6 N plus 12 L T D for attention."""

@@ -23,6 +23,12 @@ def pad_vocab(n: int, multiple: int = 64) -> int:
     return (n + multiple - 1) // multiple * multiple
 
 
+def cut_vocab(logits: Tensor, vocab: int) -> Tensor:
+    """Logits over the padded vocabulary cut back to the real one; no cut when there is no padding (a cut
+    view's backward pass would allocate a second gradient of the logits' size)."""
+    return logits if logits.size(-1) == vocab else logits[..., :vocab]
+
+
 class MultiHeadAttention(nn.Module):
     """Multi-head attention: self-attention (`context=None`) or cross-attention over `context`."""
 

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from nmtkit.models.configs import RNNConfig
-from nmtkit.models.layers import pad_vocab
+from nmtkit.models.layers import cut_vocab, pad_vocab
 
 
 class RNNSeq2Seq(nn.Module):
@@ -122,7 +122,7 @@ class RNNSeq2Seq(nn.Module):
                 next_state["feed"] = pre
         else:
             pre = torch.cat([s, context, emb], -1)
-        logits = self.out(self.drop(pre))[:, : cfg.tgt_vocab]
+        logits = cut_vocab(self.out(self.drop(pre)), cfg.tgt_vocab)
         return logits, next_state, weights
 
     def decode_step(self, prev: Tensor, memory: dict[str, Tensor], cache: dict | None):

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from nmtkit.models.configs import TransformerConfig
-from nmtkit.models.layers import Block, Positions, pad_vocab
+from nmtkit.models.layers import Block, Positions, cut_vocab, pad_vocab
 
 
 class Transformer(nn.Module):
@@ -68,7 +68,7 @@ class Transformer(nn.Module):
         return {"out": out, "mask": src_mask, "attn_mask": attn_mask, "cross": cross}
 
     def logits(self, x: Tensor) -> Tensor:
-        return self.out(self.dec_norm(x))[..., : self.cfg.tgt_vocab]  # (B, T, D) -> (B, T, V)
+        return cut_vocab(self.out(self.dec_norm(x)), self.cfg.tgt_vocab)  # (B, T, D) -> (B, T, V)
 
     def decode(self, tgt_in: Tensor, memory: dict[str, Tensor]) -> Tensor:
         x = self.embed(self.tgt_embed, self.tgt_pos, tgt_in)

@@ -262,6 +262,25 @@ def evaluate_translator(
 
 
 # ---------------------------------------------------------------------------------------------------------
+# prepare
+
+
+def prepare(source: ParallelSource, tokenizer: str | Path, *, on_bad_line: corpora.OnBadLine = "error",
+            cache_dir: str | Path | None = None, workers: int | None = None, progress=None) -> dict[str, Any]:
+    """Tokenize a parallel corpus once into the cache that train-translator reads (`nmtkit.data.prepared`);
+    returns the prepared folder and its counts. Data already prepared is found, not prepared again."""
+    from nmtkit.data import prepared
+    from nmtkit.files import read_json
+
+    tok = Tokenizer(runs.tokenizer_folder(tokenizer))
+    folder = prepared.provide(source, tok, on_bad_line=on_bad_line, cache_dir=cache_dir, workers=workers,
+                              progress=progress)
+    meta = read_json(folder / prepared.META)
+    return {"folder": str(folder), "pairs": meta["pairs"], "empty": meta["empty"], "tokens": meta["tokens"],
+            "seconds": meta["seconds"], "lines_per_s": meta["lines_per_s"]}
+
+
+# ---------------------------------------------------------------------------------------------------------
 # train-translator
 
 
@@ -279,10 +298,14 @@ def train_translator(
     device: str = "auto",
     resume: bool = False,
     on_bad_line: corpora.OnBadLine = "error",
+    cache_dir: str | Path | None = None,
+    workers: int | None = None,
     progress=None,
     command: list[str] | None = None,
 ) -> dict[str, Any]:
-    """Train a translator into `run_dir` (or continue one with `resume=True`). Returns the run's summary."""
+    """Train a translator into `run_dir` (or continue one with `resume=True`). Returns the run's summary. The
+    training pairs are prepared once (tokenized into memory-mapped id files, `nmtkit.data.prepared`) and reused
+    from the cache by every later run and resume on the same files and tokenizer."""
     from nmtkit.models import build_translator
     from nmtkit.objectives import seq2seq_loss
     from nmtkit.runtime import init_distributed, pick_device, seed_everything
@@ -292,11 +315,11 @@ def train_translator(
     dist = init_distributed(dev)
     arch, model_settings, train_cfg, train_source, valid_source = _settings(
         run_dir, resume, arch, model_settings, train_settings, train_source, valid_source)
-    pairs = list(train_source.pairs(on_bad_line))
-    tok = runs.provide_tokenizer(run_dir, tokenizer, lambda: (x for pair in pairs for x in pair), tokenizer_cfg,
-                                 train_source.files(), resume=resume, dist=dist)
+    tok = runs.provide_tokenizer(run_dir, tokenizer, lambda: (x for pair in train_source.pairs(on_bad_line) for x in pair),
+                                 tokenizer_cfg, train_source.files(), resume=resume, dist=dist)
     model_cfg = _model_config(arch, {**model_settings, "src_vocab": len(tok), "tgt_vocab": len(tok)})
-    train_data, valid_data = _encode(pairs, valid_source, tok, train_cfg, on_bad_line)
+    train_data, valid_data = _data(train_source, valid_source, tok, train_cfg, on_bad_line, cache_dir, workers, dist,
+                                   progress)
     log.info("%d training pairs%s; %s on %s%s", len(train_data),
              f", {len(valid_data)} validation pairs" if valid_data else "", arch, dev,
              f" x {dist.world_size} processes" if dist.enabled else "")
@@ -349,11 +372,19 @@ def _settings(run_dir: Path, resume: bool, arch, model_settings, train_settings,
             runs.resumed_source(run_dir, ParallelSource, data.get("valid"), valid_source, "validation data"))
 
 
-def _encode(pairs, valid_source: ParallelSource | None, tok: Tokenizer, cfg: TrainConfig, on_bad_line):
-    """The training pairs and validation data (or None) as ids."""
+def _data(train_source: ParallelSource, valid_source: ParallelSource | None, tok: Tokenizer, cfg: TrainConfig,
+          on_bad_line, cache_dir, workers, dist, progress):
+    """The training pairs (prepared and memory-mapped; under torchrun rank 0 prepares them while the others wait)
+    and the validation data (or None), in memory as ids and text."""
+    from nmtkit.data import prepared
     from nmtkit.data.datasets import encode_parallel
 
-    train_data = encode_parallel(pairs, tok, tok, cfg.max_len, "training data")
+    if dist.is_main:
+        prepared.provide(train_source, tok, on_bad_line=on_bad_line, cache_dir=cache_dir, workers=workers,
+                         progress=progress)
+    runs.barrier(dist)
+    folder = prepared.provide(train_source, tok, on_bad_line=on_bad_line, cache_dir=cache_dir, may_prepare=False)
+    train_data = prepared.PreparedPairs(folder, cfg.max_len, "training data")
     valid_data = None
     if valid_source:
         valid_data = encode_parallel(valid_source.pairs(on_bad_line), tok, tok, cfg.max_len, "validation data",
@@ -377,13 +408,12 @@ def _write_config(run_dir: Path, resume: bool, arch: str, model_cfg, train_cfg, 
 
 def _batches(data, cfg: TrainConfig):
     """The training batches of an epoch: token-based, from length buckets, shuffled by seed and epoch."""
-    from nmtkit.data.batching import LazyBatches, collate_pairs, token_batches
+    from nmtkit.data.batching import LazyBatches, token_batches
 
     lengths = data.lengths()
 
     def batches(epoch: int):
-        index = token_batches(lengths, cfg.max_tokens, shuffle=True, seed=cfg.seed, epoch=epoch)
-        return LazyBatches(index, lambda ids: collate_pairs([data.src[i] for i in ids], [data.tgt[i] for i in ids]))
+        return LazyBatches(token_batches(lengths, cfg.max_tokens, shuffle=True, seed=cfg.seed, epoch=epoch), data.collate)
 
     return batches
 
@@ -392,8 +422,8 @@ def _flops_per_token(arch: str, model, data) -> float | None:
     """A Transformer's training FLOPs per target token at the data's mean lengths (for MFU on GPU)."""
     if arch != "transformer":
         return None
-    mean = lambda seqs: sum(map(len, seqs)) / max(len(seqs), 1)  # noqa: E731
-    return model.flops_per_token(mean(data.src), mean(data.tgt) - 1)  # targets: <s> ... </s>
+    src, tgt = data.mean_lengths()
+    return model.flops_per_token(src, tgt - 1)  # targets: <s> ... </s>
 
 
 def validation_scores(model, device, data, tok: Tokenizer, cfg: TrainConfig, tgt_lang: str | None,
@@ -406,13 +436,13 @@ def validation_scores(model, device, data, tok: Tokenizer, cfg: TrainConfig, tgt
     import torch.nn.functional as F
 
     from nmtkit import evaluation
-    from nmtkit.data.batching import collate_pairs, token_batches
+    from nmtkit.data.batching import token_batches
     from nmtkit.tokenization import PAD_ID
 
     total, items = 0.0, 0
     with torch.inference_mode():
         for ids in token_batches(data.lengths(), cfg.max_tokens, shuffle=False):
-            batch = collate_pairs([data.src[i] for i in ids], [data.tgt[i] for i in ids]).to(device)
+            batch = data.collate(ids).to(device)
             logits = model(batch.src, batch.src_mask, batch.tgt_in)
             total += F.cross_entropy(logits.float().flatten(0, 1), batch.tgt_out.flatten(), ignore_index=PAD_ID,
                                      reduction="sum").item()

@@ -1,0 +1,411 @@
+"""Prepared parallel data: a corpus tokenized once into flat id files that training memory-maps (the
+fairseq-preprocess step), reused by every run while its files and the tokenizer are unchanged.
+
+A prepared folder holds, for n pairs (pairs with an empty side are left out and counted):
+
+    src.bin, tgt.bin   every sentence's piece ids, one after another (uint16, or uint32 for vocabularies over
+                       65,536 pieces); no <s> or </s>: those are added when a batch is made
+    src.idx, tgt.idx   n + 1 offsets (int64): sentence i is bin[idx[i]:idx[i + 1]]
+    src.len, tgt.len   n lengths (uint16, capped at 65,535), what batching and the --max-len filter read
+    meta.json          what it was made from (the cache key's inputs), counts, and how long it took
+
+Only the lengths are read into memory (4 bytes a pair); ids and offsets are mapped and paged in by the batches
+that use them, and processes under torchrun share the mapped pages.
+
+The cache (`$NMTKIT_CACHE`, else `$XDG_CACHE_HOME/nmtkit`, else `~/.cache/nmtkit`) keeps a folder per key,
+`prepared/KEY`. The key hashes the source's description, each input file's resolved path, size and
+modification time (nanoseconds), the tokenizer model's sha256, the --on-bad-line choice and this format's
+version: a file changed after preparation (its size or mtime changes) gives another key and is prepared
+again, and the stale folder of the same source is removed. A folder is assembled under a temporary name and
+renamed into place after its files are on disk, under a lock, so an interrupted or failed preparation leaves
+nothing a later run would trust.
+
+Preparation streams the source through its reader (`ParallelSource.pairs`: plain, gzip, TSV/CSV/JSON(L),
+Hugging Face datasets) in chunks that worker processes tokenize, in order; memory does not grow with the corpus.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Iterable, Sequence
+
+from nmtkit.data import corpora
+from nmtkit.errors import DataError
+from nmtkit.files import file_sha256, read_json, write_error, write_json
+from nmtkit.tokenization import BOS_ID, EOS_ID, MODEL_FILE, PAD_ID
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from nmtkit.data.sources import ParallelSource
+    from nmtkit.tokenization import Tokenizer
+
+log = logging.getLogger("nmtkit")
+
+FORMAT = 1
+META = "meta.json"
+SIDES = ("src", "tgt")
+MAX_LENGTH = 65535  # lengths are stored as uint16; longer sentences are over any --max-len anyway
+CHUNK = 10_000  # pairs a worker tokenizes at a time
+PARALLEL_BYTES = 16 << 20  # smaller inputs are tokenized in this process (starting workers costs more)
+
+
+def cache_root() -> Path:
+    """Where prepared data is cached: $NMTKIT_CACHE, else $XDG_CACHE_HOME/nmtkit, else ~/.cache/nmtkit."""
+    if os.environ.get("NMTKIT_CACHE"):
+        return Path(os.environ["NMTKIT_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "nmtkit"
+
+
+def describe(source: "ParallelSource", tokenizer: "Tokenizer", on_bad_line: str) -> dict:
+    """What a prepared folder depends on: the source, its files (resolved path, size, mtime), the tokenizer."""
+    from nmtkit.config import to_dict
+
+    files = []
+    for path in source.files():
+        try:
+            st = path.stat()
+        except OSError:
+            raise DataError(f"{path}: no such file") from None
+        files.append({"path": str(path.resolve()), "bytes": st.st_size, "mtime_ns": st.st_mtime_ns})
+    inputs = {"format": FORMAT, "source": to_dict(source), "files": files, "on_bad_line": on_bad_line,
+              "tokenizer": file_sha256(tokenizer.folder / MODEL_FILE)}
+    if source.dataset:  # a Hugging Face dataset: its fingerprint changes when its data does
+        from nmtkit.data.sources import load_dataset
+
+        inputs["dataset_fingerprint"] = getattr(load_dataset(source), "_fingerprint", None)
+    return inputs
+
+
+def _key(inputs: dict) -> str:
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def _same_source(inputs: dict) -> str:
+    """The key of the source alone (its files' paths, not their sizes or times): stale folders share it."""
+    kept = {**inputs, "files": [f["path"] for f in inputs["files"]]}
+    kept.pop("dataset_fingerprint", None)
+    return _key(kept)
+
+
+def provide(source: "ParallelSource", tokenizer: "Tokenizer", *, on_bad_line: str = "error",
+            cache_dir: str | Path | None = None, workers: int | None = None, may_prepare: bool = True,
+            progress: Callable[[dict], None] | None = None) -> Path:
+    """The prepared folder of `source` tokenized by `tokenizer`: from the cache, or prepared now (unless
+    `may_prepare` is false: a torchrun process that is not rank 0 only looks it up, after rank 0 prepared it)."""
+    import fcntl
+
+    inputs = describe(source, tokenizer, on_bad_line)
+    root = Path(cache_dir) if cache_dir else cache_root() / "prepared"
+    folder = root / _key(inputs)
+    if (folder / META).is_file():
+        return folder
+    if not may_prepare:
+        raise DataError(f"{folder}: the prepared data is missing (rank 0 should have prepared it)")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        lock = os.open(root / f"{folder.name}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise write_error(root, exc) from None
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another process preparing the same data: wait for it, then reuse
+        if (folder / META).is_file():
+            return folder
+        _remove_abandoned(root, folder.name)
+        _remove_stale(root, _same_source(inputs))
+        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=root))
+        try:
+            meta = prepare(source, tokenizer, tmp, folder, on_bad_line=on_bad_line, workers=workers, progress=progress,
+                           parallel=workers != 1 and _input_bytes(inputs) >= PARALLEL_BYTES)
+            write_json(tmp / META, {**meta, "inputs": inputs, "source_key": _same_source(inputs)})
+            os.replace(tmp, folder)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    finally:
+        os.close(lock)
+    log.info("prepared %s pairs (%s + %s pieces) in %.1f s, %s lines/s: %s", f"{meta['pairs']:,}",
+             f"{meta['tokens']['src']:,}", f"{meta['tokens']['tgt']:,}", meta["seconds"],
+             f"{meta['lines_per_s']:,.0f}", folder)
+    return folder
+
+
+def _input_bytes(inputs: dict) -> int:
+    files = inputs["files"]
+    return sum(f["bytes"] for f in files) if files else PARALLEL_BYTES  # a dataset: assume it is large
+
+
+def _remove_abandoned(root: Path, own: str) -> None:
+    """Remove the temporary folders of preparations that were killed: those of the key whose lock this process
+    holds (`own`), and those of other keys whose lock nobody holds."""
+    import fcntl
+
+    for tmp in root.glob(".*.tmp"):
+        key = tmp.name[1:].split(".")[0]
+        if key == own:
+            shutil.rmtree(tmp, ignore_errors=True)
+            continue
+        try:
+            fd = os.open(root / f"{key}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # ours already, or free: nobody is writing it
+            shutil.rmtree(tmp, ignore_errors=True)
+        except OSError:  # another process is preparing it now
+            pass
+        finally:
+            os.close(fd)
+
+
+def _remove_stale(root: Path, source_key: str) -> None:
+    """Remove prepared folders of the same source made from files that have changed since."""
+    for meta in root.glob(f"*/{META}"):
+        try:
+            if read_json(meta).get("source_key") == source_key:
+                shutil.rmtree(meta.parent, ignore_errors=True)
+        except Exception:  # noqa: BLE001 - an unreadable folder is not ours to judge
+            continue
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Preparing: chunks of pairs tokenized in worker processes, written in order
+
+
+def prepare(source: "ParallelSource", tokenizer: "Tokenizer", tmp: Path, folder: Path, *, on_bad_line: str = "error",
+            workers: int | None = None, parallel: bool = True, chunk: int | None = None,
+            progress: Callable[[dict], None] | None = None) -> dict:
+    """Tokenize the source's pairs into the files of a prepared folder in `tmp` (named after `folder` in errors);
+    returns the counts for meta.json. Two line-aligned files are read as raw lines that the workers decode (the
+    reading process does little more than read); other formats are read as pairs by their reader. Raises
+    DataError on bad or empty data, WriteError when a file cannot be written."""
+    import numpy as np
+
+    dtype = "uint16" if len(tokenizer) <= 65536 else "uint32"
+    names = [f"{side}.{ext}" for side in SIDES for ext in ("bin", "idx", "len")]
+    out = {name: open(tmp / name, "wb") for name in names}
+    counts = {"pairs": 0, "empty": 0, "tokens": {"src": 0, "tgt": 0}}
+    skipped = (corpora.ReadStats(), corpora.ReadStats())
+    start = time.perf_counter()
+
+    def write(result) -> None:
+        read, empty, encoded, stats = result
+        counts["empty"] += empty
+        for side, (ids, lengths) in zip(SIDES, encoded):
+            offsets = counts["tokens"][side] + np.cumsum(lengths, dtype=np.int64)
+            _write(out, f"{side}.bin", folder, ids)
+            _write(out, f"{side}.idx", folder, offsets)
+            _write(out, f"{side}.len", folder, np.minimum(lengths, MAX_LENGTH).astype(np.uint16))
+            counts["tokens"][side] += int(lengths.sum())
+        counts["pairs"] += len(encoded[0][1])
+        for total, side in zip(skipped, stats):
+            total.skipped += side.skipped
+            total.first_skipped += side.first_skipped[: 3 - len(total.first_skipped)]
+        lines[0] += read
+        if progress:
+            progress({"event": "prepare", "pairs": lines[0], "seconds": time.perf_counter() - start})
+
+    lines = [0]
+    files = source.line_files()
+    if files:
+        chunks: Iterable = (("lines", (first, s, t, (str(files[0]), str(files[1])), on_bad_line))
+                            for first, s, t in corpora.parallel_line_blocks(*files, chunk or CHUNK))
+    else:
+        chunks = (("pairs", c) for c in _chunks(source.pairs(on_bad_line), chunk or CHUNK))
+    try:
+        for side in SIDES:
+            _write(out, f"{side}.idx", folder, np.zeros(1, dtype=np.int64))
+        if parallel:
+            _in_workers(chunks, tokenizer, dtype, workers or len(os.sched_getaffinity(0)), write)
+        else:
+            _start_worker(str(tokenizer.folder / MODEL_FILE), tokenizer.threads, dtype)
+            for c in chunks:
+                write(_encode_chunk(c))
+        for name, f in out.items():
+            try:
+                f.flush()
+                os.fsync(f.fileno())
+            except OSError as exc:
+                raise write_error(folder / name, exc) from None
+    finally:
+        for f in out.values():
+            try:
+                f.close()
+            except OSError:  # what it still held could not be written either: the folder goes anyway
+                pass
+    if files:
+        for name, stats in zip(files, skipped):
+            corpora.report_skipped(str(name), stats, on_bad_line)  # type: ignore[arg-type]
+    if not counts["pairs"]:
+        raise DataError("training data: empty corpus (no non-empty sentence pairs)")
+    seconds = time.perf_counter() - start
+    return {"format": FORMAT, "dtype": dtype, **counts, "seconds": round(seconds, 2),
+            "lines_per_s": round(2 * lines[0] / max(seconds, 1e-9))}
+
+
+def _write(out: dict, name: str, folder: Path, array) -> None:
+    try:
+        out[name].write(array.tobytes())
+    except OSError as exc:
+        raise write_error(folder / name, exc) from None
+
+
+def _chunks(pairs: Iterable[tuple[str, str]], size: int) -> Iterable[list[tuple[str, str]]]:
+    chunk: list[tuple[str, str]] = []
+    for pair in pairs:
+        chunk.append(pair)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _in_workers(chunks: Iterable, tokenizer: "Tokenizer", dtype: str, workers: int, write) -> None:
+    """Tokenize chunks in `workers` processes, at most two chunks per worker in flight, written in order."""
+    import multiprocessing
+    import sys
+
+    # fork (as torch's DataLoader workers on Linux): no re-import of the caller's main module; workers use
+    # sentencepiece and numpy only, never torch's threads
+    context = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
+    with context.Pool(workers, _start_worker, (str(tokenizer.folder / MODEL_FILE), 1, dtype)) as pool:
+        pending: collections.deque = collections.deque()
+        for c in chunks:
+            pending.append(pool.apply_async(_encode_chunk, (c,)))
+            if len(pending) >= 2 * workers:
+                write(pending.popleft().get())
+        while pending:
+            write(pending.popleft().get())
+
+
+_sp, _threads, _dtype = None, 1, "uint16"  # the worker's sentencepiece model, its threads, the ids' type
+
+
+def _start_worker(model: str, threads: int, dtype: str) -> None:
+    global _sp, _threads, _dtype
+    import sentencepiece as spm
+
+    _sp, _threads, _dtype = spm.SentencePieceProcessor(model_file=model), threads, dtype
+
+
+def _encode_chunk(chunk):
+    """(pairs read, pairs with an empty side, ((src ids, src lengths), (tgt ids, tgt lengths)), skipped-line
+    counts of each side) of a chunk: ("lines", raw lines of both files) or ("pairs", text pairs)."""
+    import itertools
+
+    import numpy as np
+
+    kind, payload = chunk
+    stats = (corpora.ReadStats(), corpora.ReadStats())
+    if kind == "lines":
+        first, s_block, t_block, names, on_bad_line = payload
+        sides = [corpora.decode_block(block, name, first, on_bad_line, side)
+                 for block, name, side in zip((s_block, t_block), names, stats)]
+    else:
+        sides = [list(side) for side in zip(*payload)] if payload else [[], []]
+    read = len(sides[0])
+    # the usual chunk: no line skipped, no empty side (checked at C speed); else the pairs are sifted
+    if stats[0].skipped or stats[1].skipped or not all(map(str.strip, sides[0])) or not all(map(str.strip, sides[1])):
+        kept = [(s, t) for s, t in zip(*sides) if s is not None and t is not None]
+        pairs = len(kept)
+        kept = [(s, t) for s, t in kept if s.strip() and t.strip()]
+        sides = [list(side) for side in zip(*kept)] if kept else [[], []]
+    else:
+        pairs = read
+    encoded = []
+    for side in sides:
+        ids = _sp.Encode(side, num_threads=_threads)
+        lengths = np.fromiter(map(len, ids), dtype=np.uint32, count=len(ids))
+        flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=_dtype, count=int(lengths.sum(dtype=np.int64)))
+        encoded.append((flat, lengths))
+    return read, pairs - len(sides[0]), tuple(encoded), stats
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Reading: the pairs a training run uses, memory-mapped
+
+
+class PreparedPairs:
+    """A prepared folder opened for training: pairs of at most `max_len` pieces a side (the longer ones are
+    counted and left out, as `encode_parallel` does), their batching lengths, and batches made from them."""
+
+    def __init__(self, folder: str | Path, max_len: int, name: str = "training data"):
+        import numpy as np
+
+        self.folder = Path(folder)
+        self.meta = read_json(self.folder / META)
+        dtype = self.meta["dtype"]
+        self.ids = {side: _mapped(self.folder / f"{side}.bin", dtype) for side in SIDES}
+        self.offsets = {side: _mapped(self.folder / f"{side}.idx", "int64") for side in SIDES}
+        src = np.fromfile(self.folder / "src.len", dtype=np.uint16)
+        tgt = np.fromfile(self.folder / "tgt.len", dtype=np.uint16)
+        # a pair's padded size in a batch: source + </s>, <s> + target + </s> (the longer side)
+        lengths = np.maximum(src.astype(np.int32) + 1, tgt.astype(np.int32) + 2)
+        keep = np.maximum(src, tgt).astype(np.int32) + 1 <= min(max_len, MAX_LENGTH)
+        del src, tgt
+        if self.meta["empty"]:
+            log.warning("%s: skipped %d pair(s) with an empty side", name, self.meta["empty"])
+        long = len(keep) - int(keep.sum())
+        self.index = None  # the prepared pair of each kept pair, when some are left out
+        if long:
+            log.warning("%s: left out %d pair(s) longer than %d pieces (raise --max-len to keep them)", name, long,
+                        max_len)
+            self.index = np.flatnonzero(keep).astype(np.int64 if len(keep) >= 2**31 else np.int32)
+            lengths = lengths[keep]
+        if not len(lengths):
+            raise DataError(f"{name}: no pair of at most {max_len} pieces (raise --max-len)")
+        self._lengths = lengths.astype(np.uint16 if max_len < MAX_LENGTH else np.int32)
+
+    def __len__(self) -> int:
+        return len(self._lengths)
+
+    def lengths(self) -> "np.ndarray":
+        """Each pair's padded size: the longer of source + </s> and <s> + target + </s>."""
+        return self._lengths
+
+    def mean_lengths(self) -> tuple[float, float]:
+        """Mean source (+ </s>) and target (<s> + ... + </s>) lengths of all prepared pairs."""
+        n = max(self.meta["pairs"], 1)
+        return self.meta["tokens"]["src"] / n + 1, self.meta["tokens"]["tgt"] / n + 2
+
+    def pair(self, i: int) -> tuple["np.ndarray", "np.ndarray"]:
+        """The source and target piece ids (no <s> or </s>) of kept pair i."""
+        j = int(self.index[i]) if self.index is not None else int(i)
+        return tuple(self.ids[s][self.offsets[s][j] : self.offsets[s][j + 1]] for s in SIDES)  # type: ignore[return-value]
+
+    def collate(self, indices: Sequence[int]):
+        """The batch of these pairs: source + </s>, <s> + target + </s>, padded."""
+        import numpy as np
+        import torch
+
+        from nmtkit.data.batching import Seq2SeqBatch
+
+        pairs = [self.pair(i) for i in indices]
+        src = np.full((len(pairs), max(len(s) for s, _ in pairs) + 1), PAD_ID, dtype=np.int64)
+        tgt = np.full((len(pairs), max(len(t) for _, t in pairs) + 2), PAD_ID, dtype=np.int64)
+        for row, (s, t) in enumerate(pairs):
+            src[row, : len(s)] = s
+            src[row, len(s)] = EOS_ID
+            tgt[row, 0] = BOS_ID
+            tgt[row, 1 : len(t) + 1] = t
+            tgt[row, len(t) + 1] = EOS_ID
+        s, t = torch.from_numpy(src), torch.from_numpy(tgt)
+        return Seq2SeqBatch(s, s != PAD_ID, t[:, :-1], t[:, 1:])
+
+
+def _mapped(path: Path, dtype: str) -> "np.ndarray":
+    """A read-only memory map of a file of `dtype` values, as a plain array (empty files map to nothing)."""
+    import numpy as np
+
+    if path.stat().st_size == 0:
+        return np.zeros(0, dtype=dtype)
+    return np.memmap(path, dtype=dtype, mode="r").view(np.ndarray)

@@ -1,0 +1,218 @@
+"""Prepared training data (issue 18): a parallel corpus tokenized once into memory-mapped id files, reused from
+the cache while its files and the tokenizer are unchanged, never trusted half-written."""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from nmtkit.cli import app
+from nmtkit.data import prepared
+from nmtkit.data.batching import token_batches
+from nmtkit.data.datasets import encode_parallel
+from nmtkit.data.sources import ParallelSource
+
+from conftest import DEMO, ROOT, one_line_error, write
+
+runner = CliRunner()
+FILES = [f"{side}.{ext}" for side in ("src", "tgt") for ext in ("bin", "idx", "len")]
+
+
+def run(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    """The demo pairs twice over, with a pair whose source is empty and one far longer than the others."""
+    en = (DEMO / "train.en").read_text(encoding="utf-8").splitlines()
+    ko = (DEMO / "train.ko").read_text(encoding="utf-8").splitlines()
+    en, ko = en * 2 + ["", "word " * 200], ko * 2 + ["x", "y"]
+    return write(tmp_path / "big.en", "\n".join(en) + "\n"), write(tmp_path / "big.ko", "\n".join(ko) + "\n")
+
+
+def prepared_folders(cache: Path) -> list[Path]:
+    return sorted(p for p in (cache / "prepared").iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def test_prepared_pairs_are_the_ids_and_batches_of_tokenizing_directly(corpus, demo_tokenizer):
+    source = ParallelSource(src=str(corpus[0]), tgt=str(corpus[1]))
+    data = prepared.PreparedPairs(prepared.provide(source, demo_tokenizer), max_len=64)
+    direct = encode_parallel(source.pairs(), demo_tokenizer, demo_tokenizer, 64, "training data")
+    assert len(data) == len(direct) == 3600  # the empty pair and the long one are left out by both
+    assert data.lengths().tolist() == direct.lengths()
+    batches = token_batches(data.lengths(), 500, shuffle=True, seed=2, epoch=3)
+    assert [b.tolist() for b in batches] == [b.tolist() for b in token_batches(direct.lengths(), 500, shuffle=True,
+                                                                              seed=2, epoch=3)]
+    for index in [*list(batches)[:25], np.arange(40)]:
+        a, b = data.collate(index), direct.collate(index)
+        for name in ("src", "src_mask", "tgt_in", "tgt_out"):
+            assert torch.equal(getattr(a, name), getattr(b, name)), name
+
+
+def test_worker_processes_write_the_same_files_as_one_process(corpus, demo_tokenizer, tmp_path):
+    """Whatever the reader (two line-aligned files, or a table read as pairs) and however many processes."""
+    table = write(tmp_path / "pairs.tsv", "en\tko\n" + "".join(
+        f"{s}\t{t}\n" for s, t in zip(*(p.read_text(encoding="utf-8").splitlines() for p in corpus))))
+    sources = {"files": ParallelSource(src=str(corpus[0]), tgt=str(corpus[1])),
+               "table": ParallelSource(table=str(table), src_column="en", tgt_column="ko")}
+    metas = {}
+    for name, source in sources.items():
+        for parallel in (False, True):
+            folder = tmp_path / f"{name}-{parallel}"
+            folder.mkdir()
+            metas[folder.name] = prepared.prepare(source, demo_tokenizer, folder, folder, workers=2, parallel=parallel,
+                                                  chunk=500)
+    for name in FILES:
+        expected = (tmp_path / "files-False" / name).read_bytes()
+        assert all((tmp_path / folder / name).read_bytes() == expected for folder in metas), name
+    assert {(m["pairs"], m["empty"]) for m in metas.values()} == {(3601, 1)}
+    assert np.fromfile(tmp_path / "files-True" / "src.idx", dtype=np.int64)[-1] == metas["files-True"]["tokens"]["src"]
+
+
+def test_bucketing_is_the_greedy_rule():
+    """Each batch takes sorted examples while count x the last length stays within the budget."""
+    from nmtkit.data.batching import _bucket_bounds
+
+    rng = np.random.default_rng(0)
+    for budget in (7, 64, 500):
+        lengths = np.sort(rng.integers(1, 60, 2000))
+        expected, count, longest = [0], 0, 0
+        for i, n in enumerate(lengths):
+            if count and max(longest, n) * (count + 1) > budget:
+                expected.append(i)
+                count, longest = 0, 0
+            count, longest = count + 1, max(longest, n)
+        assert _bucket_bounds(lengths, budget).tolist() == expected + [len(lengths)]
+
+
+def test_prepare_reuses_the_cache_and_prepares_a_changed_file_again(corpus, demo_tokenizer, prepared_cache):
+    args = ("prepare", "--src", corpus[0], "--tgt", corpus[1], "-t", demo_tokenizer.folder)
+    first = run(*args)
+    assert first.exit_code == 0, first.output
+    folder = Path(first.stdout.strip())
+    assert "prepared 3,601 pairs" in first.stderr and "(1 with an empty side left out)" in first.stderr
+    assert sorted(p.name for p in folder.iterdir()) == sorted([*FILES, "meta.json"])
+    again = run(*args)
+    assert again.exit_code == 0 and Path(again.stdout.strip()) == folder and "prepared" not in again.stderr
+    # the same size, one character changed: the modification time says so
+    text = corpus[1].read_bytes()
+    stat = corpus[1].stat()
+    corpus[1].write_bytes(text.replace(b"x\n", b"z\n"))
+    os.utime(corpus[1], ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+    changed = run(*args)
+    assert changed.exit_code == 0 and "prepared 3,601 pairs" in changed.stderr
+    assert Path(changed.stdout.strip()) != folder and prepared_folders(prepared_cache) == [Path(changed.stdout.strip())]
+
+
+def test_train_translator_prepares_once_and_resume_reuses_it(corpus, demo_tokenizer, tmp_path, prepared_cache):
+    tiny = ["--d-model", "16", "--heads", "2", "--layers", "1", "--ff-dim", "32", "--max-len", "64", "--device", "cpu",
+            "--eval-every", "100", "--log-every", "1"]
+    args = ("train-translator", "--src", corpus[0], "--tgt", corpus[1], "-t", demo_tokenizer.folder, *tiny,
+            "-o", tmp_path / "run")
+    first = run(*args, "--max-steps", "2")
+    assert first.exit_code == 0, first.output
+    assert "prepared 3,601 pairs" in first.stderr and "skipped 1 pair(s) with an empty side" in first.stderr
+    assert "left out 1 pair(s) longer than 64 pieces" in first.stderr
+    resumed = run(*args, "--max-steps", "4", "--resume")
+    assert resumed.exit_code == 0, resumed.output
+    assert "prepared" not in resumed.stderr and "left out 1 pair(s)" in resumed.stderr
+    assert len(prepared_folders(prepared_cache)) == 1
+    losses = [line for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines() if '"train"' in line]
+    assert len(losses) == 4
+
+
+def test_training_reads_the_data_in_worker_processes_and_reports_bad_pairs(corpus, demo_tokenizer, tmp_path,
+                                                                            monkeypatch):
+    monkeypatch.setattr(prepared, "PARALLEL_BYTES", 0)  # small files in workers too
+    monkeypatch.setattr(prepared, "CHUNK", 1000)
+    tgt = write(tmp_path / "short.ko", "\n".join(corpus[1].read_text(encoding="utf-8").splitlines()[:-5]) + "\n")
+    common = ("-t", demo_tokenizer.folder, "--d-model", "16", "--layers", "1", "--max-steps", "1", "--workers", "2")
+    misaligned = run("train-translator", "--src", corpus[0], "--tgt", tgt, *common, "-o", tmp_path / "a")
+    one_line_error(misaligned, f"{tgt}:3598: file ends after 3597 lines but {corpus[0]} has more")
+    bad = write(tmp_path / "bad.ko", corpus[1].read_bytes().replace(b"x\n", b"\xff\n"))
+    invalid = run("train-translator", "--src", corpus[0], "--tgt", bad, *common, "-o", tmp_path / "b")
+    one_line_error(invalid, f"{bad}:3601: invalid UTF-8")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    assert not [p for p in (Path(os.environ["NMTKIT_CACHE"]) / "prepared").iterdir() if p.is_dir()]
+    skipped = run("train-translator", "--src", corpus[0], "--tgt", bad, *common, "--on-bad-line", "skip",
+                  "-o", tmp_path / "c")
+    assert skipped.exit_code == 0, skipped.output
+    said = " ".join(skipped.stderr.split())
+    assert f"{bad}: skipped 1 line(s) with invalid UTF-8" in said and said.count("invalid UTF-8") == 1
+    assert "prepared 3,601 pairs" in skipped.stderr  # the bad line's pair (the empty one) is left out
+
+
+def test_an_interrupted_preparation_leaves_nothing(corpus, demo_tokenizer, prepared_cache, monkeypatch):
+    encoded = []
+
+    def interrupted(chunk):
+        if len(encoded) == 2:
+            raise KeyboardInterrupt  # Ctrl-C in the middle
+        encoded.append(original(chunk))
+        return encoded[-1]
+
+    original = prepared._encode_chunk
+    monkeypatch.setattr(prepared, "_encode_chunk", interrupted)
+    monkeypatch.setattr(prepared, "CHUNK", 500)
+    with pytest.raises(KeyboardInterrupt):
+        prepared.provide(ParallelSource(src=str(corpus[0]), tgt=str(corpus[1])), demo_tokenizer)
+    assert [p.suffix for p in (prepared_cache / "prepared").iterdir()] == [".lock"]
+
+
+def test_a_killed_preparation_is_never_trusted(corpus, demo_tokenizer, tmp_path, prepared_cache):
+    """SIGKILL in the middle of preparing: no prepared folder; the next run prepares and removes the remains."""
+    fifo = tmp_path / "slow.en"
+    os.mkfifo(fifo)
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    args = [sys.executable, "-m", "nmtkit", "prepare", "--src", str(fifo), "--tgt", str(corpus[1]), "-t",
+            str(demo_tokenizer.folder)]
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        with open(fifo, "w", encoding="utf-8") as writer:
+            writer.write("half of the source lines\n" * 1000)
+            writer.flush()
+            deadline = time.time() + 60
+            while not list((prepared_cache / "prepared").glob(".*.tmp")) and time.time() < deadline:
+                time.sleep(0.05)
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(30)
+    except BrokenPipeError:
+        pass
+    finally:
+        proc.kill()
+    assert list((prepared_cache / "prepared").glob(".*.tmp")) and not prepared_folders(prepared_cache)
+    fifo.unlink()
+    write(fifo, corpus[0].read_bytes())
+    done = run("prepare", "--src", fifo, "--tgt", corpus[1], "-t", demo_tokenizer.folder)
+    assert done.exit_code == 0, done.output
+    assert prepared_folders(prepared_cache) == [Path(done.stdout.strip())]
+    assert not list((prepared_cache / "prepared").glob(".*.tmp"))
+
+
+def test_a_full_disk_while_preparing_is_one_line_and_keeps_nothing(corpus, demo_tokenizer, prepared_cache, monkeypatch):
+    class FullDisk:
+        def write(self, data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    calls = []
+    original = prepared._write
+
+    def full(out, name, folder, array):
+        calls.append(name)
+        original({name: FullDisk()} if len(calls) == 3 else out, name, folder, array)  # 3: the first ids
+
+    monkeypatch.setattr(prepared, "_write", full)
+    result = run("prepare", "--src", corpus[0], "--tgt", corpus[1], "-t", demo_tokenizer.folder)
+    one_line_error(result, "src.bin: cannot write: No space left on device")
+    assert [p.suffix for p in (prepared_cache / "prepared").iterdir()] == [".lock"]
