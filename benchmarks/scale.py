@@ -7,11 +7,17 @@ committed. For each size it reports:
 
 - sentencepiece x1: lines/s of one sentencepiece process (one thread) reading and encoding the same lines (both
   sides), the reference the first preparation is compared with;
-- prepare: `nmtkit prepare` into an empty cache: wall time, lines/s and the ratio to sentencepiece x1;
+- prepare: `nmtkit prepare` into an empty cache: the command's wall time (Python and imports included), and the
+  lines/s of the preparation itself (reading, tokenizing, writing, syncing: what `nmtkit prepare --json` says)
+  with its ratio to sentencepiece x1;
 - first run / second run: `nmtkit train-translator --src big.de --tgt big.en -t TOK --arch transformer
   --d-model 64 --layers 1 --max-steps 2` (the first into an empty cache, so it prepares; the second reuses what
   the first prepared): wall time, time to the end of the first training step, and peak resident memory;
 - tokens/s: the same model for 40 more steps (steady training throughput).
+
+`--recipe-steps N` also runs N steps of the CPU recipe (Multi30k De-En Transformer, examples/transformer-multi30k.toml's
+model, on the 29,000 original pairs) and reports its training tokens/s (the mean of the logged windows after
+the first), to check that the data path leaves training speed as it was.
 
 Peak resident memory is the largest resident set of the command's processes (`ru_maxrss` of its children,
 measured by a small wrapper), the main process in practice. `--src-root` runs another checkout's `src` (the
@@ -25,7 +31,6 @@ import datetime
 import json
 import os
 import platform
-import resource
 import shutil
 import subprocess
 import sys
@@ -107,6 +112,7 @@ def main() -> None:
     ap.add_argument("--src-root", type=Path, default=ROOT / "src", help="the nmtkit source tree to run")
     ap.add_argument("--label", default="after", help="what the rows are called (before/after)")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--recipe-steps", type=int, default=0, help="Also measure the CPU recipe's tokens/s over this many steps.")
     add_append_flag(ap)
     args = ap.parse_args()
     if not (args.corpus / "train.de").is_file():
@@ -127,8 +133,8 @@ def main() -> None:
         row = {"pairs": n, "sp1": sentencepiece_one_process(tokenizer, files)}
         data = ["--src", str(files[0]), "--tgt", str(files[1]), "-t", str(tokenizer)]
         if has_prepare:
-            prep = measured([*nmtkit, "prepare", *data, "--cache-dir", str(cache / "explicit")], run_env)
-            row["prepare"] = prep | {"lines_per_s": 2 * n / prep["wall"]}
+            prep = measured([*nmtkit, "prepare", *data, "--cache-dir", str(cache / "explicit"), "--json"], run_env)
+            row["prepare"] = prep | {"lines_per_s": json.loads(prep["out"])["lines_per_s"]}
         train = [*nmtkit, "train-translator", *data, "--arch", "transformer", "--d-model", "64", "--layers", "1"]
         run = args.work / f"run-{n}"
         for name in ("first", "second"):
@@ -144,13 +150,26 @@ def main() -> None:
         shutil.rmtree(cache)
         shutil.rmtree(run)
 
+    recipe = None
+    if args.recipe_steps:
+        run = args.work / "run-recipe"
+        shutil.rmtree(run, ignore_errors=True)
+        measured([*nmtkit, "train-translator", "--src", str(args.corpus / "train.de"), "--tgt", str(args.corpus / "train.en"),
+                  "-t", str(tokenizer), "--arch", "transformer", "--d-model", "256", "--heads", "4", "--layers", "3",
+                  "--ff-dim", "1024", "--dropout", "0.1", "--label-smoothing", "0.1", "--max-tokens", "4096",
+                  "--max-steps", str(args.recipe_steps), "--log-every", "10", "-o", str(run)], env)
+        logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        speeds = [r["tokens_per_s"] for r in logged if r.get("kind") == "train" and r["step"] > 10]
+        recipe = sum(speeds) / len(speeds)
+        shutil.rmtree(run)
+
     def seconds(r: dict, key: str) -> str:
         return f"{r[key]:.1f} s" if key in r else "-"
 
     lines = [f"### Data at scale ({args.label}): {datetime.date.today()}", "",
-             f"Command: `{command()}`" + (f" (source tree: the commit before issue 18)" if args.label == "before" else ""),
+             f"Command: `{command()}`" + (" (source tree: the commit before issue 18)" if args.label == "before" else ""),
              f"Machine: {platform.machine()}, {os.cpu_count()} cores, no GPU; Python {platform.python_version()}.", "",
-             "| pairs | sentencepiece x1 lines/s | prepare: wall, lines/s (ratio) | first run: wall, to step 1, peak RSS "
+             "| pairs | sentencepiece x1 lines/s | prepare: command wall, lines/s (ratio) | first run: wall, to step 1, peak RSS "
              "| second run: wall, to step 1, peak RSS | tokens/s |", "| --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         prep = r.get("prepare")
@@ -158,6 +177,9 @@ def main() -> None:
                     if prep else "-")
         runs = [f"{r[k]['wall']:.1f} s, {seconds(r[k], 'first_step')}, {r[k]['rss_mb']:,.0f} MB" for k in ("first", "second")]
         lines.append(f"| {r['pairs']:,} | {r['sp1']:,.0f} | {prepared} | {runs[0]} | {runs[1]} | {r['tokens_per_s']:,} |")
+    if recipe:
+        lines += ["", f"CPU recipe (Multi30k De-En Transformer d-model 256, 3+3 layers, 4,096 tokens a batch), steps 11-"
+                      f"{args.recipe_steps}: {recipe:,.0f} training tokens/s."]
     publish("\n".join(lines) + "\n", args.append)
 
 

@@ -4,6 +4,7 @@ the cache while its files and the tokenizer are unchanged, never trusted half-wr
 from __future__ import annotations
 
 import errno
+import gzip
 import os
 import signal
 import subprocess
@@ -61,10 +62,13 @@ def test_prepared_pairs_are_the_ids_and_batches_of_tokenizing_directly(corpus, d
 
 
 def test_worker_processes_write_the_same_files_as_one_process(corpus, demo_tokenizer, tmp_path):
-    """Whatever the reader (two line-aligned files, or a table read as pairs) and however many processes."""
+    """Whatever the reader (two line-aligned files, gzipped or not, or a table read as pairs) and however many
+    processes."""
     table = write(tmp_path / "pairs.tsv", "en\tko\n" + "".join(
         f"{s}\t{t}\n" for s, t in zip(*(p.read_text(encoding="utf-8").splitlines() for p in corpus))))
+    gz = [write(tmp_path / f"{path.name}.gz", gzip.compress(path.read_bytes())) for path in corpus]
     sources = {"files": ParallelSource(src=str(corpus[0]), tgt=str(corpus[1])),
+               "gzip": ParallelSource(src=str(gz[0]), tgt=str(gz[1])),
                "table": ParallelSource(table=str(table), src_column="en", tgt_column="ko")}
     metas = {}
     for name, source in sources.items():
@@ -80,6 +84,19 @@ def test_worker_processes_write_the_same_files_as_one_process(corpus, demo_token
     assert np.fromfile(tmp_path / "files-True" / "src.idx", dtype=np.int64)[-1] == metas["files-True"]["tokens"]["src"]
 
 
+def test_sorting_by_length_a_block_at_a_time_is_a_stable_sort_of_a_random_permutation():
+    from nmtkit.data.batching import _by_length
+
+    lengths = np.random.default_rng(1).integers(2, 300, 5000).astype(np.uint16)
+    for rng in (None, np.random.default_rng(7)):
+        order, counts = _by_length(lengths, rng, block=512)
+        ids = np.arange(len(lengths))
+        if rng is not None:
+            ids = np.random.default_rng(7).permutation(ids)
+        assert order.tolist() == ids[np.argsort(lengths[ids], kind="stable")].tolist()
+        assert counts.tolist() == np.bincount(lengths).tolist()
+
+
 def test_bucketing_is_the_greedy_rule():
     """Each batch takes sorted examples while count x the last length stays within the budget."""
     from nmtkit.data.batching import _bucket_bounds
@@ -93,7 +110,7 @@ def test_bucketing_is_the_greedy_rule():
                 expected.append(i)
                 count, longest = 0, 0
             count, longest = count + 1, max(longest, n)
-        assert _bucket_bounds(lengths, budget).tolist() == expected + [len(lengths)]
+        assert _bucket_bounds(np.bincount(lengths), budget).tolist() == expected + [len(lengths)]
 
 
 def test_prepare_reuses_the_cache_and_prepares_a_changed_file_again(corpus, demo_tokenizer, prepared_cache):
@@ -216,3 +233,46 @@ def test_a_full_disk_while_preparing_is_one_line_and_keeps_nothing(corpus, demo_
     result = run("prepare", "--src", corpus[0], "--tgt", corpus[1], "-t", demo_tokenizer.folder)
     one_line_error(result, "src.bin: cannot write: No space left on device")
     assert [p.suffix for p in (prepared_cache / "prepared").iterdir()] == [".lock"]
+
+
+@pytest.fixture
+def labelled(tmp_path):
+    """3,000 labelled rows (a TSV with a header), one with an empty text, three labels."""
+    en = (DEMO / "train.en").read_text(encoding="utf-8").splitlines()
+    rows = [(en[i % len(en)], ("neg", "pos", "neutral")[i % 3]) for i in range(2999)] + [("", "pos")]
+    return write(tmp_path / "labelled.tsv", "text\tlabel\n" + "".join(f"{t}\t{y}\n" for t, y in rows)), rows
+
+
+def test_prepared_texts_are_the_seqs_and_labels_of_encoding_directly(labelled, demo_tokenizer):
+    from nmtkit.data.sources import TaskSource
+    from nmtkit.workflows.finetune import TaskData
+
+    source = TaskSource(file=str(labelled[0]))
+    labels = ["neg", "neutral", "pos"]
+    folder = prepared.provide(source, demo_tokenizer, kind="labelled")
+    data = prepared.PreparedTexts(folder, 16, labels, (0, 2900))
+    direct = TaskData("classify", labelled[1][:2900], demo_tokenizer, 16, 0, labels, "training data")
+    assert [data.seq(i) for i in range(len(data))] == direct.seqs and data.labels.tolist() == direct.labels
+    batches = data.batches(32, shuffle=True, seed=1, epoch=2)
+    assert [b.tolist() for b in batches.index_batches] == [b.tolist() for b in direct.batches(32, shuffle=True, seed=1,
+                                                                                               epoch=2).index_batches]
+    a, b = batches[3], direct.collate(batches.index_batches[3])
+    assert torch.equal(a.ids, b.ids) and torch.equal(a.labels, b.labels) and torch.equal(a.lengths, b.lengths)
+    assert prepared.labels_present(folder, (0, 2)) == ["neg", "pos"]
+    with pytest.raises(Exception, match="label 'neutral' is not one of the run's labels"):
+        prepared.PreparedTexts(folder, 16, ["neg", "pos"])
+
+
+def test_finetune_classify_prepares_once_and_holds_out_the_last_rows(labelled, gpt, tmp_path, prepared_cache):
+    args = ("finetune", "--task", "classify", "-m", gpt, "--train", labelled[0], "--max-steps", "2", "--eval-every", "2",
+            "--batch-size", "8", "--device", "cpu")
+    first = run(*args, "-o", tmp_path / "a")
+    assert first.exit_code == 0, first.output
+    said = " ".join(first.stderr.split())
+    assert "prepared 3,000 examples" in said and "the last 150 training examples are held out" in said
+    assert "classify: 2850 training and 150 validation examples" in said
+    config = (tmp_path / "a" / "config.json").read_text()
+    assert '"neg",' in config and '"neutral",' in config
+    again = run(*args, "-o", tmp_path / "b")
+    assert again.exit_code == 0 and "prepared" not in again.stderr
+    assert len(prepared_folders(prepared_cache)) == 1

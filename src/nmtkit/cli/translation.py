@@ -24,7 +24,7 @@ CORPUS = typer.Option(None, "--corpus", help="A known translation corpus (demo, 
 SRC_LANG = typer.Option(None, "--src-lang", help="Source language code (with --corpus or --dataset; else --src's extension).")
 TGT_LANG = typer.Option(None, "--tgt-lang", help="Target language code (with --corpus or --dataset; else --tgt's extension).")
 VOCAB_SIZE, TOKENIZER_TYPE = tokenizer_options()
-CACHE_DIR = typer.Option(None, "--cache-dir", help="Where prepared (tokenized, memory-mapped) training data is kept (default $NMTKIT_CACHE, else ~/.cache/nmtkit/prepared).")
+CACHE_DIR = typer.Option(None, "--cache-dir", help="Where prepared (tokenized, memory-mapped) training data is kept (default: $NMTKIT_CACHE/prepared, else ~/.cache/nmtkit/prepared).")
 WORKERS = typer.Option(None, "--workers", help="Processes that tokenize the training data the first time (default: one per core; 1: in this process).", min=1)
 TOKENIZE_HELP = "sacrebleu tokenizer: 13a, intl, zh, char, ja-mecab, ko-mecab... (default: chosen for the target language)."
 

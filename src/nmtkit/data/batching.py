@@ -6,7 +6,6 @@ What is *not* here: what the ids mean (datasets.py) or what a model does with th
 from __future__ import annotations
 
 import dataclasses
-import random
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -67,29 +66,48 @@ def token_batches(lengths, max_tokens: int, *, shuffle: bool, seed: int = 0, epo
     import numpy as np
 
     lengths = np.asarray(lengths)
-    n = len(lengths)
-    index_type = np.int32 if n < 2**31 else np.int64
     rng = np.random.default_rng([seed, epoch])
-    if shuffle:
-        order = rng.permutation(np.arange(n, dtype=index_type))
-        order = order[np.argsort(lengths[order], kind="stable")]
-    else:
-        order = np.argsort(lengths, kind="stable").astype(index_type)
-    bounds = _bucket_bounds(lengths[order], max_tokens)
-    batch_order = rng.permutation(len(bounds) - 1) if shuffle else np.arange(len(bounds) - 1)
-    return IndexBatches(order, bounds, batch_order)
+    order, counts = _by_length(lengths, rng if shuffle else None)
+    bounds = _bucket_bounds(counts, max_tokens)
+    return IndexBatches(order, bounds, rng.permutation(len(bounds) - 1) if shuffle else np.arange(len(bounds) - 1))
 
 
-def _bucket_bounds(sorted_lengths, max_tokens: int):
-    """Where batches start in ascending lengths: each batch takes examples while (count x the last one's length)
-    stays within max_tokens (an example longer than that is a batch of its own). Lengths come in runs of equal
-    values (a few hundred runs for any corpus); a batch ends at the first example of a run it cannot reach."""
+def _by_length(lengths, rng, block: int = 1 << 18):
+    """Example indices sorted by length, ties in random order when `rng` is given (a stable sort of a random
+    permutation), and how many examples have each length. A counting sort over the few hundred lengths there
+    are, a block at a time, so that sorting millions of examples takes the order array (int32) and one block."""
     import numpy as np
 
-    n = len(sorted_lengths)
-    run_starts = np.flatnonzero(np.r_[True, sorted_lengths[1:] != sorted_lengths[:-1]]) if n else np.zeros(0, int)
-    run_ends = np.r_[run_starts[1:], n]
-    room = max_tokens // np.maximum(sorted_lengths[run_starts].astype(np.int64), 1)  # examples a batch of each length holds
+    n = len(lengths)
+    index_type = np.int32 if n < 2**31 else np.int64
+    counts = np.bincount(lengths, minlength=1)
+    free = np.r_[0, np.cumsum(counts)[:-1]]  # where the next example of each length goes
+    ids = np.arange(n, dtype=index_type)
+    if rng is not None:
+        rng.shuffle(ids)
+    order = np.empty(n, dtype=index_type)
+    for start in range(0, n, block):
+        chunk = ids[start : start + block]
+        by_length = np.argsort(lengths[chunk], kind="stable")
+        values = lengths[chunk][by_length]
+        rank = np.arange(len(values)) - np.searchsorted(values, values)  # place among the block's equal lengths
+        order[free[values] + rank] = chunk[by_length]
+        free += np.bincount(lengths[chunk], minlength=len(counts))
+    return order, counts
+
+
+def _bucket_bounds(counts, max_tokens: int):
+    """Where batches start in the examples sorted by length (`counts[v]` of length v): each batch takes examples
+    while (count x the last one's length) stays within max_tokens (an example longer than that is a batch of
+    its own). The sorted lengths are runs of equal values, a few hundred; a batch ends at the first example of a
+    run it cannot reach."""
+    import numpy as np
+
+    values = np.flatnonzero(counts)
+    run_ends = np.cumsum(counts[values])
+    run_starts = run_ends - counts[values]
+    n = int(run_ends[-1]) if len(values) else 0
+    room = max_tokens // np.maximum(values, 1)  # examples a batch of each length holds
     bounds, i, r = [0], 0, 0
     while i < n:
         while run_ends[r] <= i:
@@ -184,18 +202,16 @@ def random_windows(stream, block: int, batch_size: int, *, seed: int, epoch: int
 # Fine-tuning batches
 
 
-def example_batches(lengths: Sequence[int], batch_size: int, *, shuffle: bool, seed: int = 0, epoch: int = 0) -> list[list[int]]:
+def example_batches(lengths, batch_size: int, *, shuffle: bool, seed: int = 0, epoch: int = 0) -> IndexBatches:
     """Batches of `batch_size` examples of similar length (ties broken at random), in random order when
-    shuffling; deterministic for a given (seed, epoch)."""
-    order = list(range(len(lengths)))
-    rng = random.Random(seed * 1_000_003 + epoch)
-    if shuffle:
-        rng.shuffle(order)
-    order.sort(key=lambda i: lengths[i])
-    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-    if shuffle:
-        rng.shuffle(batches)
-    return batches
+    shuffling; deterministic for a given (seed, epoch). numpy arrays over the lengths, as `token_batches`."""
+    import numpy as np
+
+    lengths = np.asarray(lengths)
+    rng = np.random.default_rng([seed, epoch])
+    order, _ = _by_length(lengths, rng if shuffle else None)
+    bounds = np.r_[np.arange(0, len(lengths), batch_size), len(lengths)]
+    return IndexBatches(order, bounds, rng.permutation(len(bounds) - 1) if shuffle else np.arange(len(bounds) - 1))
 
 
 @dataclass

@@ -1,7 +1,8 @@
-"""Prepared parallel data: a corpus tokenized once into flat id files that training memory-maps (the
+"""Prepared training data: a corpus tokenized once into flat id files that training memory-maps (the
 fairseq-preprocess step), reused by every run while its files and the tokenizer are unchanged.
 
-A prepared folder holds, for n pairs (pairs with an empty side are left out and counted):
+A prepared folder of parallel pairs (kind "pairs") holds, for n pairs (pairs with an empty side are left out
+and counted):
 
     src.bin, tgt.bin   every sentence's piece ids, one after another (uint16, or uint32 for vocabularies over
                        65,536 pieces); no <s> or </s>: those are added when a batch is made
@@ -9,19 +10,22 @@ A prepared folder holds, for n pairs (pairs with an empty side are left out and 
     src.len, tgt.len   n lengths (uint16, capped at 65,535), what batching and the --max-len filter read
     meta.json          what it was made from (the cache key's inputs), counts, and how long it took
 
-Only the lengths are read into memory (4 bytes a pair); ids and offsets are mapped and paged in by the batches
-that use them, and processes under torchrun share the mapped pages.
+A classification data set (kind "labelled") holds text.bin, text.idx, text.len and labels.bin (uint16 indices
+into meta.json's "labels", in the order they first appear); every row is kept, an empty text too.
+
+Only the lengths are read into memory (2 bytes a field); ids and offsets are mapped and paged in by the
+batches that use them, and processes under torchrun share the mapped pages.
 
 The cache (`$NMTKIT_CACHE`, else `$XDG_CACHE_HOME/nmtkit`, else `~/.cache/nmtkit`) keeps a folder per key,
-`prepared/KEY`. The key hashes the source's description, each input file's resolved path, size and
+`prepared/KEY`. The key hashes the kind, the source's description, each input file's resolved path, size and
 modification time (nanoseconds), the tokenizer model's sha256, the --on-bad-line choice and this format's
 version: a file changed after preparation (its size or mtime changes) gives another key and is prepared
 again, and the stale folder of the same source is removed. A folder is assembled under a temporary name and
 renamed into place after its files are on disk, under a lock, so an interrupted or failed preparation leaves
 nothing a later run would trust.
 
-Preparation streams the source through its reader (`ParallelSource.pairs`: plain, gzip, TSV/CSV/JSON(L),
-Hugging Face datasets) in chunks that worker processes tokenize, in order; memory does not grow with the corpus.
+Preparation streams the source through its reader (plain, gzip, TSV/CSV/JSON(L), Hugging Face datasets) in
+chunks that worker processes tokenize, in order; memory does not grow with the corpus.
 """
 
 from __future__ import annotations
@@ -45,7 +49,6 @@ from nmtkit.tokenization import BOS_ID, EOS_ID, MODEL_FILE, PAD_ID
 if TYPE_CHECKING:
     import numpy as np
 
-    from nmtkit.data.sources import ParallelSource
     from nmtkit.tokenization import Tokenizer
 
 log = logging.getLogger("nmtkit")
@@ -65,7 +68,7 @@ def cache_root() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "nmtkit"
 
 
-def describe(source: "ParallelSource", tokenizer: "Tokenizer", on_bad_line: str) -> dict:
+def describe(source, tokenizer: "Tokenizer", on_bad_line: str) -> dict:
     """What a prepared folder depends on: the source, its files (resolved path, size, mtime), the tokenizer."""
     from nmtkit.config import to_dict
 
@@ -96,14 +99,15 @@ def _same_source(inputs: dict) -> str:
     return _key(kept)
 
 
-def provide(source: "ParallelSource", tokenizer: "Tokenizer", *, on_bad_line: str = "error",
+def provide(source, tokenizer: "Tokenizer", *, kind: str = "pairs", on_bad_line: str = "error",
             cache_dir: str | Path | None = None, workers: int | None = None, may_prepare: bool = True,
             progress: Callable[[dict], None] | None = None) -> Path:
-    """The prepared folder of `source` tokenized by `tokenizer`: from the cache, or prepared now (unless
-    `may_prepare` is false: a torchrun process that is not rank 0 only looks it up, after rank 0 prepared it)."""
+    """The prepared folder of `source` (a `ParallelSource` for `kind` "pairs", a `TaskSource` for "labelled")
+    tokenized by `tokenizer`: from the cache, or prepared now (unless `may_prepare` is false: a torchrun process
+    that is not rank 0 only looks it up, after rank 0 prepared it)."""
     import fcntl
 
-    inputs = describe(source, tokenizer, on_bad_line)
+    inputs = {**describe(source, tokenizer, on_bad_line), "kind": kind}
     root = Path(cache_dir) if cache_dir else cache_root() / "prepared"
     folder = root / _key(inputs)
     if (folder / META).is_file():
@@ -123,8 +127,8 @@ def provide(source: "ParallelSource", tokenizer: "Tokenizer", *, on_bad_line: st
         _remove_stale(root, _same_source(inputs))
         tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=root))
         try:
-            meta = prepare(source, tokenizer, tmp, folder, on_bad_line=on_bad_line, workers=workers, progress=progress,
-                           parallel=workers != 1 and _input_bytes(inputs) >= PARALLEL_BYTES)
+            meta = prepare(source, tokenizer, tmp, folder, kind=kind, on_bad_line=on_bad_line, workers=workers,
+                           progress=progress, parallel=workers != 1 and _input_bytes(inputs) >= PARALLEL_BYTES)
             write_json(tmp / META, {**meta, "inputs": inputs, "source_key": _same_source(inputs)})
             os.replace(tmp, folder)
         except BaseException:
@@ -132,9 +136,9 @@ def provide(source: "ParallelSource", tokenizer: "Tokenizer", *, on_bad_line: st
             raise
     finally:
         os.close(lock)
-    log.info("prepared %s pairs (%s + %s pieces) in %.1f s, %s lines/s: %s", f"{meta['pairs']:,}",
-             f"{meta['tokens']['src']:,}", f"{meta['tokens']['tgt']:,}", meta["seconds"],
-             f"{meta['lines_per_s']:,.0f}", folder)
+    log.info("prepared %s %s (%s pieces) in %.1f s, %s lines/s: %s", f"{meta['pairs']:,}",
+             "pairs" if kind == "pairs" else "examples", " + ".join(f"{n:,}" for n in meta["tokens"].values()),
+             meta["seconds"], f"{meta['lines_per_s']:,.0f}", folder)
     return folder
 
 
@@ -180,49 +184,59 @@ def _remove_stale(root: Path, source_key: str) -> None:
 # Preparing: chunks of pairs tokenized in worker processes, written in order
 
 
-def prepare(source: "ParallelSource", tokenizer: "Tokenizer", tmp: Path, folder: Path, *, on_bad_line: str = "error",
+def prepare(source, tokenizer: "Tokenizer", tmp: Path, folder: Path, *, kind: str = "pairs", on_bad_line: str = "error",
             workers: int | None = None, parallel: bool = True, chunk: int | None = None,
             progress: Callable[[dict], None] | None = None) -> dict:
-    """Tokenize the source's pairs into the files of a prepared folder in `tmp` (named after `folder` in errors);
-    returns the counts for meta.json. Two line-aligned files are read as raw lines that the workers decode (the
-    reading process does little more than read); other formats are read as pairs by their reader. Raises
-    DataError on bad or empty data, WriteError when a file cannot be written."""
+    """Tokenize a source into the files of a prepared folder in `tmp` (named after `folder` in errors); returns
+    the counts for meta.json. `kind` "pairs": a `ParallelSource`'s sentence pairs (two line-aligned files are
+    read as raw lines that the workers decode, so the reading process does little more than read; other formats
+    as pairs by their reader); "labelled": a `TaskSource`'s (text, label) pairs. Raises DataError on bad or
+    empty data, WriteError when a file cannot be written."""
     import numpy as np
 
     dtype = "uint16" if len(tokenizer) <= 65536 else "uint32"
-    names = [f"{side}.{ext}" for side in SIDES for ext in ("bin", "idx", "len")]
+    fields = SIDES if kind == "pairs" else ("text",)
+    names = [f"{field}.{ext}" for field in fields for ext in ("bin", "idx", "len")] + ["labels.bin"] * (kind != "pairs")
     out = {name: open(tmp / name, "wb") for name in names}
-    counts = {"pairs": 0, "empty": 0, "tokens": {"src": 0, "tgt": 0}}
+    counts = {"pairs": 0, "empty": 0, "tokens": {field: 0 for field in fields}}
+    labels: dict[str, int] = {}  # label names in the order they first appear
     skipped = (corpora.ReadStats(), corpora.ReadStats())
+    read = [0]
     start = time.perf_counter()
 
     def write(result) -> None:
-        read, empty, encoded, stats = result
+        chunk_read, empty, encoded, stats, chunk_labels = result
         counts["empty"] += empty
-        for side, (ids, lengths) in zip(SIDES, encoded):
-            offsets = counts["tokens"][side] + np.cumsum(lengths, dtype=np.int64)
-            _write(out, f"{side}.bin", folder, ids)
-            _write(out, f"{side}.idx", folder, offsets)
-            _write(out, f"{side}.len", folder, np.minimum(lengths, MAX_LENGTH).astype(np.uint16))
-            counts["tokens"][side] += int(lengths.sum())
+        for field, (ids, lengths) in zip(fields, encoded):
+            offsets = counts["tokens"][field] + np.cumsum(lengths, dtype=np.int64)
+            _write(out, f"{field}.bin", folder, ids)
+            _write(out, f"{field}.idx", folder, offsets)
+            _write(out, f"{field}.len", folder, np.minimum(lengths, MAX_LENGTH).astype(np.uint16))
+            counts["tokens"][field] += int(lengths.sum())
+        if chunk_labels is not None:
+            ids = [labels.setdefault(label, len(labels)) for label in chunk_labels]
+            if len(labels) > 65535:
+                raise DataError("training data: more than 65,535 different labels")
+            _write(out, "labels.bin", folder, np.asarray(ids, dtype=np.uint16))
         counts["pairs"] += len(encoded[0][1])
         for total, side in zip(skipped, stats):
             total.skipped += side.skipped
             total.first_skipped += side.first_skipped[: 3 - len(total.first_skipped)]
-        lines[0] += read
+        read[0] += chunk_read
         if progress:
-            progress({"event": "prepare", "pairs": lines[0], "seconds": time.perf_counter() - start})
+            progress({"event": "prepare", "pairs": read[0], "seconds": time.perf_counter() - start})
 
-    lines = [0]
-    files = source.line_files()
+    files = source.line_files() if kind == "pairs" else None
     if files:
         chunks: Iterable = (("lines", (first, s, t, (str(files[0]), str(files[1])), on_bad_line))
                             for first, s, t in corpora.parallel_line_blocks(*files, chunk or CHUNK))
-    else:
+    elif kind == "pairs":
         chunks = (("pairs", c) for c in _chunks(source.pairs(on_bad_line), chunk or CHUNK))
+    else:
+        chunks = (("labelled", c) for c in _chunks(source.labelled(on_bad_line), chunk or CHUNK))
     try:
-        for side in SIDES:
-            _write(out, f"{side}.idx", folder, np.zeros(1, dtype=np.int64))
+        for field in fields:
+            _write(out, f"{field}.idx", folder, np.zeros(1, dtype=np.int64))
         if parallel:
             _in_workers(chunks, tokenizer, dtype, workers or len(os.sched_getaffinity(0)), write)
         else:
@@ -245,10 +259,11 @@ def prepare(source: "ParallelSource", tokenizer: "Tokenizer", tmp: Path, folder:
         for name, stats in zip(files, skipped):
             corpora.report_skipped(str(name), stats, on_bad_line)  # type: ignore[arg-type]
     if not counts["pairs"]:
-        raise DataError("training data: empty corpus (no non-empty sentence pairs)")
+        raise DataError("training data: empty corpus (" + ("no non-empty sentence pairs)" if kind == "pairs"
+                                                           else "no labelled rows)"))
     seconds = time.perf_counter() - start
-    return {"format": FORMAT, "dtype": dtype, **counts, "seconds": round(seconds, 2),
-            "lines_per_s": round(2 * lines[0] / max(seconds, 1e-9))}
+    return {"format": FORMAT, "kind": kind, "dtype": dtype, **counts, "labels": list(labels) if labels else None,
+            "seconds": round(seconds, 2), "lines_per_s": round(len(fields) * read[0] / max(seconds, 1e-9))}
 
 
 def _write(out: dict, name: str, folder: Path, array) -> None:
@@ -298,36 +313,40 @@ def _start_worker(model: str, threads: int, dtype: str) -> None:
 
 
 def _encode_chunk(chunk):
-    """(pairs read, pairs with an empty side, ((src ids, src lengths), (tgt ids, tgt lengths)), skipped-line
-    counts of each side) of a chunk: ("lines", raw lines of both files) or ("pairs", text pairs)."""
+    """(examples read, pairs left out for an empty side, ((ids, lengths) of each text field), skipped-line counts
+    of each side, the labels or None) of a chunk: ("lines", raw lines of both files), ("pairs", text pairs) or
+    ("labelled", (text, label) pairs: every text kept, an empty one too)."""
     import itertools
 
     import numpy as np
 
     kind, payload = chunk
     stats = (corpora.ReadStats(), corpora.ReadStats())
+    labels = None
     if kind == "lines":
         first, s_block, t_block, names, on_bad_line = payload
-        sides = [corpora.decode_block(block, name, first, on_bad_line, side)
-                 for block, name, side in zip((s_block, t_block), names, stats)]
+        fields = [corpora.decode_block(block, name, first, on_bad_line, side)
+                  for block, name, side in zip((s_block, t_block), names, stats)]
+    elif kind == "pairs":
+        fields = [list(side) for side in zip(*payload)] if payload else [[], []]
     else:
-        sides = [list(side) for side in zip(*payload)] if payload else [[], []]
-    read = len(sides[0])
-    # the usual chunk: no line skipped, no empty side (checked at C speed); else the pairs are sifted
-    if stats[0].skipped or stats[1].skipped or not all(map(str.strip, sides[0])) or not all(map(str.strip, sides[1])):
-        kept = [(s, t) for s, t in zip(*sides) if s is not None and t is not None]
-        pairs = len(kept)
-        kept = [(s, t) for s, t in kept if s.strip() and t.strip()]
-        sides = [list(side) for side in zip(*kept)] if kept else [[], []]
-    else:
-        pairs = read
+        fields, labels = [[text for text, _ in payload]], [label for _, label in payload]
+    read = len(fields[0])
+    kept = read
+    # the usual chunk of pairs: no line skipped, no empty side (checked at C speed); else the pairs are sifted
+    if kind != "labelled" and (stats[0].skipped or stats[1].skipped or not all(map(str.strip, fields[0]))
+                               or not all(map(str.strip, fields[1]))):
+        pairs = [(s, t) for s, t in zip(*fields) if s is not None and t is not None]
+        kept = len(pairs)
+        pairs = [(s, t) for s, t in pairs if s.strip() and t.strip()]
+        fields = [list(side) for side in zip(*pairs)] if pairs else [[], []]
     encoded = []
-    for side in sides:
-        ids = _sp.Encode(side, num_threads=_threads)
+    for texts in fields:
+        ids = _sp.Encode(texts, num_threads=_threads)
         lengths = np.fromiter(map(len, ids), dtype=np.uint32, count=len(ids))
         flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=_dtype, count=int(lengths.sum(dtype=np.int64)))
         encoded.append((flat, lengths))
-    return read, pairs - len(sides[0]), tuple(encoded), stats
+    return read, kept - len(fields[0]), tuple(encoded), stats, labels
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -346,11 +365,14 @@ class PreparedPairs:
         dtype = self.meta["dtype"]
         self.ids = {side: _mapped(self.folder / f"{side}.bin", dtype) for side in SIDES}
         self.offsets = {side: _mapped(self.folder / f"{side}.idx", "int64") for side in SIDES}
-        src = np.fromfile(self.folder / "src.len", dtype=np.uint16)
-        tgt = np.fromfile(self.folder / "tgt.len", dtype=np.uint16)
-        # a pair's padded size in a batch: source + </s>, <s> + target + </s> (the longer side)
-        lengths = np.maximum(src.astype(np.int32) + 1, tgt.astype(np.int32) + 2)
-        keep = np.maximum(src, tgt).astype(np.int32) + 1 <= min(max_len, MAX_LENGTH)
+        src, tgt = (_mapped(self.folder / f"{side}.len", "uint16") for side in SIDES)
+        n, limit = len(src), min(max_len, MAX_LENGTH)
+        lengths = np.empty(n, dtype=np.uint16 if max_len < MAX_LENGTH else np.int32)
+        keep = np.empty(n, dtype=bool)
+        for a in range(0, n, 1 << 20):  # a block at a time: no temporary array of the corpus's size
+            s, t = src[a : a + (1 << 20)].astype(np.int32), tgt[a : a + (1 << 20)].astype(np.int32)
+            lengths[a : a + len(s)] = np.maximum(s + 1, t + 2)  # padded size in a batch: the longer side, with </s>, <s>
+            keep[a : a + len(s)] = np.maximum(s, t) + 1 <= limit
         del src, tgt
         if self.meta["empty"]:
             log.warning("%s: skipped %d pair(s) with an empty side", name, self.meta["empty"])
@@ -363,7 +385,7 @@ class PreparedPairs:
             lengths = lengths[keep]
         if not len(lengths):
             raise DataError(f"{name}: no pair of at most {max_len} pieces (raise --max-len)")
-        self._lengths = lengths.astype(np.uint16 if max_len < MAX_LENGTH else np.int32)
+        self._lengths = lengths
 
     def __len__(self) -> int:
         return len(self._lengths)
@@ -409,3 +431,60 @@ def _mapped(path: Path, dtype: str) -> "np.ndarray":
     if path.stat().st_size == 0:
         return np.zeros(0, dtype=dtype)
     return np.memmap(path, dtype=dtype, mode="r").view(np.ndarray)
+
+
+class PreparedTexts:
+    """A prepared classification data set (kind "labelled") opened for training, rows [start, stop) of it: each
+    text cut to its first max_len - 1 pieces and closed by </s> (as `datasets.encode_texts`), each label as its
+    index in the run's `labels`."""
+
+    def __init__(self, folder: str | Path, max_len: int, labels: list[str], rows: tuple[int, int] | None = None,
+                 name: str = "training data"):
+        import numpy as np
+
+        self.folder, self.max_len = Path(folder), max_len
+        self.meta = read_json(self.folder / META)
+        self.start, stop = rows or (0, self.meta["pairs"])
+        self.ids = _mapped(self.folder / "text.bin", self.meta["dtype"])
+        self.offsets = _mapped(self.folder / "text.idx", "int64")
+        lengths = np.fromfile(self.folder / "text.len", dtype=np.uint16)[self.start : stop]
+        self._lengths = (np.minimum(lengths, max_len - 1) + 1).astype(np.int32)
+        index = {label: i for i, label in enumerate(labels)}
+        names = self.meta["labels"]
+        unknown = [name_ for name_ in names if name_ not in index]
+        remap = np.asarray([index.get(name_, -1) for name_ in names], dtype=np.int32)
+        self.labels = remap[np.fromfile(self.folder / "labels.bin", dtype=np.uint16)[self.start : stop]]
+        if unknown and (self.labels < 0).any():
+            raise DataError(f"{name}: label {unknown[0]!r} is not one of the run's labels ({', '.join(labels)})")
+
+    def __len__(self) -> int:
+        return len(self._lengths)
+
+    def lengths(self):
+        return self._lengths
+
+    def seq(self, i: int) -> list[int]:
+        j = self.start + int(i)
+        return self.ids[self.offsets[j] : self.offsets[j + 1]][: self.max_len - 1].tolist() + [EOS_ID]
+
+    def collate(self, indices: Sequence[int]):
+        from nmtkit.data.batching import collate_classify
+
+        import numpy as np
+
+        return collate_classify([self.seq(i) for i in indices], self.labels[np.asarray(indices)].tolist())
+
+    def batches(self, batch_size: int, *, shuffle: bool, seed: int = 0, epoch: int = 0):
+        from nmtkit.data.batching import LazyBatches, example_batches
+
+        return LazyBatches(example_batches(self._lengths, batch_size, shuffle=shuffle, seed=seed, epoch=epoch),
+                           self.collate)
+
+
+def labels_present(folder: str | Path, rows: tuple[int, int]) -> list[str]:
+    """The label names that rows [start, stop) of a prepared classification data set use."""
+    import numpy as np
+
+    folder = Path(folder)
+    names = read_json(folder / META)["labels"]
+    return [names[i] for i in np.unique(np.fromfile(folder / "labels.bin", dtype=np.uint16)[rows[0] : rows[1]])]

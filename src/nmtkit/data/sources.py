@@ -195,15 +195,24 @@ class TaskSource:
     def files(self) -> list[Path]:
         return [registry.resolve(self.file)] if self.file else []
 
+    def labelled(self, on_bad_line: corpora.OnBadLine = "error") -> Iterator[tuple[str, str]]:
+        """The (text, label) pairs of a classification data set, streamed."""
+        if self.file:
+            return corpora.read_two_columns(registry.resolve(self.file), self.text_column, self.label_column,
+                                            on_bad_line=on_bad_line)
+        ds, name = self._dataset()
+        return zip(corpora.hf_column(ds, self.text_column, name), corpora.hf_column(ds, self.label_column, name))
+
     def examples(self, task: str, on_bad_line: corpora.OnBadLine = "error") -> list:
         """(text, label) pairs for classify, `QAExample`s for qa, `Instruction`s for generate."""
-        if self.file:
-            return self._file_examples(task, registry.resolve(self.file), on_bad_line)
-        if not self.dataset:
-            raise DataError("no data: give a file, a known corpus file (sst2/train.tsv), or --dataset")
-        ds, name = load_dataset(self), self.dataset
         if task == "classify":
-            return list(zip(corpora.hf_column(ds, self.text_column, name), corpora.hf_column(ds, self.label_column, name)))
+            pairs = list(self.labelled(on_bad_line))
+            if not pairs:
+                raise DataError(f"{self.file or self.dataset}: empty corpus (no labelled rows)")
+            return pairs
+        if self.file:
+            return self._file_examples(task, registry.resolve(self.file))
+        ds, name = self._dataset()
         if task == "qa":
             need = {"context", "question", "answers"} - set(ds.column_names)
             if need:
@@ -214,12 +223,11 @@ class TaskSource:
         answer = "output" if "output" in ds.column_names else "response"
         return [corpora.Instruction(row["instruction"], row.get("input") or "", row[answer]) for row in ds]
 
-    def _file_examples(self, task: str, path: Path, on_bad_line: corpora.OnBadLine) -> list:
-        if task == "qa":
-            return corpora.read_squad(path)
-        if task == "generate":
-            return corpora.read_instructions(path)
-        pairs = list(corpora.read_two_columns(path, self.text_column, self.label_column, on_bad_line=on_bad_line))
-        if not pairs:
-            raise DataError(f"{path}: empty corpus (no labelled rows)")
-        return pairs
+    def _dataset(self) -> tuple[Any, str]:
+        if not self.dataset:
+            raise DataError("no data: give a file, a known corpus file (sst2/train.tsv), or --dataset")
+        return load_dataset(self), self.dataset
+
+    @staticmethod
+    def _file_examples(task: str, path: Path) -> list:
+        return corpora.read_squad(path) if task == "qa" else corpora.read_instructions(path)

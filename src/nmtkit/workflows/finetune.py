@@ -73,6 +73,13 @@ class TaskData:
             self.seqs = [ids for ids, _ in encoded]
             self.prompt_lengths = [n for _, n in encoded]
 
+    @classmethod
+    def encoded(cls, seqs: list[list[int]], labels: list[int]) -> "TaskData":
+        """Classification data already encoded (the held-out rows of prepared training data)."""
+        data = cls.__new__(cls)
+        data.task, data.examples, data.seqs, data.labels = "classify", None, seqs, labels
+        return data
+
     def collate(self, index: list[int]):
         from nmtkit.data import batching
 
@@ -255,12 +262,17 @@ def finetune(
     task, data, model_cfg, train_cfg = s["task"], s["data"], s["model_cfg"], s["train_cfg"]
     tok = Tokenizer(run_dir / checkpoint.TOKENIZER_DIR)
     data = {**data, "max_len": min(data["max_len"], model_cfg.block_size)}
-    train_examples, valid_examples = _examples(task, s["train"], s["valid"], on_bad_line)
-    labels = s["labels"] or _labels(task, train_examples)
-    train_data = TaskData(task, train_examples, tok, data["max_len"], data["stride"], labels, "training data")
-    valid_data = TaskData(task, valid_examples, tok, data["max_len"], data["stride"], labels, "validation data")
-    log.info("%s: %d training and %d validation examples%s; GPT on %s", task, len(train_examples),
-             len(valid_examples), f" ({len(train_data.seqs)} windows)" if task == "qa" else "", dev)
+    if task == "classify":
+        train_data, valid_data, labels = _classify_data(s, tok, data["max_len"], on_bad_line, progress)
+        examples = len(train_data), len(valid_data.seqs)
+    else:
+        train_examples, valid_examples = _examples(task, s["train"], s["valid"], on_bad_line)
+        labels = None
+        train_data = TaskData(task, train_examples, tok, data["max_len"], data["stride"], labels, "training data")
+        valid_data = TaskData(task, valid_examples, tok, data["max_len"], data["stride"], labels, "validation data")
+        examples = len(train_examples), len(valid_examples)
+    log.info("%s: %d training and %d validation examples%s; GPT on %s", task, *examples,
+             f" ({len(train_data.seqs)} windows)" if task == "qa" else "", dev)
     _write_config(run_dir, resume, task, model_cfg, labels, train_cfg, s, data, command, dev)
 
     seed_everything(train_cfg.seed)
@@ -353,14 +365,30 @@ def _examples(task: str, train: TaskSource, valid: TaskSource | None, on_bad_lin
     return train_examples[:-cut], train_examples[-cut:]
 
 
-def _labels(task: str, examples: list) -> list[str] | None:
-    """A new classifier's label names, from its training examples."""
-    if task != "classify":
-        return None
-    labels = sorted_labels(label for _, label in examples)
-    if len(labels) < 2:
-        raise DataError(f"the training data has one label only ({labels[0]!r}); a classifier needs two or more")
-    return labels
+def _classify_data(s: dict[str, Any], tok: Tokenizer, max_len: int, on_bad_line, progress):
+    """Classification data: the training texts prepared once (tokenized into memory-mapped files, reused by
+    later runs and resumes: `nmtkit.data.prepared`), so a file of millions of rows takes a few bytes a row;
+    validation data (a file, or the last 5% of the training rows) in memory. Returns (training data,
+    validation data, label names)."""
+    from nmtkit.data import prepared
+    from nmtkit.files import read_json
+
+    folder = prepared.provide(s["train"], tok, kind="labelled", on_bad_line=on_bad_line, progress=progress)
+    rows = read_json(folder / prepared.META)["pairs"]
+    cut = 0 if s["valid"] is not None else max(1, rows // 20)
+    if cut:
+        log.info("no validation data given: the last %d training examples are held out", cut)
+    labels = s["labels"]
+    if labels is None:  # a new classifier's label names, from its training rows
+        labels = sorted_labels(prepared.labels_present(folder, (0, rows - cut)))
+        if len(labels) < 2:
+            raise DataError(f"the training data has one label only ({labels[0]!r}); a classifier needs two or more")
+    train_data = prepared.PreparedTexts(folder, max_len, labels, (0, rows - cut))
+    if s["valid"] is not None:
+        valid_examples = s["valid"].examples("classify", on_bad_line)
+        return train_data, TaskData("classify", valid_examples, tok, max_len, 0, labels, "validation data"), labels
+    held_out = prepared.PreparedTexts(folder, max_len, labels, (rows - cut, rows), "validation data")
+    return train_data, TaskData.encoded([held_out.seq(i) for i in range(len(held_out))], held_out.labels.tolist()), labels
 
 
 def _write_config(run_dir: Path, resume: bool, task: str, model_cfg, labels, train_cfg, s: dict[str, Any],
