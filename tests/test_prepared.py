@@ -276,3 +276,21 @@ def test_finetune_classify_prepares_once_and_holds_out_the_last_rows(labelled, g
     again = run(*args, "-o", tmp_path / "b")
     assert again.exit_code == 0 and "prepared" not in again.stderr
     assert len(prepared_folders(prepared_cache)) == 1
+
+
+@pytest.mark.skipif(not Path("/proc/self/smaps").exists(), reason="reads /proc/self/smaps (Linux)")
+def test_batches_leave_no_mapped_pages_resident(corpus, demo_tokenizer):
+    """Random reads map the pages around them; a batch releases them once copied out, so resident memory does
+    not grow towards the data files' size over an epoch."""
+    folder = prepared.provide(ParallelSource(src=str(corpus[0]), tgt=str(corpus[1])), demo_tokenizer)
+    data = prepared.PreparedPairs(folder, max_len=64)
+    for index in token_batches(data.lengths(), 300, shuffle=True, seed=0):
+        data.collate(index)
+    resident, path = {}, None
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        parts = line.split()
+        if len(parts) >= 5 and "-" in parts[0] and not parts[0].endswith(":"):
+            path = parts[5] if len(parts) > 5 else None
+        elif parts and parts[0] == "Rss:" and path and path.startswith(str(folder)):
+            resident[Path(path).name] = int(parts[1])
+    assert sorted(resident) == ["src.bin", "src.idx", "tgt.bin", "tgt.idx"] and set(resident.values()) == {0}

@@ -292,7 +292,7 @@ def _in_workers(chunks: Iterable, tokenizer: "Tokenizer", dtype: str, workers: i
     # fork (as torch's DataLoader workers on Linux): no re-import of the caller's main module; workers use
     # sentencepiece and numpy only, never torch's threads
     context = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
-    with context.Pool(workers, _start_worker, (str(tokenizer.folder / MODEL_FILE), 1, dtype)) as pool:
+    with context.Pool(workers, _start_pool_worker, (str(tokenizer.folder / MODEL_FILE), 1, dtype)) as pool:
         pending: collections.deque = collections.deque()
         for c in chunks:
             pending.append(pool.apply_async(_encode_chunk, (c,)))
@@ -303,6 +303,14 @@ def _in_workers(chunks: Iterable, tokenizer: "Tokenizer", dtype: str, workers: i
 
 
 _sp, _threads, _dtype = None, 1, "uint16"  # the worker's sentencepiece model, its threads, the ids' type
+
+
+def _start_pool_worker(model: str, threads: int, dtype: str) -> None:
+    """A worker process leaves Ctrl-C to the process that started it, which stops the pool (no tracebacks)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _start_worker(model, threads, dtype)
 
 
 def _start_worker(model: str, threads: int, dtype: str) -> None:
@@ -363,8 +371,9 @@ class PreparedPairs:
         self.folder = Path(folder)
         self.meta = read_json(self.folder / META)
         dtype = self.meta["dtype"]
-        self.ids = {side: _mapped(self.folder / f"{side}.bin", dtype) for side in SIDES}
-        self.offsets = {side: _mapped(self.folder / f"{side}.idx", "int64") for side in SIDES}
+        self.maps: list = []
+        self.ids = {side: _mapped(self.folder / f"{side}.bin", dtype, self.maps) for side in SIDES}
+        self.offsets = {side: _mapped(self.folder / f"{side}.idx", "int64", self.maps) for side in SIDES}
         src, tgt = (_mapped(self.folder / f"{side}.len", "uint16") for side in SIDES)
         n, limit = len(src), min(max_len, MAX_LENGTH)
         lengths = np.empty(n, dtype=np.uint16 if max_len < MAX_LENGTH else np.int32)
@@ -420,17 +429,36 @@ class PreparedPairs:
             tgt[row, 0] = BOS_ID
             tgt[row, 1 : len(t) + 1] = t
             tgt[row, len(t) + 1] = EOS_ID
+        _release(self.maps)
         s, t = torch.from_numpy(src), torch.from_numpy(tgt)
         return Seq2SeqBatch(s, s != PAD_ID, t[:, :-1], t[:, 1:])
 
 
-def _mapped(path: Path, dtype: str) -> "np.ndarray":
-    """A read-only memory map of a file of `dtype` values, as a plain array (empty files map to nothing)."""
+def _mapped(path: Path, dtype: str, maps: list | None = None) -> "np.ndarray":
+    """A read-only memory map of a file of `dtype` values, as an array (empty files map to nothing); its mmap is
+    added to `maps`, for `_release`."""
+    import mmap
+
     import numpy as np
 
     if path.stat().st_size == 0:
         return np.zeros(0, dtype=dtype)
-    return np.memmap(path, dtype=dtype, mode="r").view(np.ndarray)
+    with open(path, "rb") as f:
+        mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    if maps is not None:
+        maps.append(mapped)
+    return np.frombuffer(mapped, dtype=dtype)
+
+
+def _release(maps: list) -> None:
+    """Drop this process's page-table entries of mapped files once a batch is copied out of them (the pages stay
+    in the page cache, for the next reader). Each random read maps the pages around it too, so without this the
+    process's resident memory would grow towards the files' size over an epoch."""
+    import mmap
+
+    if hasattr(mmap, "MADV_DONTNEED"):
+        for mapped in maps:
+            mapped.madvise(mmap.MADV_DONTNEED)
 
 
 class PreparedTexts:
@@ -445,8 +473,9 @@ class PreparedTexts:
         self.folder, self.max_len = Path(folder), max_len
         self.meta = read_json(self.folder / META)
         self.start, stop = rows or (0, self.meta["pairs"])
-        self.ids = _mapped(self.folder / "text.bin", self.meta["dtype"])
-        self.offsets = _mapped(self.folder / "text.idx", "int64")
+        self.maps: list = []
+        self.ids = _mapped(self.folder / "text.bin", self.meta["dtype"], self.maps)
+        self.offsets = _mapped(self.folder / "text.idx", "int64", self.maps)
         lengths = np.fromfile(self.folder / "text.len", dtype=np.uint16)[self.start : stop]
         self._lengths = (np.minimum(lengths, max_len - 1) + 1).astype(np.int32)
         index = {label: i for i, label in enumerate(labels)}
@@ -472,7 +501,9 @@ class PreparedTexts:
 
         import numpy as np
 
-        return collate_classify([self.seq(i) for i in indices], self.labels[np.asarray(indices)].tolist())
+        batch = collate_classify([self.seq(i) for i in indices], self.labels[np.asarray(indices)].tolist())
+        _release(self.maps)
+        return batch
 
     def batches(self, batch_size: int, *, shuffle: bool, seed: int = 0, epoch: int = 0):
         from nmtkit.data.batching import LazyBatches, example_batches
