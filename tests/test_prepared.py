@@ -18,7 +18,7 @@ import torch
 from typer.testing import CliRunner
 
 from nmtkit.cli import app
-from nmtkit.data import prepared
+from nmtkit.data import mapped, prepared
 from nmtkit.data.batching import token_batches
 from nmtkit.data.datasets import encode_parallel
 from nmtkit.data.sources import ParallelSource
@@ -48,7 +48,7 @@ def prepared_folders(cache: Path) -> list[Path]:
 
 def test_prepared_pairs_are_the_ids_and_batches_of_tokenizing_directly(corpus, demo_tokenizer):
     source = ParallelSource(src=str(corpus[0]), tgt=str(corpus[1]))
-    data = prepared.PreparedPairs(prepared.provide(source, demo_tokenizer), max_len=64)
+    data = mapped.PreparedPairs(prepared.provide(source, demo_tokenizer), max_len=64)
     direct = encode_parallel(source.pairs(), demo_tokenizer, demo_tokenizer, 64, "training data")
     assert len(data) == len(direct) == 3600  # the empty pair and the long one are left out by both
     assert data.lengths().tolist() == direct.lengths()
@@ -250,7 +250,7 @@ def test_prepared_texts_are_the_seqs_and_labels_of_encoding_directly(labelled, d
     source = TaskSource(file=str(labelled[0]))
     labels = ["neg", "neutral", "pos"]
     folder = prepared.provide(source, demo_tokenizer, kind="labelled")
-    data = prepared.PreparedTexts(folder, 16, labels, (0, 2900))
+    data = mapped.PreparedTexts(folder, 16, labels, (0, 2900))
     direct = TaskData("classify", labelled[1][:2900], demo_tokenizer, 16, 0, labels, "training data")
     assert [data.seq(i) for i in range(len(data))] == direct.seqs and data.labels.tolist() == direct.labels
     batches = data.batches(32, shuffle=True, seed=1, epoch=2)
@@ -258,9 +258,9 @@ def test_prepared_texts_are_the_seqs_and_labels_of_encoding_directly(labelled, d
                                                                                                epoch=2).index_batches]
     a, b = batches[3], direct.collate(batches.index_batches[3])
     assert torch.equal(a.ids, b.ids) and torch.equal(a.labels, b.labels) and torch.equal(a.lengths, b.lengths)
-    assert prepared.labels_present(folder, (0, 2)) == ["neg", "pos"]
+    assert mapped.labels_present(folder, (0, 2)) == ["neg", "pos"]
     with pytest.raises(Exception, match="label 'neutral' is not one of the run's labels"):
-        prepared.PreparedTexts(folder, 16, ["neg", "pos"])
+        mapped.PreparedTexts(folder, 16, ["neg", "pos"])
 
 
 def test_finetune_classify_prepares_once_and_holds_out_the_last_rows(labelled, gpt, tmp_path, prepared_cache):
@@ -283,7 +283,7 @@ def test_batches_leave_no_mapped_pages_resident(corpus, demo_tokenizer):
     """Random reads map the pages around them; a batch releases them once copied out, so resident memory does
     not grow towards the data files' size over an epoch."""
     folder = prepared.provide(ParallelSource(src=str(corpus[0]), tgt=str(corpus[1])), demo_tokenizer)
-    data = prepared.PreparedPairs(folder, max_len=64)
+    data = mapped.PreparedPairs(folder, max_len=64)
     for index in token_batches(data.lengths(), 300, shuffle=True, seed=0):
         data.collate(index)
     resident, path = {}, None

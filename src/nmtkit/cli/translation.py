@@ -23,6 +23,11 @@ VALID_TGT = typer.Option(None, "--valid-tgt", help="Validation target file.")
 CORPUS = typer.Option(None, "--corpus", help="A known translation corpus (demo, multi30k): its train and valid splits (compare: and test).")
 SRC_LANG = typer.Option(None, "--src-lang", help="Source language code (with --corpus or --dataset; else --src's extension).")
 TGT_LANG = typer.Option(None, "--tgt-lang", help="Target language code (with --corpus or --dataset; else --tgt's extension).")
+DATASET = typer.Option(None, "--dataset", help="A Hugging Face dataset with a 'translation' column (or --src-column/--tgt-column).")
+DATASET_CONFIG = typer.Option(None, "--config", help="The dataset's configuration name.")
+DATA_FILES = typer.Option(None, "--data-files", help="Local files for --dataset json/csv.")
+SRC_COLUMN = typer.Option(None, "--src-column", help="The column (name, or number from 1) of --train or --dataset holding source text.")
+TGT_COLUMN = typer.Option(None, "--tgt-column", help="The column of --train or --dataset holding target text.")
 VOCAB_SIZE, TOKENIZER_TYPE = tokenizer_options()
 CACHE_DIR = typer.Option(None, "--cache-dir", help="Where prepared (tokenized, memory-mapped) training data is kept (default: $NMTKIT_CACHE/prepared, else ~/.cache/nmtkit/prepared).")
 WORKERS = typer.Option(None, "--workers", help="Processes that tokenize the training data the first time (default: one per core; 1: in this process).", min=1)
@@ -89,13 +94,13 @@ def train_translator_cmd(
     corpus: Optional[str] = CORPUS,
     src_lang: Optional[str] = SRC_LANG,
     tgt_lang: Optional[str] = TGT_LANG,
-    dataset: Optional[str] = typer.Option(None, "--dataset", help="A Hugging Face dataset with a 'translation' column (or --src-column/--tgt-column)."),
-    dataset_config: Optional[str] = typer.Option(None, "--config", help="The dataset's configuration name."),
+    dataset: Optional[str] = DATASET,
+    dataset_config: Optional[str] = DATASET_CONFIG,
     split: Optional[str] = typer.Option(None, "--split", help="The dataset's training split (default train)."),
     valid_split: Optional[str] = typer.Option(None, "--valid-split", help="The dataset's validation split."),
-    data_files: Optional[List[str]] = typer.Option(None, "--data-files", help="Local files for --dataset json/csv."),
-    src_column: Optional[str] = typer.Option(None, "--src-column", help="The column (name, or number from 1) of --train or --dataset holding source text."),
-    tgt_column: Optional[str] = typer.Option(None, "--tgt-column", help="The column of --train or --dataset holding target text."),
+    data_files: Optional[List[str]] = DATA_FILES,
+    src_column: Optional[str] = SRC_COLUMN,
+    tgt_column: Optional[str] = TGT_COLUMN,
     tokenizer: Optional[Path] = typer.Option(None, "--tokenizer", "-t", help="Use this tokenizer (else train a joint one on the training data)."),
     vocab_size: Optional[int] = VOCAB_SIZE,
     tokenizer_type: Optional[str] = TOKENIZER_TYPE,
@@ -155,12 +160,12 @@ def prepare_cmd(
     corpus: Optional[str] = CORPUS,
     src_lang: Optional[str] = SRC_LANG,
     tgt_lang: Optional[str] = TGT_LANG,
-    dataset: Optional[str] = typer.Option(None, "--dataset", help="A Hugging Face dataset with a 'translation' column (or --src-column/--tgt-column)."),
-    dataset_config: Optional[str] = typer.Option(None, "--config", help="The dataset's configuration name."),
+    dataset: Optional[str] = DATASET,
+    dataset_config: Optional[str] = DATASET_CONFIG,
     split: str = typer.Option("train", "--split", help="The dataset's split."),
-    data_files: Optional[List[str]] = typer.Option(None, "--data-files", help="Local files for --dataset json/csv."),
-    src_column: Optional[str] = typer.Option(None, "--src-column", help="The column of --train or --dataset holding source text."),
-    tgt_column: Optional[str] = typer.Option(None, "--tgt-column", help="The column of --train or --dataset holding target text."),
+    data_files: Optional[List[str]] = DATA_FILES,
+    src_column: Optional[str] = SRC_COLUMN,
+    tgt_column: Optional[str] = TGT_COLUMN,
     tokenizer: Path = typer.Option(..., "--tokenizer", "-t", help="The tokenizer (a tokenizer folder, or a run holding one)."),
     cache_dir: Optional[Path] = CACHE_DIR,
     workers: Optional[int] = WORKERS,
@@ -298,7 +303,7 @@ def evaluate_cmd(
     ref: Optional[str] = typer.Option(None, "--ref", help="Translators: test reference file."),
     data: Optional[str] = typer.Option(None, "--data", help="Fine-tuned runs: test data in the task's format (sst2/valid.tsv, squad/valid.json...)."),
     dataset: Optional[str] = typer.Option(None, "--dataset", help="Fine-tuned runs: a Hugging Face dataset instead of --data."),
-    dataset_config: Optional[str] = typer.Option(None, "--config", help="The dataset's configuration name."),
+    dataset_config: Optional[str] = DATASET_CONFIG,
     split: str = typer.Option("validation", "--split", help="The dataset split."),
     beam: int = typer.Option(5, "--beam", "-b", help="Beam size.", min=1, max=1024),
     length_penalty: float = typer.Option(1.0, "--length-penalty", help="Length penalty."),

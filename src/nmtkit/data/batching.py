@@ -80,6 +80,8 @@ def _by_length(lengths, rng, block: int = 1 << 18):
 
     n = len(lengths)
     index_type = np.int32 if n < 2**31 else np.int64
+    if lengths.dtype.kind not in "iu":  # no examples at all (an empty list is float)
+        lengths = lengths.astype(np.int64)
     counts = np.bincount(lengths, minlength=1)
     free = np.r_[0, np.cumsum(counts)[:-1]]  # where the next example of each length goes
     ids = np.arange(n, dtype=index_type)

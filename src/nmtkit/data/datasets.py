@@ -37,10 +37,6 @@ class ParallelData:
         """The longer side of each pair, which is what bounds a batch's padded size."""
         return [max(len(s), len(t)) for s, t in zip(self.src, self.tgt)]
 
-    def mean_lengths(self) -> tuple[float, float]:
-        n = max(len(self), 1)
-        return sum(map(len, self.src)) / n, sum(map(len, self.tgt)) / n
-
     def collate(self, indices):
         from nmtkit.data.batching import collate_pairs
 

@@ -370,7 +370,7 @@ def _classify_data(s: dict[str, Any], tok: Tokenizer, max_len: int, on_bad_line,
     later runs and resumes: `nmtkit.data.prepared`), so a file of millions of rows takes a few bytes a row;
     validation data (a file, or the last 5% of the training rows) in memory. Returns (training data,
     validation data, label names)."""
-    from nmtkit.data import prepared
+    from nmtkit.data import mapped, prepared
     from nmtkit.files import read_json
 
     folder = prepared.provide(s["train"], tok, kind="labelled", on_bad_line=on_bad_line, progress=progress)
@@ -380,14 +380,14 @@ def _classify_data(s: dict[str, Any], tok: Tokenizer, max_len: int, on_bad_line,
         log.info("no validation data given: the last %d training examples are held out", cut)
     labels = s["labels"]
     if labels is None:  # a new classifier's label names, from its training rows
-        labels = sorted_labels(prepared.labels_present(folder, (0, rows - cut)))
+        labels = sorted_labels(mapped.labels_present(folder, (0, rows - cut)))
         if len(labels) < 2:
             raise DataError(f"the training data has one label only ({labels[0]!r}); a classifier needs two or more")
-    train_data = prepared.PreparedTexts(folder, max_len, labels, (0, rows - cut))
+    train_data = mapped.PreparedTexts(folder, max_len, labels, (0, rows - cut))
     if s["valid"] is not None:
         valid_examples = s["valid"].examples("classify", on_bad_line)
         return train_data, TaskData("classify", valid_examples, tok, max_len, 0, labels, "validation data"), labels
-    held_out = prepared.PreparedTexts(folder, max_len, labels, (rows - cut, rows), "validation data")
+    held_out = mapped.PreparedTexts(folder, max_len, labels, (rows - cut, rows), "validation data")
     return train_data, TaskData.encoded([held_out.seq(i) for i in range(len(held_out))], held_out.labels.tolist()), labels
 
 

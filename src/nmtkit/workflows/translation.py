@@ -376,15 +376,16 @@ def _data(train_source: ParallelSource, valid_source: ParallelSource | None, tok
           on_bad_line, cache_dir, workers, dist, progress):
     """The training pairs (prepared and memory-mapped; under torchrun rank 0 prepares them while the others wait)
     and the validation data (or None), in memory as ids and text."""
-    from nmtkit.data import prepared
+    from nmtkit.data import mapped, prepared
     from nmtkit.data.datasets import encode_parallel
 
     if dist.is_main:
-        prepared.provide(train_source, tok, on_bad_line=on_bad_line, cache_dir=cache_dir, workers=workers,
-                         progress=progress)
+        folder = prepared.provide(train_source, tok, on_bad_line=on_bad_line, cache_dir=cache_dir, workers=workers,
+                                  progress=progress)
     runs.barrier(dist)
-    folder = prepared.provide(train_source, tok, on_bad_line=on_bad_line, cache_dir=cache_dir, may_prepare=False)
-    train_data = prepared.PreparedPairs(folder, cfg.max_len, "training data")
+    if not dist.is_main:
+        folder = prepared.provide(train_source, tok, on_bad_line=on_bad_line, cache_dir=cache_dir, may_prepare=False)
+    train_data = mapped.PreparedPairs(folder, cfg.max_len, "training data")
     valid_data = None
     if valid_source:
         valid_data = encode_parallel(valid_source.pairs(on_bad_line), tok, tok, cfg.max_len, "validation data",
