@@ -365,8 +365,8 @@ class TrainingDisplay:
             if self.preparing is None:
                 self.progress.start()
                 self.preparing = self.progress.add_task("prepare", total=None, stats="")
-            rate = event["pairs"] * 2 / max(event["seconds"], 1e-9)
-            self.progress.update(self.preparing, completed=event["pairs"], stats=f"pairs  {rate:,.0f} lines/s")
+            self.progress.update(self.preparing, completed=event["done"],
+                                 stats=f"{event['what']}  {event['lines_per_s']:,.0f} lines/s")
         elif event["event"] in ("step", "train"):  # every step moves the bar; logged steps bring loss and speed
             if self.task is None:  # a time budget (compare --budget 5m) has no step total
                 self.progress.start()

@@ -138,13 +138,13 @@ class PreparedTexts:
         self.maps: list = []
         self.ids = _mapped(self.folder / "text.bin", self.meta["dtype"], self.maps)
         self.offsets = _mapped(self.folder / "text.idx", "int64", self.maps)
-        lengths = np.fromfile(self.folder / "text.len", dtype=np.uint16)[self.start : stop]
+        lengths = _mapped(self.folder / "text.len", "uint16")[self.start : stop]  # only these rows are read
         self._lengths = (np.minimum(lengths, max_len - 1) + 1).astype(np.int32)
         index = {label: i for i, label in enumerate(labels)}
         names = self.meta["labels"]
         unknown = [name_ for name_ in names if name_ not in index]
         remap = np.asarray([index.get(name_, -1) for name_ in names], dtype=np.int32)
-        self.labels = remap[np.fromfile(self.folder / "labels.bin", dtype=np.uint16)[self.start : stop]]
+        self.labels = remap[_mapped(self.folder / "labels.bin", "uint16")[self.start : stop]]
         if unknown and (self.labels < 0).any():
             raise DataError(f"{name}: label {unknown[0]!r} is not one of the run's labels ({', '.join(labels)})")
 
@@ -180,4 +180,4 @@ def labels_present(folder: str | Path, rows: tuple[int, int]) -> list[str]:
 
     folder = Path(folder)
     names = read_json(folder / META)["labels"]
-    return [names[i] for i in np.unique(np.fromfile(folder / "labels.bin", dtype=np.uint16)[rows[0] : rows[1]])]
+    return [names[i] for i in np.unique(_mapped(folder / "labels.bin", "uint16")[rows[0] : rows[1]])]

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import collections
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -39,7 +40,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
 from nmtkit.data import corpora
 from nmtkit.errors import DataError
@@ -222,7 +223,8 @@ def prepare(source, tokenizer: "Tokenizer", tmp: Path, folder: Path, *, kind: st
             total.first_skipped += side.first_skipped[: 3 - len(total.first_skipped)]
         read[0] += chunk_read
         if progress:
-            progress({"event": "prepare", "pairs": read[0], "seconds": time.perf_counter() - start})
+            progress({"event": "prepare", "done": read[0], "what": "pairs" if kind == "pairs" else "examples",
+                      "lines_per_s": len(fields) * read[0] / max(time.perf_counter() - start, 1e-9)})
 
     files = source.line_files() if kind == "pairs" else None
     if files:
@@ -271,15 +273,9 @@ def _write(out: dict, name: str, folder: Path, array) -> None:
         raise write_error(folder / name, exc) from None
 
 
-def _chunks(pairs: Iterable[tuple[str, str]], size: int) -> Iterable[list[tuple[str, str]]]:
-    chunk: list[tuple[str, str]] = []
-    for pair in pairs:
-        chunk.append(pair)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
+def _chunks(items: Iterable, size: int) -> Iterator[list]:
+    it = iter(items)
+    return iter(lambda: list(itertools.islice(it, size)), [])
 
 
 def _in_workers(chunks: Iterable, tokenizer: "Tokenizer", dtype: str, workers: int, write) -> None:
@@ -322,8 +318,6 @@ def _encode_chunk(chunk):
     """(examples read, pairs left out for an empty side, ((ids, lengths) of each text field), skipped-line counts
     of each side, the labels or None) of a chunk: ("lines", raw lines of both files), ("pairs", text pairs) or
     ("labelled", (text, label) pairs: every text kept, an empty one too)."""
-    import itertools
-
     import numpy as np
 
     kind, payload = chunk
