@@ -294,3 +294,15 @@ def test_batches_leave_no_mapped_pages_resident(corpus, demo_tokenizer):
         elif parts and parts[0] == "Rss:" and path and path.startswith(str(folder)):
             resident[Path(path).name] = int(parts[1])
     assert sorted(resident) == ["src.bin", "src.idx", "tgt.bin", "tgt.idx"] and set(resident.values()) == {0}
+
+
+def test_an_empty_corpus_is_one_line_naming_its_files(tmp_path, demo_tokenizer, prepared_cache):
+    src, tgt = write(tmp_path / "empty.en", ""), write(tmp_path / "blank.ko", "\n \n")
+    tgt_short = write(tmp_path / "two.en", "\n\n")
+    result = run("prepare", "--src", tgt_short, "--tgt", tgt, "-t", demo_tokenizer.folder)
+    one_line_error(result, f"{tgt_short}, {tgt}: empty corpus (no non-empty sentence pairs)")
+    empty = run("train-translator", "--src", src, "--tgt", write(tmp_path / "empty.ko", ""), "-t", demo_tokenizer.folder,
+                "-o", tmp_path / "run")
+    one_line_error(empty, f"{src}, {tmp_path / 'empty.ko'}: empty corpus")
+    assert not (tmp_path / "run").exists()
+    assert {p.suffix for p in (prepared_cache / "prepared").iterdir()} == {".lock"}  # nothing prepared is kept

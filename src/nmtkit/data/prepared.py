@@ -259,8 +259,9 @@ def prepare(source, tokenizer: "Tokenizer", tmp: Path, folder: Path, *, kind: st
         for name, stats in zip(files, skipped):
             corpora.report_skipped(str(name), stats, on_bad_line)  # type: ignore[arg-type]
     if not counts["pairs"]:
-        raise DataError("training data: empty corpus (" + ("no non-empty sentence pairs)" if kind == "pairs"
-                                                           else "no labelled rows)"))
+        where = ", ".join(str(path) for path in source.files()) or f"dataset {source.dataset!r}"
+        raise DataError(f"{where}: empty corpus (" + ("no non-empty sentence pairs)" if kind == "pairs"
+                                                      else "no labelled rows)"))
     seconds = time.perf_counter() - start
     return {"format": FORMAT, "kind": kind, "dtype": dtype, **counts, "labels": list(labels) if labels else None,
             "seconds": round(seconds, 2), "lines_per_s": round(len(fields) * read[0] / max(seconds, 1e-9))}
