@@ -37,3 +37,18 @@ def test_incremental_decoding_on_cuda():
         model = make(arch, settings).cuda()
         src, mask, tgt = (t.cuda() for t in batch())
         torch.testing.assert_close(step_by_step(model, src, mask, tgt), model(src, mask, tgt), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("arch", ["transformer", "rnn", "attention"])
+def test_search_on_cuda_gives_what_the_host_side_search_gives(arch):
+    from test_fast_path import model_and_sources, reference_beam_search
+
+    from nmtkit import decoding
+    from nmtkit.tokenization import BOS_ID, EOS_ID
+
+    model, x, mask = model_and_sources(arch)
+    model, x, mask = model.cuda(), x.cuda(), mask.cuda()
+    limit = decoding.max_lengths(mask, 1.5, 3, cap=30)
+    found = decoding.beam_search(model, x, mask, bos=BOS_ID, eos=EOS_ID, max_len=limit, beam=5, n_best=5)
+    expected = reference_beam_search(model, x, mask, max_len=limit, beam=5)
+    assert [[(h.tokens, h.score, h.logprob) for h in sent] for sent in found] == expected

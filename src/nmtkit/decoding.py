@@ -35,28 +35,40 @@ def greedy(model, src: Tensor, src_mask: Tensor, *, bos: int, eos: int, max_len:
     """The most likely next token at every step. Returns ids without <s> and </s>, one list per sentence.
 
     Sentences that have ended leave the batch (their rows of the memory and cache are dropped), so a batch
-    costs what its live sentences cost, not what its longest one does."""
-    B = src.size(0)
+    costs what its live sentences cost, not what its longest one does. One host read per step: which rows
+    ended (the rows to keep are then chosen on the device)."""
+    B, device = src.size(0), src.device
     memory = model.encode(src, src_mask)
-    prev = torch.full((B, 1), bos, dtype=torch.long, device=src.device)
-    alive = torch.arange(B, device=src.device)  # the sentence of each row still decoding
+    limits = max_len.tolist()  # read once: the host knows when a row reaches its limit
+    prev = torch.full((B, 1), bos, dtype=torch.long, device=device)
+    alive, alive_host = torch.arange(B, device=device), list(range(B))  # the sentence of each row still decoding
     limit = max_len
-    out = torch.full((B, int(max_len.max()) + 1), eos, dtype=torch.long, device=src.device)  # (B, T): tokens, </s>
+    out = torch.full((B, max(limits) + 1), eos, dtype=torch.long, device=device)  # (B, T): tokens, </s>
     cache = None
     for t in range(out.size(1)):
         logits, cache = model.decode_step(prev, memory, cache)
-        token = logits.argmax(-1).masked_fill(t >= limit, eos)  # `limit` tokens made: end
+        token = logits.argmax(-1)
+        if t >= min(limits[s] for s in alive_host):  # `limit` tokens made: end
+            token = token.masked_fill(t >= limit, eos)
         out[alive, t] = token
         ended = token == eos
-        if bool(ended.any()):
-            if bool(ended.all()):
+        ended_host = ended.tolist()  # the step's one host read
+        if any(ended_host):
+            if all(ended_host):
                 break
-            keep = (~ended).nonzero().squeeze(1)
+            keep = _kept(ended, ended_host)
             alive, limit, token = alive[keep], limit[keep], token[keep]
+            alive_host = [s for s, e in zip(alive_host, ended_host) if not e]
             memory, cache = tree_map(lambda x: x.index_select(0, keep), (memory, cache))
         prev = token[:, None]
     rows = out.tolist()
     return [row[: row.index(eos)] if eos in row else row for row in rows]
+
+
+def _kept(drop: Tensor, drop_host: list[bool]) -> Tensor:
+    """The indices of the rows not dropped, in order, chosen on the device: the host already knows how many
+    (no `nonzero`, whose size the device would have to report)."""
+    return torch.sort(drop.to(torch.int8), stable=True).indices[: len(drop_host) - sum(drop_host)]
 
 
 @dataclass
@@ -75,63 +87,91 @@ def beam_search(
     sentence is done when it has `beam` finished hypotheses that its best live beam can no longer beat.
     Scores are normalised by length ** length_penalty (0: raw log-probability, 1: average per token; the
     length counts </s>). Returns the n_best finished hypotheses of each sentence, best first.
+
+    Everything a step decides stays on the device: each sentence keeps its `beam` best finished hypotheses in
+    tensors (tokens, scores, log-probabilities, lengths), merged with the step's new ones by a stable sort. The
+    host reads one thing per step, which sentences are done (they leave the batch), and the finished
+    hypotheses once, at the end.
     """
-    B, K, device = src.size(0), beam, src.device
+    B0, K, device = src.size(0), beam, src.device
     memory = tree_map(lambda t: t.repeat_interleave(K, 0), model.encode(src, src_mask))  # (B, ...) -> (B*K, ...)
+    limits = max_len.tolist()  # read once: the host knows when a sentence reaches its limit
+    steps = max(limits) + 1
     limit = max_len.repeat_interleave(K)  # (B*K,)
-    tokens = torch.full((B * K, 1), bos, dtype=torch.long, device=device)
-    scores = torch.full((B, K), float("-inf"), device=device)
+    tokens = torch.full((B0 * K, 1), bos, dtype=torch.long, device=device)
+    scores = torch.full((B0, K), float("-inf"), device=device)
     scores[:, 0] = 0.0  # all beams start identical: expand only the first
-    finished: list[list[Hypothesis]] = [[] for _ in range(B)]
-    done = [False] * B
-    sent = list(range(B))  # the sentence of each group of K rows; done sentences leave the batch
+    # each sentence's K best finished hypotheses, best first (-inf: an empty place)
+    fin_score = torch.full((B0, K), float("-inf"), dtype=torch.float64, device=device)
+    fin_logprob = torch.zeros((B0, K), device=device)
+    fin_length = torch.zeros((B0, K), dtype=torch.long, device=device)
+    fin_tokens = torch.full((B0, K, steps), eos, dtype=torch.long, device=device)
+    sent, sent_host = torch.arange(B0, device=device), list(range(B0))  # the sentence of each group of K rows
+    forced = None  # a row of log-probabilities that allows only </s>
     cache = None
-    for t in range(int(max_len.max()) + 1):
-        B = len(sent)
+    for t in range(steps):
+        B = len(sent_host)
         logits, cache = model.decode_step(tokens, memory, cache)
         logp = torch.log_softmax(logits.float(), -1)  # (B*K, V)
         V = logp.size(-1)
-        at_limit = t >= limit  # `limit` tokens made
-        if bool(at_limit.any()):  # sentences at their length limit may only end
-            forced = torch.full_like(logp, float("-inf"))
-            forced[:, eos] = 0.0
-            logp = torch.where(at_limit[:, None], forced, logp)
+        if t >= min(limits[s] for s in sent_host):  # sentences at their length limit may only end
+            if forced is None:
+                forced = torch.full((1, V), float("-inf"), device=device)
+                forced[0, eos] = 0.0
+            logp = torch.where((t >= limit)[:, None], forced, logp)
         cand = (scores.view(B * K, 1) + logp).view(B, K * V)
         top_scores, top_idx = cand.topk(min(2 * K, K * V), dim=1)  # (B, 2K)
         beam_idx, token = top_idx // V, top_idx % V
         is_eos = token == eos
-        # finished hypotheses: </s> among the top K candidates
-        for b, k in (is_eos[:, :K]).nonzero().tolist():
-            if top_scores[b, k].item() == float("-inf"):
-                continue
-            seq = tokens[b * K + beam_idx[b, k].item(), 1:].tolist()
-            lp = top_scores[b, k].item()
-            finished[sent[b]].append(Hypothesis(seq, lp / max(len(seq) + 1, 1) ** length_penalty, lp))
+        _finish(fin_score, fin_logprob, fin_length, fin_tokens, sent, tokens.view(B, K, t + 1), top_scores[:, :K],
+                beam_idx[:, :K], is_eos[:, :K], t, (t + 1) ** length_penalty)
         # the K best candidates that do not end continue (there are always at least K of them among 2K)
         order = torch.sort(is_eos.int(), dim=1, stable=True).indices[:, :K]  # non-</s> first, in score order
         scores = top_scores.gather(1, order)
         rows = (torch.arange(B, device=device)[:, None] * K + beam_idx.gather(1, order)).view(-1)
         # a sentence is done when its K best finished hypotheses cannot be beaten by its best live beam
         # (the live beam's score so far, normalised at its current length: Hugging Face's criterion)
-        best_alive = (scores.max(1).values / (t + 1) ** length_penalty).tolist()
-        for b, s in enumerate(sent):
-            if len(finished[s]) >= K:
-                finished[s] = sorted(finished[s], key=lambda h: -h.score)[:K]
-                done[s] = best_alive[b] <= finished[s][-1].score
-        if all(done):
+        best_alive = scores.max(1).values / (t + 1) ** length_penalty
+        kth = fin_score.index_select(0, sent)[:, K - 1]
+        done = (kth > float("-inf")) & (best_alive.double() <= kth)
+        done_host = done.tolist()  # the step's one host read
+        if all(done_host):
             break
         new_tokens = token.gather(1, order)  # (B, K)
-        keep = [b for b, s in enumerate(sent) if not done[s]]
-        if len(keep) < B:  # drop the sentences that are done: their rows of everything
-            kept = torch.tensor(keep, device=device)
-            scores, rows, new_tokens = scores[kept], rows.view(B, K)[kept].view(-1), new_tokens[kept]
-            limit = limit.view(B, K)[kept].view(-1)
-            memory = tree_map(lambda x: x.index_select(0, (kept[:, None] * K + torch.arange(K, device=device)).view(-1)),
+        if any(done_host):  # drop the sentences that are done: their rows of everything
+            keep = _kept(done, done_host)
+            scores, rows, new_tokens = scores[keep], rows.view(B, K)[keep].view(-1), new_tokens[keep]
+            limit = limit.view(B, K)[keep].view(-1)
+            memory = tree_map(lambda x: x.index_select(0, (keep[:, None] * K + torch.arange(K, device=device)).view(-1)),
                               memory)
-            sent = [sent[b] for b in keep]
+            sent, sent_host = sent[keep], [s for s, d in zip(sent_host, done_host) if not d]
         tokens = torch.cat([tokens[rows], new_tokens.view(-1, 1)], 1)
         cache = tree_map(lambda x: x.index_select(0, rows), cache)
-    return [sorted(f, key=lambda h: -h.score)[:n_best] for f in finished]
+    found = zip(fin_score.tolist(), fin_logprob.tolist(), fin_length.tolist(), fin_tokens.tolist())
+    return [[Hypothesis(seqs[k][: lengths[k]], score[k], logprob[k]) for k in range(K) if score[k] > float("-inf")][:n_best]
+            for score, logprob, lengths, seqs in found]
+
+
+def _finish(fin_score: Tensor, fin_logprob: Tensor, fin_length: Tensor, fin_tokens: Tensor, sent: Tensor,
+            prefixes: Tensor, top_scores: Tensor, beam_idx: Tensor, is_eos: Tensor, t: int, norm: float) -> None:
+    """Merge a step's finished hypotheses (</s> among the top K candidates, with a finite score) into the K best
+    of each sentence, in place. The sort is stable with the earlier hypotheses first, so ties keep the order in
+    which they finished. prefixes (B, K, t + 1): the live beams' tokens from <s>; the others (B, K)."""
+    B, K, _ = prefixes.shape
+    new_score = torch.where(is_eos & (top_scores > float("-inf")), top_scores.double() / norm, float("-inf"))
+    merged, pick = torch.cat([fin_score.index_select(0, sent), new_score], 1).sort(dim=1, descending=True, stable=True)
+    pick = pick[:, :K]  # (B, K) places among the 2K: the old K first, then the new
+
+    def merge(old: Tensor, new: Tensor) -> Tensor:
+        both = torch.cat([old, new], 1)  # (B, 2K, ...)
+        return both.gather(1, pick.view(B, K, *[1] * (both.dim() - 2)).expand(B, K, *both.shape[2:]))
+
+    fin_score[sent] = merged[:, :K]
+    fin_logprob[sent] = merge(fin_logprob.index_select(0, sent), top_scores)
+    fin_length[sent] = merge(fin_length.index_select(0, sent), torch.full_like(beam_idx, t))
+    if t:  # an earlier hypothesis is shorter than t: its first t places hold all of it
+        seqs = prefixes.gather(1, beam_idx[..., None].expand(B, K, t + 1))[..., 1:]  # (B, K, t)
+        fin_tokens[sent, :, :t] = merge(fin_tokens.index_select(0, sent)[..., :t], seqs)
 
 
 def sample_stream(
