@@ -9,7 +9,10 @@ MFU counts the PaLM-appendix-B FLOPs (6 N per token plus 12 L T D for attention;
 model) over the device's measured bf16 matrix-multiply peak (`nmtkit.runtime.measured_peak_flops`). On a CPU
 the table gives the achieved FLOP/s over a measured float32 matrix-multiply peak instead. Peak memory: the
 most CUDA memory allocated, or the process's peak resident set on a CPU. The first logging window (start-up,
-compilation) is left out; the others are averaged. Prints a Markdown table; --append adds it to
+compilation) is left out; the others are averaged. "Loop / bare": nmtkit's loop against the bare step on the
+same model and batches (already on the device; forward, backward, clipping and AdamW, nothing else), both in
+steady state. The GPT runs with the attention kernels `pretrain` uses (fixed shapes, `train(fixed_shapes=True)`),
+the translator with those of `train-translator`. Prints a Markdown table; --append adds it to
 docs/benchmarks.md with the command, machine and date. `--profile DIR` also writes, for each model, the
 torch.profiler table of five training steps (the operators that take the time), to see what to fix.
 """
@@ -132,7 +135,7 @@ def measure(name: str, device: torch.device, steps: int, window: int, compile_: 
         cfg = TrainConfig(max_steps=steps, eval_every=10**9, log_every=window, warmup_steps=max(steps // 4, 1),
                           max_tokens=batches[0].tokens, compile=compile_, clip_norm=1.0, keep_checkpoints=1)
         train(model, objective, lambda epoch: batches * (steps // len(batches) + 1), cfg=cfg, run_dir=run_dir,
-              device=device, flops_per_token=flops)
+              device=device, flops_per_token=flops, fixed_shapes=PRESETS[name][0] == "gpt")
         records = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
     kept = [r for r in records if r["kind"] == "train" and r["step"] > window]
     tps = sum(r["tokens_per_s"] for r in kept) / len(kept)
@@ -142,8 +145,41 @@ def measure(name: str, device: torch.device, steps: int, window: int, compile_: 
     else:
         mfu = tps * flops / cpu_peak_flops()
         memory = f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.1f} GiB resident"
+    bare = bare_tokens_per_s(name, device, steps, window, compile_, max_tokens)
     return {"model": name, "params": params, "batch": shape, "tokens_per_s": tps,
-            "tflops": tps * flops / 1e12, "mfu": mfu, "memory": memory}
+            "tflops": tps * flops / 1e12, "mfu": mfu, "memory": memory, "bare": bare}
+
+
+def bare_tokens_per_s(name: str, device: torch.device, steps: int, window: int, compile_: bool,
+                      max_tokens: int | None) -> float:
+    """Tokens/s of the plainest training step on the same model and batches (on the device before timing):
+    autocast forward, backward, clipping, AdamW; the steps after the first window, timed between two syncs."""
+    from nmtkit.runtime import attention_shapes, autocast
+
+    model, batches, objective, _, _ = build(name, device, max_tokens)
+    model.to(device).train()
+    net = torch.compile(model) if compile_ else model
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
+    on_device = [b.to(device) for b in batches]
+
+    def step(batch) -> None:
+        with autocast(device), attention_shapes(device, fixed=PRESETS[name][0] == "gpt"):
+            loss, items = objective(net, batch)
+            (loss / items).backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    for i in range(window):
+        step(on_device[i % len(on_device)])
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    for i in range(window, steps):
+        step(on_device[i % len(on_device)])
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return (steps - window) * batches[0].tokens / (time.perf_counter() - start)
 
 
 def main() -> None:
@@ -174,10 +210,12 @@ def main() -> None:
     table = (f"\n### Training throughput and MFU, {where} ({datetime.date.today()})\n\n"
              f"Command: `{command()}`. torch {torch.__version__}; {'bf16 autocast' if device.type == 'cuda' else 'float32'}"
              f"{', torch.compile' if args.compile else ''}; steps {window + 1}-{args.steps} averaged.\n\n"
-             f"| model | parameters | batch (sentences x tokens) | tokens/s | model TFLOP/s | {of} | peak memory |\n"
-             "| --- | --- | --- | --- | --- | --- | --- |\n"
+             f"| model | parameters | batch (sentences x tokens) | tokens/s | model TFLOP/s | {of} | peak memory "
+             "| bare step tokens/s | loop / bare |\n"
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |\n"
              + "".join(f"| {r['model']} | {r['params']:,} | {r['batch']} | {r['tokens_per_s']:,.0f} | {r['tflops']:.2f} "
-                       f"| {r['mfu']:.1%} | {r['memory']} |\n" for r in rows))
+                       f"| {r['mfu']:.1%} | {r['memory']} | {r['bare']:,.0f} | {r['tokens_per_s'] / r['bare']:.2f}x |\n"
+                       for r in rows))
     publish(table, args.append)
 
 

@@ -80,3 +80,21 @@ def one_line_error(result, *fragments: str) -> str:
     for fragment in fragments:
         assert fragment in line, line
     return line
+
+
+def line_reader(stream):
+    """`next_line(seconds)`: the next line of a subprocess's stdout, or None when none comes in time (a thread
+    reads the lines: `select` cannot see lines already in Python's buffer)."""
+    import queue
+    import threading
+
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in stream], daemon=True).start()
+
+    def next_line(seconds: float) -> str | None:
+        try:
+            return lines.get(timeout=seconds)
+        except queue.Empty:
+            return None
+
+    return next_line

@@ -1,6 +1,7 @@
 """Downstream: heads, span mapping, SQuAD metric, the instruction loss mask, and each task learning a tiny set."""
 
 import importlib.util
+from pathlib import Path
 import json
 
 import pytest
@@ -18,7 +19,7 @@ from nmtkit.models.gpt import GPTConfig
 from nmtkit.models.heads import GPTClassifier, GPTSpanQA
 from nmtkit.tokenization import EOS_ID, train_tokenizer
 
-from conftest import DEMO, write
+from conftest import DEMO, line_reader, write
 
 runner = CliRunner()
 TINY = {"block_size": 64, "d_model": 48, "heads": 4, "layers": 2, "dropout": 0.0}
@@ -257,3 +258,26 @@ def test_finetune_resumes_where_it_stopped(pretrained, tiny_tasks):
     assert again["steps"] == 20 and again["arch"] == "classify"
     steps = [json.loads(l)["step"] for l in (run_dir / "metrics.jsonl").read_text().splitlines() if '"eval"' in l]
     assert steps == [5, 10, 15, 20]
+
+
+def test_classify_answers_each_line_while_the_pipe_stays_open(pretrained, tiny_tasks, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    run_dir = tmp_path / "ft"
+    finetune.finetune(run_dir=run_dir, task="classify", pretrained=str(pretrained), device="cpu",
+                      train_source=TaskSource(file=str(tiny_tasks["classify"])), train_settings={**FAST, "max_steps": 5},
+                      batch_size=8)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent / "src")}
+    process = subprocess.Popen([sys.executable, "-m", "nmtkit", "classify", "-m", str(run_dir), "--device", "cpu"],
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
+    next_line = line_reader(process.stdout)
+    try:
+        process.stdin.write("I am happy today\n")
+        process.stdin.flush()
+        assert next_line(60) in ("pos\n", "neg\n")  # stdin is still open
+        process.stdin.close()
+        assert process.wait(30) == 0 and next_line(1) is None
+    finally:
+        process.kill()

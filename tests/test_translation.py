@@ -17,7 +17,7 @@ from nmtkit.config import TokenizerConfig
 from nmtkit.decoding import beam_search, greedy
 from nmtkit.tokenization import BOS_ID, EOS_ID
 
-from conftest import DEMO, write
+from conftest import DEMO, line_reader, write
 
 ARCH_SETTINGS = {
     "transformer": {"d_model": 64, "heads": 4, "encoder_layers": 1, "decoder_layers": 1, "ff_dim": 128, "dropout": 0.0},
@@ -405,3 +405,25 @@ def test_a_settings_file_takes_the_flag_names(tiny, tmp_path):
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert (config["model"]["encoder_layers"], config["model"]["decoder_layers"], config["model"]["d_model"]) == (1, 1, 32)
     assert (config["train"]["warmup_steps"], config["train"]["max_steps"]) == (3, 2)
+
+
+def test_translate_answers_each_line_while_the_pipe_stays_open(runs, tmp_path):
+    """A pipeline that feeds a line and waits for its translation gets it before the input ends; so does a killed
+    run keep what it wrote (each batch's lines are flushed)."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent / "src")}
+    process = subprocess.Popen([sys.executable, "-m", "nmtkit", "translate", "-m", str(runs["transformer"][1]),
+                                "--beam", "2", "--device", "cpu"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, env=env, text=True, encoding="utf-8")
+    next_line = line_reader(process.stdout)
+    try:
+        process.stdin.write("I am a student.\n")
+        process.stdin.flush()
+        assert next_line(60) == "저는 학생입니다.\n"  # stdin is still open
+        process.stdin.write("\nI like tea.\n")
+        process.stdin.flush()
+        assert next_line(30) == "\n"
+        assert next_line(30) is not None
+        process.stdin.close()
+        assert process.wait(30) == 0 and next_line(1) is None
+    finally:
+        process.kill()

@@ -6,6 +6,10 @@ The loop knows nothing about the task: it receives an objective (model, batch) -
 a function giving the batches of an epoch, and an optional evaluation returning metrics (minGPT's habit).
 Only rank 0 writes. What is *not* here: building models or reading data (`nmtkit.workflows`).
 
+Nothing in a step waits for the device: counts come from the batches as host numbers, batches are copied
+from pinned memory without blocking while the next group is collated in a background thread (on a GPU), the
+loss is read only at log intervals and the random state only when a checkpoint is written.
+
 Interruptions: SIGINT (Ctrl-C) or SIGTERM lets the current step finish, saves a checkpoint and raises
 `Interrupted`; a second signal stops at once. A run killed outright (SIGKILL, power cut) resumes from its last
 checkpoint and, on CPU with the same seed, ends with the same weights as a run never interrupted.
@@ -32,10 +36,11 @@ from torch import nn
 
 from nmtkit import checkpoint
 from nmtkit.config import NOISE_GROUP, TrainConfig, Word2VecTrainConfig
+from nmtkit.data.batching import Prefetch
 from nmtkit.errors import ConfigError, Interrupted, OutOfMemory
 from nmtkit.evaluation import better
 from nmtkit.files import append_jsonl, read_jsonl, write_lines
-from nmtkit.runtime import Distributed, autocast, measured_peak_flops
+from nmtkit.runtime import Distributed, attention_shapes, autocast, measured_peak_flops
 
 log = logging.getLogger("nmtkit")
 STEPS_DIR = "steps"
@@ -145,10 +150,14 @@ def train(
     resume: bool = False,
     progress: Callable[[dict[str, Any]], None] | None = None,
     flops_per_token: float | None = None,
+    fixed_shapes: bool = False,
 ) -> TrainResult:
     """Train `model` until `cfg.max_steps` (or `max_epochs`, or early stopping). `batches(epoch)` must give
-    the same sequence for the same epoch every time it is called (that is what makes resuming exact)."""
-    loop = _Loop(model, objective, batches, cfg, Path(run_dir), device, evaluate, dist, progress, flops_per_token)
+    the same sequence for the same epoch every time it is called (that is what makes resuming exact).
+    `fixed_shapes`: every batch has the same shape (pretraining windows), so the training steps may use
+    attention kernels that are planned once per shape (`nmtkit.runtime.attention_shapes`)."""
+    loop = _Loop(model, objective, batches, cfg, Path(run_dir), device, evaluate, dist, progress, flops_per_token,
+                 fixed_shapes)
     loop.restore() if resume else loop.start()
     return loop.run()
 
@@ -158,7 +167,7 @@ class _Loop:
     checkpoint saves), the evaluations so far, and the clocks behind tokens/s and the time budget."""
 
     def __init__(self, model, objective, batches, cfg: TrainConfig, run_dir: Path, device, evaluate, dist: Distributed,
-                 progress, flops_per_token: float | None):
+                 progress, flops_per_token: float | None, fixed_shapes: bool = False):
         self.model, self.objective, self.batches, self.cfg = model.to(device), objective, batches, cfg
         self.run_dir, self.device, self.evaluate, self.dist, self.progress = run_dir, device, evaluate, dist, progress
         self.optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr,
@@ -169,6 +178,8 @@ class _Loop:
         self.flops_per_token, self.peak = flops_per_token, measured_peak_flops(device) if flops_per_token else None
         self.per_step = cfg.accumulate * dist.world_size  # micro-batches of all processes per optimizer step
         self.stopped = False  # early stopping
+        self.fixed_shapes = fixed_shapes
+        self.prefetch = device.type == "cuda"  # collate the next group in a thread while the device works
 
     def start(self) -> None:
         torch.manual_seed(self.cfg.seed)
@@ -194,7 +205,6 @@ class _Loop:
         self.net = self._wrapped()
         self.start_time = self.t_log = time.perf_counter()
         self.tokens_since = 0
-        self.rng_at_step_start = _rng_state()
         self.model.train()
         with StopRequests() as self.requests:
             try:
@@ -226,31 +236,42 @@ class _Loop:
         if groups == 0:
             raise ConfigError(f"an epoch has {len(epoch_batches)} batch(es), fewer than one optimizer step needs "
                               f"({self.cfg.accumulate} x {self.dist.world_size} processes); lower --max-tokens or --accumulate")
-        while self.state["group"] < groups and self.state["step"] < self.cfg.max_steps:
-            self._step(epoch_batches)
-            if self._after_step():
-                return
+        with Prefetch(lambda g: self._micro_batches(epoch_batches, g), self.prefetch) as fetch:
+            while self.state["group"] < groups and self.state["step"] < self.cfg.max_steps:
+                g = self.state["group"]
+                more = g + 1 < groups and self.state["step"] + 1 < self.cfg.max_steps
+                self._step(fetch(g, g + 1 if more else None))
+                if self._after_step():
+                    return
         if self.state["group"] >= groups:
             self.state["epoch"] += 1
             self.state["group"] = 0
 
-    def _step(self, epoch_batches) -> None:
-        """One optimizer step over this process's share of the next group of micro-batches."""
+    def _micro_batches(self, epoch_batches, g: int) -> list:
+        """This process's micro-batches of group `g`, collated on the CPU (pinned on a GPU, for copies that do not
+        block)."""
+        cfg, dist = self.cfg, self.dist
+        micro = [epoch_batches[g * self.per_step + a * dist.world_size + dist.rank] for a in range(cfg.accumulate)]
+        return [b.pin_memory() for b in micro] if self.device.type == "cuda" else micro
+
+    def _step(self, micro: list) -> None:
+        """One optimizer step over this process's micro-batches of the next group. Nothing here reads the device:
+        the counts are the batches' host numbers."""
         cfg, dist, state = self.cfg, self.dist, self.state
-        g = state["group"]
-        micro = [epoch_batches[g * self.per_step + a * dist.world_size + dist.rank].to(self.device)
-                 for a in range(cfg.accumulate)]
-        items = torch.tensor([float(sum(b.target_tokens for b in micro))], device=self.device)
-        if dist.enabled:
+        items: float | torch.Tensor = float(sum(b.target_tokens for b in micro))
+        if dist.enabled:  # the count of every process, on the device for the collective
+            items = torch.tensor([items], pin_memory=self.device.type == "cuda").to(self.device, non_blocking=True)
             torch.distributed.all_reduce(items)
+            items = items[0]
         total_loss = torch.zeros((), device=self.device)
-        for i, batch in enumerate(micro):
-            last = i == len(micro) - 1
-            ctx = self.ddp.no_sync() if dist.enabled and not last else contextlib.nullcontext()
-            with ctx, autocast(self.device, cfg.bf16):
-                loss, _ = self.objective(self.net, batch)
-                (loss * dist.world_size / items[0]).backward()
-            total_loss += loss.detach()
+        with attention_shapes(self.device, fixed=self.fixed_shapes):
+            for i, batch in enumerate(micro):
+                last = i == len(micro) - 1
+                ctx = self.ddp.no_sync() if dist.enabled and not last else contextlib.nullcontext()
+                with ctx, autocast(self.device, cfg.bf16):
+                    loss, _ = self.objective(self.net, batch.to(self.device))
+                    (loss * dist.world_size / items).backward()
+                total_loss += loss.detach()
         if cfg.clip_norm:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_norm)
         lr = learning_rate(state["step"] + 1, cfg)
@@ -259,22 +280,22 @@ class _Loop:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         state["step"] += 1
-        state["group"] = g + 1
-        self.rng_at_step_start = _rng_state()
+        state["group"] += 1
         self.tokens_since += sum(b.tokens for b in micro)
         if state["step"] % cfg.log_every == 0 or state["step"] == 1:
             self._log_step(total_loss, items, lr)
         elif self.progress and dist.is_main:  # the bar moves every step (no device sync: the loss waits for a log)
             self.progress({"event": "step", "step": state["step"], "max_steps": cfg.max_steps, "lr": lr})
 
-    def _log_step(self, total_loss: torch.Tensor, items: torch.Tensor, lr: float) -> None:
-        """A training line in metrics.jsonl and on the progress bar: loss, lr, tokens/s (and MFU on GPU)."""
+    def _log_step(self, total_loss: torch.Tensor, items, lr: float) -> None:
+        """A training line in metrics.jsonl and on the progress bar: loss, lr, tokens/s (and MFU on GPU). The one
+        place a step reads the device (the loss), every `log_every` steps."""
         dist = self.dist
         if dist.enabled:
             torch.distributed.all_reduce(total_loss)
         now = time.perf_counter()
         record = {"step": self.state["step"], "epoch": self.state["epoch"] + 1,
-                  "train_loss": round(total_loss.item() / items.item(), 4), "lr": lr,
+                  "train_loss": round(total_loss.item() / float(items), 4), "lr": lr,
                   "tokens_per_s": round(self.tokens_since * dist.world_size / max(now - self.t_log, 1e-9))}
         if self.peak:  # model FLOPs utilisation of this device (PaLM appendix B FLOPs)
             record["mfu"] = round(record["tokens_per_s"] / dist.world_size * self.flops_per_token / self.peak, 4)
@@ -300,9 +321,9 @@ class _Loop:
             self.cfg = dataclasses.replace(self.cfg, max_steps=step)  # ends the loop; the last evaluation follows
         return False
 
-    def _save(self) -> None:
+    def _save(self, rng: dict[str, Any] | None = None) -> None:
         """A step checkpoint (weights, then the training state that names them); the oldest beyond
-        keep_checkpoints go."""
+        keep_checkpoints go. `rng`: the random state after the step (read now when not given)."""
         state, run_dir = self.state, self.run_dir
         if not self.dist.is_main or state["last_saved"] == state["step"]:
             return
@@ -310,7 +331,7 @@ class _Loop:
         checkpoint.save_weights(run_dir / name, unwrap(self.model).state_dict())
         checkpoint.save_train_state(run_dir / checkpoint.TRAIN_STATE, {
             "weights": name, "optimizer": self.optimizer.state_dict(), "loop": dict(state, last_saved=state["step"]),
-            "rng": self.rng_at_step_start,
+            "rng": rng if rng is not None else _rng_state(),
         })
         state["last_saved"] = state["step"]
         for old in sorted((run_dir / STEPS_DIR).glob("step-*.safetensors"))[: -self.cfg.keep_checkpoints]:
@@ -321,9 +342,10 @@ class _Loop:
         every rank)."""
         should_stop = torch.zeros(1)
         if self.dist.is_main:
+            rng = _rng_state() if self.state["last_saved"] != self.state["step"] else None  # before evaluating
             record = self._evaluation()
             self._keep_if_best(record)
-            self._save()
+            self._save(rng)
             state = self.state
             if self.progress:
                 self.progress({"event": "eval", **record, "best": state["best"], "best_step": state["best_step"]})

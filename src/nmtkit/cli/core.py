@@ -10,6 +10,7 @@ import dataclasses
 import datetime
 import functools
 import inspect
+import itertools
 import json
 import logging
 import os
@@ -272,30 +273,51 @@ def print_json(obj: Any) -> None:
 
 
 def write_lines(lines, output: Optional[Path]) -> None:
-    """Write lines as UTF-8, flushing in blocks; to a temporary file renamed into place with --output."""
+    """Write lines as UTF-8 in blocks of 1,024 (see `write_blocks`)."""
+    it = iter(lines)
+    write_blocks(iter(lambda: list(itertools.islice(it, 1024)), []), output)
+
+
+def write_blocks(blocks, output: Optional[Path]) -> None:
+    """Write blocks of lines as UTF-8, one output line per line whatever it holds: to stdout each block flushed as
+    it comes (a pipeline sees each batch's lines at once; a killed run leaves what was done); with --output, to a
+    temporary file renamed into place."""
     if output is not None:
         from nmtkit.files import atomic_write
 
-        atomic_write(output, lambda f: _copy_lines(lines, f))
+        atomic_write(output, lambda f: _copy_blocks(blocks, f, flush=False))
     else:
-        _copy_lines(lines, sys.stdout.buffer)
-        sys.stdout.buffer.flush()
+        _copy_blocks(blocks, sys.stdout.buffer, flush=True)
 
 
-def _copy_lines(lines, handle) -> None:
-    block: list[str] = []
-    for line in lines:
-        block.append(line.replace("\n", " "))  # one output line per input line, whatever the line holds
-        if len(block) >= 1024:
-            handle.write(("\n".join(block) + "\n").encode("utf-8"))
-            block.clear()
-    if block:
-        handle.write(("\n".join(block) + "\n").encode("utf-8"))
+def _copy_blocks(blocks, handle, flush: bool) -> None:
+    for block in blocks:
+        if block:
+            handle.write(("\n".join(line.replace("\n", " ") for line in block) + "\n").encode("utf-8"))
+            if flush:
+                handle.flush()
 
 
-def with_progress(items, what: str, files=()):
+def input_wait(files) -> float | None:
+    """How long a line-by-line command waits for more input before it works on the lines it has (see
+    `nmtkit.data.sources.line_chunks`): 50 ms when a pipe, terminal or FIFO feeds it, so each line is answered
+    while the input stays open; None (full buffers) when it reads regular files."""
+    import stat
+
+    try:
+        if files:
+            modes = [os.stat(f).st_mode for f in files if os.path.exists(f)]
+        else:
+            modes = [os.fstat(sys.stdin.fileno()).st_mode] if sys.stdin is not None else []
+    except (OSError, ValueError):  # no real descriptor (a test's stdin): what is there is there
+        return None
+    return 0.05 if any(not stat.S_ISREG(m) for m in modes) else None
+
+
+def with_progress(items, what: str, files=(), lines=lambda item: 1):
     """`items` passed through, with a progress bar on stderr (count, per second, and the ETA when the input
-    `files` say how many lines there are) while stderr is a terminal; nothing is shown when it is not."""
+    `files` say how many lines there are) while stderr is a terminal; nothing is shown when it is not.
+    `lines(item)`: how many lines an item holds (`len` for blocks of lines)."""
     if not err.is_terminal:
         yield from items
         return
@@ -312,7 +334,7 @@ def with_progress(items, what: str, files=()):
         task = progress.add_task(what, total=total)
         for item in items:
             yield item
-            progress.advance(task)
+            progress.advance(task, lines(item))
 
 
 def _count_lines(files) -> int | None:

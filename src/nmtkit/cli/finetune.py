@@ -8,7 +8,7 @@ from typing import Any, List, Optional
 
 import typer
 
-from nmtkit.cli.core import (DEVICE, ON_BAD_LINE, OVERWRITE, RESUME, SETTINGS, TrainingDisplay, check_on_bad_line, command, command_line, config_options, log_trained, run_folder, settings_tables, stdin, with_progress, write_lines, data_options)
+from nmtkit.cli.core import (DEVICE, ON_BAD_LINE, OVERWRITE, RESUME, SETTINGS, TrainingDisplay, check_on_bad_line, command, command_line, config_options, log_trained, run_folder, settings_tables, stdin, with_progress, write_blocks, input_wait, data_options)
 from nmtkit.cli.lm import NOT_FOR_GPT
 from nmtkit.config import TrainConfig
 from nmtkit.errors import NmtkitError
@@ -100,7 +100,8 @@ def classify_cmd(
     from nmtkit.workflows import finetune
 
     ft = finetune.FineTuned(model, device, ("classify",))
-    results = finetune.classify(ft, input_lines(files, stdin(), check_on_bad_line(on_bad_line)), batch_size)
+    blocks = finetune.classify(ft, input_lines(files, stdin(), check_on_bad_line(on_bad_line)), batch_size,
+                               wait=input_wait(files))
 
     def render(result) -> str:
         if result is None:
@@ -111,7 +112,7 @@ def classify_cmd(
             return result["label"] + "\t" + " ".join(f"{k}:{v:.4f}" for k, v in result["probs"].items())
         return result["label"]
 
-    write_lines(with_progress((render(r) for r in results), "classify", files or []), None)
+    write_blocks(with_progress(([render(r) for r in block] for block in blocks), "classify", files or [], lines=len), None)
 
 
 def _context(value: str) -> str:

@@ -10,7 +10,7 @@ from typing import Any, List, Optional
 
 import typer
 
-from nmtkit.cli.core import (COMPUTE_TYPE, DEVICE, ON_BAD_LINE, OVERWRITE, RESUME, SETTINGS, TrainingDisplay, check_on_bad_line, command, command_line, config_options, log_trained, run_folder, settings_tables, stdin, tokenizer_config, tokenizer_options, with_progress, data_options)
+from nmtkit.cli.core import (COMPUTE_TYPE, DEVICE, ON_BAD_LINE, OVERWRITE, RESUME, SETTINGS, TrainingDisplay, check_on_bad_line, command, command_line, config_options, log_trained, run_folder, settings_tables, stdin, tokenizer_config, tokenizer_options, with_progress, input_wait, data_options)
 from nmtkit.config import TrainConfig
 from nmtkit.errors import NmtkitError
 from nmtkit.models.configs import GPTConfig
@@ -111,17 +111,19 @@ def generate_cmd(
         else:
             _stream(lm.generate_stream(model_, prompt, **options))
         return
+    wait = None
     if prompts:
         texts = iter([p.replace("\\n", "\n") for p in prompts])
     else:  # read as they are needed: a large file of prompts streams
-        texts = (line or "" for line in input_lines([prompts_file] if prompts_file else [], stdin(),
-                                                    check_on_bad_line(on_bad_line)))
+        files = [prompts_file] if prompts_file else []
+        texts = (line or "" for line in input_lines(files, stdin(), check_on_bad_line(on_bad_line)))
+        wait = input_wait(files)
     first = list(itertools.islice(texts, 2))
     if len(first) == 1 and num_samples == 1 and not as_json:  # one prompt: stream tokens as they come
         sys.stdout.write(first[0])
         _stream(lm.generate_stream(model_, first[0], **options))
         return
-    records = lm.generate(model_, itertools.chain(first, texts), num_samples=num_samples, **options)
+    records = lm.generate(model_, itertools.chain(first, texts), num_samples=num_samples, wait=wait, **options)
     counted = [prompts_file] if prompts_file and num_samples == 1 else []  # lines of the file: its records
     for i, record in enumerate(with_progress(records, "generate", counted)):
         if as_json:

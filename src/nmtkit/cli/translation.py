@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from nmtkit.cli.core import (AS_JSON, COMPUTE_TYPE, DEVICE, ON_BAD_LINE, OVERWRITE, RESUME, SETTINGS, TrainingDisplay, check_on_bad_line, command, command_line, config_options, log, log_trained, print_json, run_folder, settings_tables, stdin, tokenizer_config, tokenizer_options, with_progress, write_lines, wide_console, data_options)
+from nmtkit.cli.core import (AS_JSON, COMPUTE_TYPE, DEVICE, ON_BAD_LINE, OVERWRITE, RESUME, SETTINGS, TrainingDisplay, check_on_bad_line, command, command_line, config_options, log, log_trained, print_json, run_folder, settings_tables, stdin, tokenizer_config, tokenizer_options, with_progress, write_blocks, input_wait, wide_console, data_options)
 from nmtkit.config import TrainConfig
 from nmtkit.errors import NmtkitError
 from nmtkit.models.configs import RNNConfig, TransformerConfig
@@ -219,16 +219,12 @@ def translate_cmd(
 
     translator = translation.open_translator(model, device, compute_type)
     inputs = list(files or []) + list(input_ or [])
-    lines = with_progress(translation.translate(
+    blocks = translation.translate_blocks(
         translator, input_lines(inputs, stdin(), check_on_bad_line(on_bad_line)),
         beam=beam, batch_size=batch_size, length_penalty=length_penalty, n_best=n_best, with_scores=with_scores,
         max_len_ratio=max_len_ratio, max_len_extra=max_len_extra, buffer_lines=max(batch_size * 8, 64),
-    ), "translate", inputs)
-    if output is None and sys.stdout.isatty():
-        for line in lines:  # interactive: answer each line as soon as it is translated
-            print(line, flush=True)
-        return
-    write_lines(lines, output)
+        wait=input_wait(inputs))
+    write_blocks(with_progress(blocks, "translate", inputs, lines=len), output)
 
 
 def print_scores(scores: dict, as_json: bool) -> None:

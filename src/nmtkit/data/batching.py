@@ -1,4 +1,5 @@
-"""Batches: padding, masks, and token-based batches from length buckets (so padding stays small).
+"""Batches: padding, masks, token-based batches from length buckets (so padding stays small), and the next
+batches collated in a background thread while the device works (`Prefetch`).
 
 What is *not* here: what the ids mean (datasets.py) or what a model does with them.
 """
@@ -6,8 +7,9 @@ What is *not* here: what the ids mean (datasets.py) or what a model does with th
 from __future__ import annotations
 
 import dataclasses
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -25,27 +27,44 @@ def pad(seqs: Sequence[Sequence[int]], pad_id: int = PAD_ID) -> Tensor:
     return out
 
 
+class Batch:
+    """What every batch offers the training loop: its tensors moved to a device (`to`, asynchronous from pinned
+    memory), pinned (`pin_memory`), and its counts as host numbers, `target_tokens` (what the loss is
+    normalised by) and `tokens` (for throughput), counted once when the batch is made on the CPU: the loop never
+    asks the device for a count."""
+
+    target_tokens: int
+    tokens: int
+
+    def to(self, device):
+        nb = device.type == "cuda"
+        return self._map(lambda t: t.to(device, non_blocking=nb))
+
+    def pin_memory(self):
+        return self._map(lambda t: t.pin_memory())
+
+    def _map(self, fn):
+        """The same batch with `fn` applied to every tensor (the counts carried over, not counted again)."""
+        return dataclasses.replace(self, **{f.name: fn(getattr(self, f.name)) for f in dataclasses.fields(self)
+                                            if isinstance(getattr(self, f.name), Tensor)})
+
+
 @dataclass
-class Seq2SeqBatch:
+class Seq2SeqBatch(Batch):
     """src (B, S) with src_mask (B, S) True on real tokens; tgt_in = <s> y (B, T); tgt_out = y </s> (B, T)."""
 
     src: Tensor
     src_mask: Tensor
     tgt_in: Tensor
     tgt_out: Tensor
+    target_tokens: int = -1  # real target tokens (</s> included)
+    tokens: int = -1  # real source + target tokens
 
-    @property
-    def target_tokens(self) -> int:
-        return int((self.tgt_out != PAD_ID).sum())
-
-    @property
-    def tokens(self) -> int:
-        """Real (non-pad) source + target tokens, for throughput figures."""
-        return int(self.src_mask.sum()) + self.target_tokens
-
-    def to(self, device) -> "Seq2SeqBatch":
-        nb = device.type == "cuda"
-        return Seq2SeqBatch(*(t.to(device, non_blocking=nb) for t in (self.src, self.src_mask, self.tgt_in, self.tgt_out)))
+    def __post_init__(self) -> None:
+        if self.target_tokens < 0:
+            self.target_tokens = int((self.tgt_out != PAD_ID).sum())
+        if self.tokens < 0:
+            self.tokens = int(self.src_mask.sum()) + self.target_tokens
 
 
 def collate_pairs(src: Sequence[Sequence[int]], tgt: Sequence[Sequence[int]]) -> Seq2SeqBatch:
@@ -151,29 +170,45 @@ class LazyBatches(Sequence):
         return self.collate(self.index_batches[i])
 
 
+class Prefetch:
+    """`fetch(g, ahead)`: what `load(g)` gives (the training loop: group g's micro-batches), while `load(ahead)`
+    starts in a background thread, so the next group is ready when the device has worked through this one.
+    Without `enabled`, every group is loaded when asked for (the same batches: collating draws on no shared
+    random state)."""
+
+    def __init__(self, load: Callable[[int], list], enabled: bool):
+        self.load, self.pending = load, {}
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="nmtkit-batches") if enabled else None
+
+    def __enter__(self):
+        return self
+
+    def __call__(self, g: int, ahead: int | None) -> list:
+        future: Future | None = self.pending.pop(g, None)
+        micro = future.result() if future is not None else self.load(g)
+        if self.pool is not None and ahead is not None:
+            self.pending[ahead] = self.pool.submit(self.load, ahead)
+        return micro
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+
+
 @dataclass
-class LMBatch:
+class LMBatch(Batch):
     """ids (B, T) and the next tokens as targets (B, T)."""
 
     ids: Tensor
     targets: Tensor
+    target_tokens: int = -1  # positions with a target (not IGNORE)
+    tokens: int = -1
 
-    @property
-    def target_tokens(self) -> int:
-        return int((self.targets != IGNORE).sum())
-
-    @property
-    def tokens(self) -> int:
-        return self.ids.numel()
-
-    def to(self, device) -> "LMBatch":
-        return _to(self, device)
-
-
-def _to(batch, device):
-    """The same batch with every tensor moved to `device`."""
-    nb = device.type == "cuda"
-    return type(batch)(*(getattr(batch, f.name).to(device, non_blocking=nb) for f in dataclasses.fields(batch)))
+    def __post_init__(self) -> None:
+        if self.target_tokens < 0:
+            self.target_tokens = int((self.targets != IGNORE).sum())
+        if self.tokens < 0:
+            self.tokens = self.ids.numel()
 
 
 def lm_windows(stream, starts: Sequence[int], block: int) -> LMBatch:
@@ -217,27 +252,24 @@ def example_batches(lengths, batch_size: int, *, shuffle: bool, seed: int = 0, e
 
 
 @dataclass
-class ClassifyBatch:
+class ClassifyBatch(Batch):
     """ids (B, T) right-padded; lengths (B,); labels (B,) class indices."""
 
     ids: Tensor
     lengths: Tensor
     labels: Tensor
+    target_tokens: int = -1  # examples
+    tokens: int = -1
 
-    @property
-    def target_tokens(self) -> int:
-        return len(self.labels)
-
-    @property
-    def tokens(self) -> int:
-        return int(self.lengths.sum())
-
-    def to(self, device) -> "ClassifyBatch":
-        return _to(self, device)
+    def __post_init__(self) -> None:
+        if self.target_tokens < 0:
+            self.target_tokens = len(self.labels)
+        if self.tokens < 0:
+            self.tokens = int(self.lengths.sum())
 
 
 @dataclass
-class SpanBatch:
+class SpanBatch(Batch):
     """ids (B, T) right-padded; lengths (B,); start and end (B,) answer positions; allowed (B, T) the positions
     an answer may start or end at (the context pieces, and the closing </s> that means "not in this window")."""
 
@@ -246,17 +278,14 @@ class SpanBatch:
     start: Tensor
     end: Tensor
     allowed: Tensor
+    target_tokens: int = -1  # two per example: start and end
+    tokens: int = -1
 
-    @property
-    def target_tokens(self) -> int:
-        return 2 * len(self.start)
-
-    @property
-    def tokens(self) -> int:
-        return int(self.lengths.sum())
-
-    def to(self, device) -> "SpanBatch":
-        return _to(self, device)
+    def __post_init__(self) -> None:
+        if self.target_tokens < 0:
+            self.target_tokens = 2 * len(self.start)
+        if self.tokens < 0:
+            self.tokens = int(self.lengths.sum())
 
 
 def collate_classify(seqs: Sequence[Sequence[int]], labels: Sequence[int]) -> ClassifyBatch:

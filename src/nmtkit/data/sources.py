@@ -8,7 +8,8 @@ or a Hugging Face dataset. A run stores its sources in config.json (`to_dict`) a
     TextSource      documents (GPT pretraining), texts (vocabularies, word vectors)
     TaskSource      labelled texts, SQuAD questions or instructions (fine-tuning)
 
-Also here: the lines of line-by-line commands (`input_lines`, stdin when no file is named), known corpus names
+Also here: the lines of line-by-line commands (`input_lines`, stdin when no file is named) and the buffers they are
+worked on in (`line_chunks`: on a pipe that stays open, what has come so far), known corpus names
 expanded into their files (`expand_inputs`), and the provenance of data files (`describe_files`). What is *not*
 here: the readers of each format (`nmtkit.data.corpora`) and encoding (`nmtkit.data.datasets`).
 """
@@ -16,8 +17,11 @@ here: the readers of each format (`nmtkit.data.corpora`) and encoding (`nmtkit.d
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import queue
+import threading
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, TypeVar
 
 from nmtkit.data import corpora, registry
 from nmtkit.errors import DataError
@@ -53,6 +57,69 @@ def input_lines(files: Iterable[str | Path] | None, stdin=None,
     for spec in files:
         with corpora.open_binary(registry.resolve(spec)) as stream:
             yield from corpora.decode_lines(stream, str(spec), on_bad_line)
+
+
+T = TypeVar("T")
+
+
+def line_chunks(lines: Iterable[T], size: int, wait: float | None = None) -> Iterator[list[T]]:
+    """The lines in lists of at most `size`, for commands that work on a buffer of lines at a time.
+
+    Without `wait`, every list but the last is full. With `wait` (seconds), the lines are read in a background
+    thread and a list also ends when no line has come for that long: on a pipe that stays open (a user typing,
+    a slow producer), the lines that have come are worked on, and answered, before the input ends. A file's lines
+    come far faster than that, so its lists are full as without `wait`. An error reading the input is raised
+    after the lines before it have been given."""
+    if wait is None:
+        it = iter(lines)
+        while chunk := list(itertools.islice(it, size)):
+            yield chunk
+        return
+    inbox: queue.Queue = queue.Queue(maxsize=2 * size)
+    end = object()
+
+    def read() -> None:
+        try:
+            for line in lines:
+                inbox.put((line, None))
+            inbox.put((end, None))
+        except BaseException as exc:  # given to the reader after the lines before it
+            inbox.put((end, exc))
+
+    threading.Thread(target=read, daemon=True, name="nmtkit-input").start()
+    error, over = None, False
+    while not over:
+        chunk: list[T] = []
+        while len(chunk) < size:
+            try:
+                line, error = inbox.get(timeout=wait if chunk else None)
+            except queue.Empty:
+                break
+            if line is end:
+                over = True
+                break
+            chunk.append(line)
+        if chunk:
+            yield chunk
+    if error is not None:
+        raise error
+
+
+class InOrder:
+    """The results of a buffer of `n` lines worked on out of order (batches sorted by length), handed back in
+    input order as soon as every earlier line's result is there. Lines in `skipped` need no work (their result
+    is None). `add(pairs)` takes (index, result) pairs and returns the (index, result) pairs now ready."""
+
+    def __init__(self, n: int, skipped: Iterable[int] = ()):
+        self.n, self.next = n, 0
+        self.results: dict[int, Any] = dict.fromkeys(skipped)
+
+    def add(self, pairs: Iterable[tuple[int, Any]]) -> list[tuple[int, Any]]:
+        self.results.update(pairs)
+        start = self.next
+        while self.next < self.n and self.next in self.results:
+            self.next += 1
+        return [(i, self.results.pop(i)) for i in range(start, self.next)]
 
 
 def describe_files(paths: Iterable[Path]) -> list[dict[str, Any]]:

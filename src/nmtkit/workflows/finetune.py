@@ -3,7 +3,6 @@ or follow instructions; then classify, answer and evaluate with the fine-tuned r
 
 from __future__ import annotations
 
-import itertools
 import logging
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -440,20 +439,29 @@ class FineTuned:
         self.model = runs.load_weights_for_inference(build_task_model(self.task, model_cfg, self.labels), run, self.device)
 
 
-def classify(ft: FineTuned, lines: Iterable[str | None], batch_size: int = 64, buffer_lines: int = 1024) -> Iterator[dict[str, Any] | None]:
-    """One result per input line, streaming: {"label", "probs": {label: p}}; None for an empty line."""
+def classify(ft: FineTuned, lines: Iterable[str | None], batch_size: int = 64, buffer_lines: int = 1024,
+             wait: float | None = None) -> Iterator[list[dict[str, Any] | None]]:
+    """One result per input line, {"label", "probs": {label: p}} (None for an empty line), given in blocks in
+    input order: after each batch, the results whose every earlier line is done. Read in buffers as
+    `translation.translate_blocks` reads; within a buffer, texts of similar length are batched together."""
+    from nmtkit.data.batching import example_batches
     from nmtkit.data.datasets import encode_texts
+    from nmtkit.data.sources import InOrder, line_chunks
 
-    it = iter(lines)
-    while chunk := list(itertools.islice(it, buffer_lines)):
+    for chunk in line_chunks(lines, buffer_lines, wait):
         texts = [line or "" for line in chunk]
         todo = [i for i, t in enumerate(texts) if t.strip()]
-        probs = predict_classes(ft.model, ft.device, encode_texts(ft.tok, [texts[i] for i in todo], ft.max_len), batch_size)
-        results: dict[int, dict[str, Any]] = {}
-        for i, p in zip(todo, probs.tolist()):
-            results[i] = {"label": ft.labels[max(range(len(p)), key=p.__getitem__)],
-                          "probs": {name: round(x, 4) for name, x in zip(ft.labels, p)}}
-        yield from (results.get(i) for i in range(len(chunk)))
+        seqs = encode_texts(ft.tok, [texts[i] for i in todo], ft.max_len)
+        ordered = InOrder(len(chunk), set(range(len(chunk))) - set(todo))
+        for index in list(example_batches([len(s) for s in seqs], batch_size, shuffle=False)) or [[]]:
+            done = []
+            if len(index):
+                probs = predict_classes(ft.model, ft.device, [seqs[j] for j in index], batch_size)
+                done = [(todo[j], {"label": ft.labels[max(range(len(p)), key=p.__getitem__)],
+                                   "probs": {name: round(x, 4) for name, x in zip(ft.labels, p)}})
+                        for j, p in zip(index, probs.tolist())]
+            if ready := ordered.add(done):
+                yield [result for _, result in ready]
 
 
 def answer(ft: FineTuned, questions: list[tuple[str, str, str]]) -> list[dict[str, Any]]:

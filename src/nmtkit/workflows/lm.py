@@ -4,7 +4,6 @@ text with it (or with its CTranslate2 export): sampling with temperature, top-k 
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import logging
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -88,7 +87,8 @@ def pretrain(
         log.warning("the validation text (%d tokens) is shorter than a block of %d: no validation; model.safetensors "
                     "will hold the weights of the last step (raise --valid-fraction)", len(valid_ids), block)
     result = train(model, lm_loss(), batches, cfg=train_cfg, run_dir=run_dir, device=dev, evaluate=validate,
-                   dist=dist, resume=resume, progress=progress, flops_per_token=model.flops_per_token())
+                   dist=dist, resume=resume, progress=progress, flops_per_token=model.flops_per_token(),
+                   fixed_shapes=True)  # every window is block_size long
     summary = runs.training_summary(run_dir, "gpt", model, result)
     if dist.is_main:
         runs.append_record(run_dir, "training", summary)
@@ -187,13 +187,14 @@ def validation_scores(model, device, ids, block: int, characters: int, batch_siz
     from nmtkit.data.batching import lm_windows
 
     starts = list(range(0, len(ids) - 1 - block + 1, block))
-    total, count = 0.0, 0
+    total, count = torch.zeros((), dtype=torch.float64, device=device), 0  # read once, at the end
     with torch.inference_mode():
         for i in range(0, len(starts), batch_size):
             batch = lm_windows(ids, starts[i : i + batch_size], block).to(device)
             logits = model(batch.ids)
-            total += F.cross_entropy(logits.float().flatten(0, 1), batch.targets.flatten(), reduction="sum").item()
+            total += F.cross_entropy(logits.float().flatten(0, 1), batch.targets.flatten(), reduction="sum").double()
             count += batch.target_tokens
+    total = total.item()
     covered_chars = characters * count / max(len(ids) - 1, 1)  # the windows cover all but a tail of < block tokens
     loss = total / max(count, 1)
     return {"valid_loss": round(loss, 4), "valid_ppl": round(math.exp(min(loss, 50)), 2),
@@ -319,27 +320,33 @@ def generate(
     num_samples: int = 1,
     buffer: int = 256,
     batch_size: int = 64,
+    wait: float | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Continue each prompt; yields one record per prompt and sample, in order: {"index", "prompt", "sample", "text"}.
-    Streams: prompts are read `buffer` at a time (memory stays flat, the first records come at once); within a
-    buffer, prompts of the same token length are sampled together, `batch_size` rows at a time."""
+    Streams: prompts are read `buffer` at a time (with `wait`, also what has come when the input pauses:
+    `line_chunks`); within a buffer, prompts of the same token length are sampled together, `batch_size` rows at
+    a time, and each record is given as soon as every earlier one is done."""
+    from nmtkit.data.sources import InOrder, line_chunks
+
     check_sampling(max_new_tokens, temperature, top_k, top_p)
     if num_samples < 1:
         raise ConfigError(f"--num-samples must be at least 1, got {num_samples}")
     rng = lm.seeded(seed)
     options = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p)
-    it, done = iter(prompts), 0
-    while chunk := list(itertools.islice(it, buffer)):
-        texts = _sample_buffer(lm, chunk, done, num_samples, rng, options, batch_size)
-        for i, p in enumerate(chunk):
-            for s in range(num_samples):
-                yield {"index": done + i + 1, "prompt": p, "sample": s + 1, "text": texts[(i, s)]}
+    done = 0
+    for chunk in line_chunks(prompts, buffer, wait):
+        ordered = InOrder(len(chunk) * num_samples)
+        for texts in _sample_buffer(lm, chunk, done, num_samples, rng, options, batch_size):
+            for k, text in ordered.add((i * num_samples + s, text) for (i, s), text in texts.items()):
+                i, s = divmod(k, num_samples)
+                yield {"index": done + i + 1, "prompt": chunk[i], "sample": s + 1, "text": text}
         done += len(chunk)
 
 
 def _sample_buffer(lm: LanguageModel, prompts: list[str], done: int, num_samples: int, rng, options,
-                   batch_size: int) -> dict[tuple[int, int], str]:
-    """The text of every (prompt, sample) of one buffer, prompts of one token length sampled together."""
+                   batch_size: int) -> Iterator[dict[tuple[int, int], str]]:
+    """The text of every (prompt, sample) of one buffer, prompts of one token length sampled together; yields
+    each batch's texts as it is done."""
     from nmtkit.tokenization import EOS_ID
 
     by_length: dict[int, list] = {}
@@ -347,15 +354,15 @@ def _sample_buffer(lm: LanguageModel, prompts: list[str], done: int, num_samples
         ids = _crop(lm, lm.encode_prompt(p), done + i)
         for s in range(num_samples):
             by_length.setdefault(len(ids), []).append((i, s, ids))
-    texts: dict[tuple[int, int], str] = {}
     for jobs in by_length.values():
         for start in range(0, len(jobs), batch_size):
             group = jobs[start : start + batch_size]
             steps = list(lm.steps([ids for _, _, ids in group], rng, **options))
+            texts: dict[tuple[int, int], str] = {}
             for row, (i, s, _) in enumerate(group):
                 new = [step[row] for step in steps]
                 texts[(i, s)] = lm.decode(new[: new.index(EOS_ID)] if EOS_ID in new else new)
-    return texts
+            yield texts
 
 
 def generate_stream(lm: LanguageModel, prompt: str, *, max_new_tokens: int = 200, temperature: float = 1.0,

@@ -3,7 +3,6 @@ CTranslate2 export), score translations with sacreBLEU, and evaluate a translato
 
 from __future__ import annotations
 
-import itertools
 import logging
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -129,7 +128,13 @@ def in_halves_on_oom(run, items: list, settings: str, describe) -> list:
                 + in_halves_on_oom(run, items[half:], settings, describe))
 
 
-def translate(
+def translate(translator: Translator, lines: Iterable[str | None], **options) -> Iterator[str]:
+    """Translate lines, exactly one output line per input line (`translate_blocks`, line by line)."""
+    for block in translate_blocks(translator, lines, **options):
+        yield from block
+
+
+def translate_blocks(
     translator: Translator,
     lines: Iterable[str | None],
     *,
@@ -141,30 +146,35 @@ def translate(
     max_len_ratio: float = 2.0,
     max_len_extra: int = 10,
     buffer_lines: int = 1024,
-) -> Iterator[str]:
-    """Translate lines, exactly one output line per input line, streaming in buffers of `buffer_lines`.
+    wait: float | None = None,
+) -> Iterator[list[str]]:
+    """Translate lines, exactly one output line per input line, given as blocks of output lines in input order:
+    after each batch, the lines whose every earlier line is done.
 
-    Within a buffer, sentences are sorted by length into batches and the results written back in input
-    order. An empty (or skipped, `None`) line gives an empty line; an over-long line is truncated with a
-    warning naming it. With `n_best > 1` each output line is a JSON object holding the hypotheses and scores.
+    The input is read in buffers of `buffer_lines` (with `wait`, also what has come when the input pauses:
+    `line_chunks`); within a buffer, sentences are sorted by length into batches of `batch_size`. An empty (or
+    skipped, `None`) line gives an empty line; an over-long line is truncated with a warning naming it. With
+    `n_best > 1` each output line is a JSON object holding the hypotheses and scores.
     """
+    from nmtkit.data.sources import InOrder, line_chunks
+
     if beam < 1 or n_best < 1 or n_best > beam:
         raise DataError(f"--beam {beam} and --n-best {n_best}: need 1 <= n-best <= beam")
     options = dict(beam=beam, length_penalty=length_penalty, n_best=n_best, max_len_ratio=max_len_ratio,
                    max_len_extra=max_len_extra, scores=with_scores)
-    it = iter(lines)
     lineno = 0
-    while chunk := list(itertools.islice(it, buffer_lines)):
+    for chunk in line_chunks(lines, buffer_lines, wait):
         src = _source_ids(translator, [line or "" for line in chunk], lineno)
         order = sorted(src, key=lambda i: len(src[i]))
-        results: dict[int, list[tuple[list[int], float]]] = {}
-        for start in range(0, len(order), batch_size):
+        ordered = InOrder(len(chunk), (i for i in range(len(chunk)) if i not in src))
+        for start in range(0, max(len(order), 1), batch_size):
             idx = order[start : start + batch_size]
-            results.update(zip(idx, in_halves_on_oom(
+            done = zip(idx, in_halves_on_oom(
                 lambda part: translator.translate_ids([src[i] for i in part], **options), idx,
-                f"--batch-size {batch_size}, --beam {beam}", lambda i: f"line {lineno + i + 1} ({len(src[i])} pieces)")))
-        for i in range(len(chunk)):
-            yield _output_line(translator, results.get(i, []), lineno + i + 1, n_best, with_scores)
+                f"--batch-size {batch_size}, --beam {beam}",
+                lambda i: f"line {lineno + i + 1} ({len(src[i])} pieces)")) if idx else ()
+            if ready := ordered.add(done):
+                yield [_output_line(translator, hyps or [], lineno + i + 1, n_best, with_scores) for i, hyps in ready]
         lineno += len(chunk)
 
 
@@ -440,14 +450,15 @@ def validation_scores(model, device, data, tok: Tokenizer, cfg: TrainConfig, tgt
     from nmtkit.data.batching import token_batches
     from nmtkit.tokenization import PAD_ID
 
-    total, items = 0.0, 0
+    total, items = torch.zeros((), dtype=torch.float64, device=device), 0  # read once, at the end
     with torch.inference_mode():
         for ids in token_batches(data.lengths(), cfg.max_tokens, shuffle=False):
             batch = data.collate(ids).to(device)
             logits = model(batch.src, batch.src_mask, batch.tgt_in)
             total += F.cross_entropy(logits.float().flatten(0, 1), batch.tgt_out.flatten(), ignore_index=PAD_ID,
-                                     reduction="sum").item()
+                                     reduction="sum").double()
             items += batch.target_tokens
+    total = total.item()
     order = sorted(range(len(data)), key=lambda i: len(data.src[i]))
     hyps: dict[int, str] = {}
     max_src = max_source_len(model.cfg)
