@@ -306,3 +306,94 @@ def test_an_empty_corpus_is_one_line_naming_its_files(tmp_path, demo_tokenizer, 
     one_line_error(empty, f"{src}, {tmp_path / 'empty.ko'}: empty corpus")
     assert not (tmp_path / "run").exists()
     assert {p.suffix for p in (prepared_cache / "prepared").iterdir()} == {".lock"}  # nothing prepared is kept
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Nothing in the cache is believed as it is (issue 26)
+
+
+def _truncate(path: Path, keep: int) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[:keep] if keep >= 0 else data[:keep])
+
+
+def _flip_meta(folder: Path, **changes) -> None:
+    import json
+
+    meta = json.loads((folder / "meta.json").read_text())
+    (folder / "meta.json").write_text(json.dumps({**meta, **changes}))
+
+
+DAMAGE = {  # what is done to a prepared folder of pairs, and what the warning says of it
+    "src.bin truncated": (lambda f: _truncate(f / "src.bin", -10), "src.bin has"),
+    "src.bin emptied": (lambda f: (f / "src.bin").write_bytes(b""), "src.bin has 0 bytes"),
+    "src.bin overwritten, longer": (lambda f: (f / "src.bin").write_bytes(b"\x07" * 99), "src.bin has 99 bytes"),
+    "tgt.idx truncated": (lambda f: _truncate(f / "tgt.idx", -8), "tgt.idx has"),
+    "src.len overwritten, same size": (lambda f: (f / "src.len").write_bytes(b"\x01" * (f / "src.len").stat().st_size),
+                                       "src.len changed since it was prepared"),
+    "tgt.len deleted": (lambda f: (f / "tgt.len").unlink(), "tgt.len missing"),
+    "meta.json emptied to {}": (lambda f: (f / "meta.json").write_text("{}"), "does not match its seal"),
+    "meta.json truncated": (lambda f: _truncate(f / "meta.json", 20), "meta.json unreadable"),
+    "meta.json dtype changed": (lambda f: _flip_meta(f, dtype="uint32"), "does not match its seal"),
+    "meta.json deleted": (lambda f: (f / "meta.json").unlink(), "meta.json missing"),
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGE))
+def test_a_damaged_prepared_folder_is_prepared_again_with_a_warning(damage, corpus, demo_tokenizer, tmp_path,
+                                                                    prepared_cache):
+    args = ("prepare", "--src", corpus[0], "--tgt", corpus[1], "-t", demo_tokenizer.folder)
+    first = run(*args)
+    folder = Path(first.stdout.strip())
+    files = {name: (folder / name).read_bytes() for name in FILES}
+    do, said = DAMAGE[damage]
+    do(folder)
+    again = run(*args)
+    assert again.exit_code == 0, again.output
+    warning = " ".join(again.stderr.split())
+    assert "the prepared data is damaged" in warning and said in warning and "preparing it again" in warning
+    assert Path(again.stdout.strip()) == folder and prepared.damage(folder) is None
+    assert {name: (folder / name).read_bytes() for name in FILES} == files
+    third = run(*args)  # and from then on it is used as it is
+    assert third.exit_code == 0 and "prepared" not in third.stderr and "damaged" not in third.stderr
+
+
+def test_training_never_uses_a_damaged_folder(corpus, demo_tokenizer, tmp_path, prepared_cache):
+    first = run("prepare", "--src", corpus[0], "--tgt", corpus[1], "-t", demo_tokenizer.folder)
+    folder = Path(first.stdout.strip())
+    (folder / "src.bin").write_bytes(b"")  # once trained on empty sources, exit 0
+    result = run("train-translator", "--src", corpus[0], "--tgt", corpus[1], "-t", demo_tokenizer.folder, "--d-model",
+                 "16", "--heads", "2", "--layers", "1", "--ff-dim", "32", "--max-len", "64", "--max-steps", "1",
+                 "--device", "cpu", "-o", tmp_path / "run")
+    assert result.exit_code == 0, result.output
+    assert "src.bin has 0 bytes" in " ".join(result.stderr.split())
+    assert mapped.PreparedPairs(folder, 64).ids["src"].size > 0
+
+
+def test_one_file_however_it_is_spelled_is_one_prepared_folder(corpus, demo_tokenizer, prepared_cache, monkeypatch):
+    monkeypatch.chdir(corpus[0].parent.parent)
+    relative = [Path(corpus[0].parent.name) / p.name for p in corpus]
+    spellings = [relative, [Path(".") / p for p in relative], [p.resolve() for p in corpus]]
+    folders = {run("prepare", "--src", s, "--tgt", t, "-t", demo_tokenizer.folder).stdout.strip() for s, t in spellings}
+    assert len(folders) == 1 and len(prepared_folders(prepared_cache)) == 1
+
+
+def test_a_run_records_the_files_it_was_trained_on(corpus, demo_tokenizer, tmp_path, prepared_cache):
+    """An edit that keeps a file's size and modification time is not seen (the files are not read again), but the
+    run's record names what it was trained on: the sha256 taken while preparing."""
+    import hashlib
+    import json
+
+    prepared_sha = hashlib.sha256(corpus[1].read_bytes()).hexdigest()
+    run("prepare", "--src", corpus[0], "--tgt", corpus[1], "-t", demo_tokenizer.folder)
+    stat = corpus[1].stat()
+    corpus[1].write_bytes(corpus[1].read_bytes().replace(b"x\n", b"z\n"))
+    os.utime(corpus[1], ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    result = run("train-translator", "--src", corpus[0], "--tgt", corpus[1], "-t", demo_tokenizer.folder, "--d-model",
+                 "16", "--heads", "2", "--layers", "1", "--ff-dim", "32", "--max-len", "64", "--max-steps", "1",
+                 "--device", "cpu", "-o", tmp_path / "run")
+    assert result.exit_code == 0, result.output
+    record = json.loads((tmp_path / "run" / "run.json").read_text())
+    train = record["data"]["train"]
+    assert train[1]["path"] == str(corpus[1].resolve()) and train[1]["sha256"] == prepared_sha
+    assert train[1]["prepared"] == str(prepared_folders(prepared_cache)[0])

@@ -22,7 +22,16 @@ modification time (nanoseconds), the tokenizer model's sha256, the --on-bad-line
 version: a file changed after preparation (its size or mtime changes) gives another key and is prepared
 again, and the stale folder of the same source is removed. A folder is assembled under a temporary name and
 renamed into place after its files are on disk, under a lock, so an interrupted or failed preparation leaves
-nothing a later run would trust.
+nothing a later run would trust. The same file named in other words (`d/train.de`, `./d/train.de`, its absolute
+path) is one key: the key holds each file's resolved path, not its spelling.
+
+Nothing in the cache is believed as it is: meta.json records every file's size and the sha256 of the small
+files (offsets, lengths, labels), and is itself sealed by a sha256 of its content. Before a folder is used,
+`damage` checks the seal, the format, every size and those checksums (a few bytes a pair are read, never the
+ids); a folder that fails is prepared again, with a warning saying what was wrong, and a damaged or half-deleted
+folder never stands in the way of that. The input files' sha256 are taken while preparing, so a run records
+what it was trained on (an edit that keeps a file's size and modification time is not seen: the files are not
+read again to look for one).
 
 Preparation streams the source through its reader (plain, gzip, TSV/CSV/JSON(L), Hugging Face datasets) in
 chunks that worker processes tokenize, in order; memory does not grow with the corpus.
@@ -52,7 +61,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("nmtkit")
 
-FORMAT = 1
+FORMAT = 2  # 2: sealed meta.json with sizes and checksums
 META = "meta.json"
 SIDES = ("src", "tgt")
 MAX_LENGTH = 65535  # lengths are stored as uint16; longer sentences are over any --max-len anyway
@@ -78,7 +87,10 @@ def describe(source, tokenizer: "Tokenizer", on_bad_line: str) -> dict:
         except OSError:
             raise DataError(f"{path}: no such file") from None
         files.append({"path": str(path.resolve()), "bytes": st.st_size, "mtime_ns": st.st_mtime_ns})
-    inputs = {"format": FORMAT, "source": to_dict(source), "files": files, "on_bad_line": on_bad_line,
+    named = to_dict(source)
+    for field in ("src", "tgt", "table", "file"):  # the files as spelled: their resolved paths are in `files`
+        named.pop(field, None)
+    inputs = {"format": FORMAT, "source": named, "files": files, "on_bad_line": on_bad_line,
               "tokenizer": file_sha256(tokenizer.folder / MODEL_FILE)}
     if source.dataset:  # a Hugging Face dataset: its fingerprint changes when its data does
         from nmtkit.data.sources import load_dataset
@@ -109,10 +121,11 @@ def provide(source, tokenizer: "Tokenizer", *, kind: str = "pairs", on_bad_line:
     inputs = {**describe(source, tokenizer, on_bad_line), "kind": kind}
     root = Path(cache_dir) if cache_dir else cache_root() / "prepared"
     folder = root / _key(inputs)
-    if (folder / META).is_file():
+    problem = damage(folder) if folder.is_dir() else "missing"
+    if problem is None:
         return folder
     if not may_prepare:
-        raise DataError(f"{folder}: the prepared data is missing (rank 0 should have prepared it)")
+        raise DataError(f"{folder}: the prepared data is {problem} (rank 0 should have prepared it)")
     try:
         root.mkdir(parents=True, exist_ok=True)
         lock = os.open(root / f"{folder.name}.lock", os.O_RDWR | os.O_CREAT, 0o644)
@@ -120,15 +133,21 @@ def provide(source, tokenizer: "Tokenizer", *, kind: str = "pairs", on_bad_line:
         raise write_error(root, exc) from None
     try:
         fcntl.flock(lock, fcntl.LOCK_EX)  # another process preparing the same data: wait for it, then reuse
-        if (folder / META).is_file():
+        problem = damage(folder) if folder.is_dir() else "missing"
+        if problem is None:
             return folder
+        if folder.is_dir():  # damaged, or half deleted: it goes, and is prepared again
+            log.warning("%s: the prepared data is damaged (%s); preparing it again", folder, problem)
+            shutil.rmtree(folder, ignore_errors=True)
         _remove_abandoned(root, folder.name)
         _remove_stale(root, _same_source(inputs))
         tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=root))
         try:
             meta = prepare(source, tokenizer, tmp, folder, kind=kind, on_bad_line=on_bad_line, workers=workers,
                            progress=progress, parallel=workers != 1 and _input_bytes(inputs) >= PARALLEL_BYTES)
-            write_json(tmp / META, {**meta, "inputs": inputs, "source_key": _same_source(inputs)})
+            files_sha256 = [file_sha256(path) for path in source.files()]  # what this folder was made of
+            write_json(tmp / META, _sealed(tmp, {**meta, "inputs": inputs, "source_key": _same_source(inputs),
+                                                 "files_sha256": files_sha256}))
             os.replace(tmp, folder)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -139,6 +158,53 @@ def provide(source, tokenizer: "Tokenizer", *, kind: str = "pairs", on_bad_line:
              "pairs" if kind == "pairs" else "examples", " + ".join(f"{n:,}" for n in meta["tokens"].values()),
              meta["seconds"], f"{meta['lines_per_s']:,.0f}", folder)
     return folder
+
+
+def _seal(meta: dict) -> str:
+    return hashlib.sha256(json.dumps({k: v for k, v in meta.items() if k != "seal"}, sort_keys=True).encode()).hexdigest()
+
+
+def _sealed(tmp: Path, meta: dict) -> dict:
+    """meta.json's content with every file's size, the sha256 of the small files (all but the ids), and the seal."""
+    names = sorted(p.name for p in tmp.iterdir() if p.name != META)
+    meta = {**meta, "bytes": {name: (tmp / name).stat().st_size for name in names},
+            "checks": {name: file_sha256(tmp / name) for name in names if not name.endswith(".bin") or name == "labels.bin"}}
+    return {**meta, "seal": _seal(meta)}
+
+
+def damage(folder: Path) -> str | None:
+    """What is wrong with a prepared folder, or None when it may be used: meta.json readable, sealed (its seal
+    the sha256 of its content) and of this format; every file there with the size meta.json records; the small
+    files (offsets, lengths, labels) with their recorded sha256. The ids are checked by size only."""
+    if not (folder / META).is_file():
+        return f"{META} missing"
+    try:
+        meta = read_json(folder / META)
+    except Exception:  # noqa: BLE001 - unreadable in any way: not to be trusted
+        return f"{META} unreadable"
+    if not isinstance(meta, dict) or meta.get("seal") != _seal(meta):
+        return f"{META} does not match its seal"
+    if meta.get("format") != FORMAT:
+        return f"format {meta.get('format')}, not {FORMAT}"
+    for name, size in meta["bytes"].items():
+        try:
+            actual = (folder / name).stat().st_size
+        except OSError:
+            return f"{name} missing"
+        if actual != size:
+            return f"{name} has {actual:,} bytes, not {size:,}"
+    for name, digest in meta["checks"].items():
+        if file_sha256(folder / name) != digest:
+            return f"{name} changed since it was prepared"
+    return None
+
+
+def trained_on(folder: Path) -> list[dict]:
+    """The input files of a prepared folder as run records name data files: path, size and the sha256 taken
+    while preparing (what the run is trained on, whatever the files hold now)."""
+    meta = read_json(folder / META)
+    return [{"path": f["path"], "bytes": f["bytes"], "sha256": digest, "prepared": str(folder)}
+            for f, digest in zip(meta["inputs"]["files"], meta["files_sha256"])]
 
 
 def _input_bytes(inputs: dict) -> int:

@@ -272,7 +272,8 @@ def finetune(
         examples = len(train_examples), len(valid_examples)
     log.info("%s: %d training and %d validation examples%s; GPT on %s", task, *examples,
              f" ({len(train_data.seqs)} windows)" if task == "qa" else "", dev)
-    _write_config(run_dir, resume, task, model_cfg, labels, train_cfg, s, data, command, dev)
+    _write_config(run_dir, resume, task, model_cfg, labels, train_cfg, s, data, command, dev,
+                  getattr(train_data, "folder", None))
 
     seed_everything(train_cfg.seed)
     model = _task_model(task, model_cfg, labels, s["pretrained"], s["from_scratch"] or resume, data["freeze"])
@@ -391,8 +392,9 @@ def _classify_data(s: dict[str, Any], tok: Tokenizer, max_len: int, on_bad_line,
 
 
 def _write_config(run_dir: Path, resume: bool, task: str, model_cfg, labels, train_cfg, s: dict[str, Any],
-                  data: dict[str, Any], command, device) -> None:
-    """config.json and run.json of a new run; a resumed run's config.json gets its new training limits."""
+                  data: dict[str, Any], command, device, prepared_folder: Path | None = None) -> None:
+    """config.json and run.json of a new run (prepared training data recorded as it was prepared:
+    `prepared_folder`); a resumed run's config.json gets its new training limits."""
     if resume:
         checkpoint.update_config(run_dir, train=to_dict(train_cfg))
         return
@@ -400,8 +402,11 @@ def _write_config(run_dir: Path, resume: bool, task: str, model_cfg, labels, tra
     checkpoint.write_config(run_dir, "finetune", task=task, model=to_dict(model_cfg), labels=labels,
                             train=to_dict(train_cfg), init={"pretrained": s["pretrained"], "from_scratch": s["from_scratch"]},
                             data={"train": to_dict(train), "valid": to_dict(valid) if valid else None, **data})
-    files = train.files() + (valid.files() if valid else [])
-    runs.start_record(run_dir, command, train_cfg.seed, device, {"files": describe_files(files)})
+    from nmtkit.data.prepared import trained_on
+
+    trained = trained_on(prepared_folder) if prepared_folder else describe_files(train.files())
+    runs.start_record(run_dir, command, train_cfg.seed, device,
+                      {"files": trained + (describe_files(valid.files()) if valid else [])})
 
 
 def _task_model(task: str, model_cfg, labels, pretrained, new_weights: bool, freeze: bool):

@@ -334,7 +334,8 @@ def train_translator(
              f", {len(valid_data)} validation pairs" if valid_data else "", arch, dev,
              f" x {dist.world_size} processes" if dist.enabled else "")
     if dist.is_main:
-        _write_config(run_dir, resume, arch, model_cfg, train_cfg, train_source, valid_source, command, dev, dist)
+        _write_config(run_dir, resume, arch, model_cfg, train_cfg, train_source, valid_source, command, dev, dist,
+                      train_data.folder)
 
     seed_everything(train_cfg.seed)  # the initial weights depend on the seed alone
     model = build_translator(arch, model_cfg)
@@ -404,8 +405,11 @@ def _data(train_source: ParallelSource, valid_source: ParallelSource | None, tok
 
 
 def _write_config(run_dir: Path, resume: bool, arch: str, model_cfg, train_cfg, train_source: ParallelSource,
-                  valid_source: ParallelSource | None, command, device, dist) -> None:
-    """config.json and run.json of a new run; a resumed run's config.json gets its new training limits."""
+                  valid_source: ParallelSource | None, command, device, dist, prepared_folder: Path) -> None:
+    """config.json and run.json of a new run (the training files as they were prepared: `prepared_folder`); a
+    resumed run's config.json gets its new training limits."""
+    from nmtkit.data.prepared import trained_on
+
     if resume:
         checkpoint.update_config(run_dir, train=to_dict(train_cfg))
         return
@@ -413,7 +417,7 @@ def _write_config(run_dir: Path, resume: bool, arch: str, model_cfg, train_cfg, 
                             data={"train": to_dict(train_source), "valid": to_dict(valid_source) if valid_source else None,
                                   "src_lang": train_source.src_lang, "tgt_lang": train_source.tgt_lang})
     runs.start_record(run_dir, command, train_cfg.seed, device, {
-        "train": describe_files(train_source.files()),
+        "train": trained_on(prepared_folder),
         "valid": describe_files(valid_source.files()) if valid_source else []}, dist.world_size)
 
 
