@@ -1,6 +1,7 @@
 """The command line at its boundary: Typer's CliRunner, exit codes, stdout vs stderr, one-line errors."""
 
 import gzip
+from pathlib import Path
 import json
 import subprocess
 import sys
@@ -170,3 +171,30 @@ def test_training_flags_come_from_the_config_dataclasses_with_each_command_s_def
     assert "--unidirectional" in next(p for p in commands["train-translator"].params if p.name == "bidirectional").secondary_opts
     assert not any(p.name == "max_tokens" for p in commands["pretrain"].params)  # pretrain sets it from --batch-size
     assert from_dict(TrainConfig, {"warmup": 7, "max-steps": 9}).warmup_steps == 7
+
+
+def test_logs_in_a_file_are_one_plain_record_per_line(tmp_path):
+    """`2> train.log`: no padding, no wrapping, no progress bar; the line that matters is whole for grep."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import DEMO
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent / "src"), "COLUMNS": "40"}
+    with open(tmp_path / "train.log", "w") as log_file:
+        done = subprocess.run([sys.executable, "-m", "nmtkit", "train-translator", "--src", str(DEMO / "train.en"),
+                               "--tgt", str(DEMO / "train.ko"), "--vocab-size", "300", "--d-model", "16", "--heads", "2",
+                               "--layers", "1", "--ff-dim", "32", "--max-steps", "4", "--log-every", "2", "--device",
+                               "cpu", "-o", str(tmp_path / "run")], env=env, stdout=subprocess.PIPE, stderr=log_file,
+                              text=True)
+    assert done.returncode == 0
+    lines = (tmp_path / "train.log").read_text(encoding="utf-8").splitlines()
+    assert lines and all(line.split(" ", 1)[0] in ("INFO", "WARNING") for line in lines), lines
+    assert not [line for line in lines if line != line.rstrip()]
+    assert [line for line in lines if line.startswith("INFO step ")] == [line for line in lines if " step " in line
+                                                                          and "loss" in line]
+    assert len([line for line in lines if line.startswith("INFO step ")]) == 3  # steps 1, 2, 4
+    (trained,) = [line for line in lines if "trained transformer" in line]
+    assert "for 4 steps in" in trained and "model.safetensors holds the last step (4)" in trained
+    assert not any("━" in line for line in lines)

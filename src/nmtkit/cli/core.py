@@ -39,10 +39,28 @@ err = Console(stderr=True)
 log = logging.getLogger("nmtkit")
 
 
+class _Stderr(logging.StreamHandler):
+    """A plain log handler writing to whatever `sys.stderr` is when a record comes (as rich's console does)."""
+
+    @property  # type: ignore[override]
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def _setup_logging(quiet: bool = False) -> None:
+    """Logs on stderr: rich's aligned, wrapped lines on a terminal; elsewhere (`2> train.log`, a pipe) one plain
+    record per line, `LEVEL message`, never padded or wrapped, so grep finds every line whole."""
     if not log.handlers:
-        handler = RichHandler(console=err, show_time=False, show_path=False, markup=False)
-        handler.setFormatter(logging.Formatter("%(message)s"))
+        if err.is_terminal:
+            handler: logging.Handler = RichHandler(console=err, show_time=False, show_path=False, markup=False)
+            handler.setFormatter(logging.Formatter("%(message)s"))
+        else:
+            handler = _Stderr()
+            handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
         log.addHandler(handler)
         log.propagate = False
     log.setLevel(logging.WARNING if quiet else logging.INFO)
@@ -357,7 +375,8 @@ def wide_console(width: int = 100) -> Console:
 
 class TrainingDisplay:
     """A rich progress bar on stderr with loss, learning rate, tokens/s and ETA; evaluations as log lines. The bar
-    appears with the first training step (a command that fails before it leaves no empty line)."""
+    appears with the first training step (a command that fails before it leaves no empty line). When stderr is
+    not a terminal, no bar: each logged step is a log line."""
 
     def __init__(self):
         from rich.progress import (
@@ -383,6 +402,12 @@ class TrainingDisplay:
             self.progress.stop()
 
     def __call__(self, event: dict) -> None:
+        if not err.is_terminal and event["event"] != "eval":  # a log file: logged steps as lines, no bar
+            if event["event"] == "train":
+                log.info("step %d%s: loss %.4f, lr %.2e, %s tokens/s%s", event["step"],
+                         f"/{event['max_steps']}" if event["max_steps"] < 10**9 else "", event["train_loss"],
+                         event["lr"], f"{event['tokens_per_s']:,}", f", MFU {event['mfu']:.1%}" if "mfu" in event else "")
+            return
         if event["event"] == "prepare":  # tokenizing the training data, the first time
             if self.preparing is None:
                 self.progress.start()
