@@ -176,3 +176,65 @@ def test_real_corpora_read(shared_corpora):
     assert sum(1 for _ in read_table(shared_corpora / "sst2" / "train.tsv", ["sentence", "label"])) == 66349
     assert len(read_squad(shared_corpora / "squad" / "train.json")) == 8123
     assert len(read_instructions(shared_corpora / "code_alpaca" / "train.json")) == 1717
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Users' tables, as the csv module and spreadsheets mean them (issue 26)
+
+
+def _cli(*args):
+    from typer.testing import CliRunner
+
+    from nmtkit.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def _prepared_texts(folder, tok):
+    """The source and target texts of a prepared folder, decoded."""
+    from pathlib import Path
+
+    from nmtkit.data import mapped
+
+    data = mapped.PreparedPairs(Path(folder), 1000)
+    pairs = [data.pair(i) for i in range(len(data))]
+    return [tuple(tok.decode([side.tolist()])[0] for side in pair) for pair in pairs]
+
+
+def test_a_csv_table_keeps_line_breaks_in_quoted_fields_and_drops_the_byte_order_mark(tmp_path, demo_tokenizer):
+    table = write(tmp_path / "pairs.csv", '\ufeffen,ko\n"two\nlines","x, ""y"""\nplain,z\n'.encode("utf-8"))
+    assert list(corpora.read_table(table, ["en", "ko"])) == [("two\nlines", 'x, "y"'), ("plain", "z")]
+    result = _cli("prepare", "--train", table, "--src-column", "en", "--tgt-column", "ko", "-t", demo_tokenizer.folder)
+    assert result.exit_code == 0, result.output  # the first column is 'en', not '\ufeffen'
+    texts = _prepared_texts(result.stdout.strip(), demo_tokenizer)
+    assert texts[0][0] in ("two lines", "two\nlines") and texts[1] == ("plain", "z")  # not 'twolines'
+
+
+def test_a_field_over_128_kb_is_a_text_not_a_malformed_row(tmp_path):
+    long = "word " * 40_000  # 200 KB
+    table = write(tmp_path / "long.csv", f'text,label\n"{long}",pos\nshort,neg\n')
+    assert [label for _, label in corpora.read_table(table, ["text", "label"])] == ["pos", "neg"]
+
+
+def test_labels_are_class_names_and_an_empty_one_is_refused_with_its_row(tmp_path, gpt):
+    from nmtkit.data.sources import TaskSource
+
+    table = write(tmp_path / "labels.tsv", "text\tlabel\ngood\tpos \nbad\tneg\nfine\t pos\n")
+    assert list(TaskSource(file=str(table)).labelled()) == [("good", "pos"), ("bad", "neg"), ("fine", "pos")]
+    empty = write(tmp_path / "empty.tsv", "text\tlabel\ngood\tpos\nbad\t\nfine\tpos\n")
+    result = _cli("finetune", "--task", "classify", "-m", gpt, "--train", empty, "--max-steps", "1", "--device", "cpu",
+                  "-o", tmp_path / "run")
+    assert result.exit_code == 1
+    assert f"{empty}:3: the label (column 'label') is empty; use --on-bad-line skip" in " ".join(result.stderr.split())
+    assert list(TaskSource(file=str(empty)).labelled("skip")) == [("good", "pos"), ("fine", "pos")]
+
+
+def test_train_tokenizer_trains_on_lines_longer_than_sentencepiece_takes(tmp_path):
+    import json as json_
+
+    words = [f"w{i % 97}x{i % 13}" for i in range(3000)]
+    text = write(tmp_path / "long.txt", " ".join(words) + "\n" + "".join(words[:2000]) + "\n")  # 20 KB and 12 KB
+    result = _cli("train-tokenizer", text, "-o", tmp_path / "tok", "--vocab-size", "20")
+    assert result.exit_code == 0, result.output  # was: INTERNAL ... [!sentences_.empty()]
+    assert "2 line(s) longer than sentencepiece's 4,192 bytes were trained on in pieces" in " ".join(result.stderr.split())
+    assert json_.loads((tmp_path / "tok" / "tokenizer.json").read_text())["long_lines_in_pieces"] == 2

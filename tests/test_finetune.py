@@ -232,7 +232,6 @@ def test_from_scratch_keeps_the_architecture_and_freeze_trains_the_head_only(pre
 
 @pytest.mark.parametrize("args, message", [
     (["--task", "classify"], "no training data"),
-    (["--task", "sort", "--train", "x.tsv"], "--task 'sort' is not valid"),
     (["--task", "generate", "--train", "x.json", "--freeze-body"], "nothing to train"),
 ])
 def test_finetune_errors_are_one_line(pretrained, tmp_path, args, message):
@@ -281,3 +280,16 @@ def test_classify_answers_each_line_while_the_pipe_stays_open(pretrained, tiny_t
         assert process.wait(30) == 0 and next_line(1) is None
     finally:
         process.kill()
+
+
+def test_classify_warns_of_a_truncated_text_naming_its_file_and_line(pretrained, tiny_tasks, tmp_path):
+    run_dir = tmp_path / "ft"
+    finetune.finetune(run_dir=run_dir, task="classify", pretrained=str(pretrained), device="cpu",
+                      train_source=TaskSource(file=str(tiny_tasks["classify"])), train_settings={**FAST, "max_steps": 2},
+                      batch_size=8)
+    first = write(tmp_path / "a.txt", "I am happy today\n")
+    second = write(tmp_path / "b.txt", "what a terrible day\n" + "this is great fun " * 40 + "\n")
+    result = run("classify", "-m", run_dir, "--device", "cpu", first, second)
+    assert result.exit_code == 0 and len(result.stdout.splitlines()) == 3
+    said = " ".join(result.stderr.split())
+    assert f"{second}:2: " in said and "pieces, truncated to 63" in said

@@ -13,16 +13,19 @@ per line) and `tokenizer.json` (how it was trained). What is *not* here: reading
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 from nmtkit.config import TokenizerConfig, to_dict
 from nmtkit.errors import CheckpointError, DataError
 from nmtkit.files import check_output_folder, read_json, temporary_target, write_json
+
+log = logging.getLogger("nmtkit")
 
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 SPECIAL_PIECES = {"pad": "<pad>", "unk": "<unk>", "bos": "<s>", "eos": "</s>"}
@@ -160,6 +163,9 @@ def train_tokenizer(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    if counted.long:
+        log.info("%d line(s) longer than sentencepiece's %s bytes were trained on in pieces", counted.long,
+                 f"{MAX_SENTENCE_BYTES:,}")
     try:
         _write_info(tmp, cfg, counted, provenance)
         if target.is_dir():
@@ -185,19 +191,24 @@ def _write_info(folder: Path, cfg: TokenizerConfig, counted: "_Counter", provena
         "vocab_size": spm.SentencePieceProcessor(model_file=str(folder / MODEL_FILE)).GetPieceSize(),
         "special_ids": {"pad": PAD_ID, "unk": UNK_ID, "bos": BOS_ID, "eos": EOS_ID},
         "sentences": counted.count,
+        "long_lines_in_pieces": counted.long,
         "data": provenance or {},
         "sentencepiece_version": spm.__version__,
     })
 
 
+MAX_SENTENCE_BYTES = 4192  # sentencepiece's limit on a training sentence: it drops longer ones without a word
+
+
 class _Counter:
-    """Counts what flows into the trainer (for the record and for the empty-corpus message)."""
+    """Counts what flows into the trainer (for the record and for the empty-corpus message). A line longer than
+    sentencepiece takes is trained on in pieces (cut at spaces where there are any), counted in `long`."""
 
     def __init__(self, sentences: Iterable[str]):
         self.sentences = sentences
         self.count = 0
         self.nonblank = 0
-
+        self.long = 0
         self.error: Exception | None = None
 
     def __iter__(self):
@@ -206,6 +217,24 @@ class _Counter:
                 self.count += 1
                 if s.strip():
                     self.nonblank += 1
-                    yield s
+                    if len(s) * 4 < MAX_SENTENCE_BYTES or len(s.encode("utf-8")) <= MAX_SENTENCE_BYTES:
+                        yield s
+                    else:
+                        self.long += 1
+                        yield from _pieces(s, MAX_SENTENCE_BYTES // 4)
         except Exception as exc:  # sentencepiece would bury a reader's error in its own; keep it for the caller
             self.error = exc
+
+
+def _pieces(text: str, size: int) -> Iterator[str]:
+    """`text` in pieces of at most `size` characters (so at most 4 x size bytes), each cut after its last space
+    when it has one."""
+    start = 0
+    while start < len(text):
+        end = min(start + size, len(text))
+        if end < len(text):
+            space = text.rfind(" ", start + 1, end)
+            end = space + 1 if space > start else end
+        if text[start:end].strip():
+            yield text[start:end]
+        start = end

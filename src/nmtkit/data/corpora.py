@@ -175,7 +175,9 @@ def decode_pairs(first: int, s_block: bytes, t_block: bytes, names: tuple[str, s
 
 
 class _LineTracker:
-    """Feeds decoded lines to the csv module while remembering the current line number."""
+    """Feeds decoded lines to the csv module, each with its line ending (so a quoted field that spans lines keeps
+    its line breaks) and the first without a byte-order mark (what spreadsheets write before the header), while
+    remembering the current line number."""
 
     def __init__(self, lines: Iterator[str | None]):
         self.lines = lines
@@ -185,7 +187,10 @@ class _LineTracker:
         for line in self.lines:
             self.lineno += 1
             if line is not None:
-                yield line
+                yield (line[1:] if self.lineno == 1 and line.startswith("\ufeff") else line) + "\n"
+
+
+FIELD_LIMIT = 1 << 30  # the csv module's limit on one field (128 KB by default): a long text is a text
 
 
 def read_table(
@@ -195,12 +200,17 @@ def read_table(
     header: bool = True,
     delimiter: str | None = None,
     on_bad_line: OnBadLine = "error",
+    numbered: bool = False,
 ) -> Iterator[tuple[str, ...]]:
-    """The chosen columns of a TSV or CSV file (by header name, or numbered from 1 as in `cut`).
+    """The chosen columns of a TSV or CSV file (by header name, or numbered from 1 as in `cut`); with `numbered`,
+    each as (where, fields), where = "path:line".
 
-    `.tsv` files are split on tabs with no quoting (as GLUE's are), `.csv` files with standard CSV quoting.
+    `.tsv` files are split on tabs with no quoting (as GLUE's are), `.csv` files as the csv module and
+    spreadsheets read them: quoted fields may hold the delimiter, quotes and line breaks.
     """
     path = Path(path)
+    if csv.field_size_limit() < FIELD_LIMIT:
+        csv.field_size_limit(FIELD_LIMIT)
     is_tsv = (delimiter or ("\t" if base_suffix(path) == ".tsv" else ",")) == "\t"
     with open_binary(path) as stream:
         tracker = _LineTracker(decode_lines(stream, str(path), on_bad_line))
@@ -226,7 +236,8 @@ def read_table(
                         raise DataError(message + "; use --on-bad-line skip to skip such rows")
                     log.warning("%s (skipped)", message)
                     continue
-                yield tuple(row[i] for i in indices)
+                fields = tuple(row[i] for i in indices)
+                yield (f"{path}:{tracker.lineno}", fields) if numbered else fields  # type: ignore[misc]
         except csv.Error as exc:
             raise DataError(f"{path}:{tracker.lineno}: malformed row: {exc}") from None
 
@@ -327,16 +338,17 @@ def nonempty(texts: Iterable[str], name: str) -> Iterator[str]:
 
 
 def read_two_columns(path: str | Path, first: str, second: str, *, header: bool = True, delimiter: str | None = None,
-                     on_bad_line: OnBadLine = "error") -> Iterator[tuple[str, str]]:
+                     on_bad_line: OnBadLine = "error", numbered: bool = False) -> Iterator[tuple[str, str]]:
     """Pairs from two columns of a TSV/CSV file (by name, or numbered from 1) or two fields of JSON(L) records:
-    (text, label) examples, or (source, target) sentence pairs."""
+    (text, label) examples, or (source, target) sentence pairs; with `numbered`, each as (where, pair)."""
     suffix = base_suffix(path)
     if suffix in TABLE_SUFFIXES or delimiter:
         yield from read_table(path, [first, second], header=header, delimiter=delimiter,  # type: ignore[misc]
-                              on_bad_line=on_bad_line)
+                              on_bad_line=on_bad_line, numbered=numbered)
     elif suffix in JSON_SUFFIXES:
         for where, rec in read_records(path):
-            yield record_field(rec, first, where), record_field(rec, second, where)
+            pair = record_field(rec, first, where), record_field(rec, second, where)
+            yield (where, pair) if numbered else pair  # type: ignore[misc]
     else:
         raise DataError(f"{path}: two columns come from a TSV, CSV, JSON or JSONL file (got {suffix or 'no suffix'}; "
                         "a table of another name needs --delimiter)")

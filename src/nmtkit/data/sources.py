@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import logging
 import queue
 import threading
 from pathlib import Path
@@ -26,6 +27,8 @@ from typing import Any, Iterable, Iterator, TypeVar
 from nmtkit.data import corpora, registry
 from nmtkit.errors import DataError
 from nmtkit.files import file_sha256
+
+log = logging.getLogger("nmtkit")
 
 
 def expand_inputs(inputs: Iterable[str]) -> list[Path]:
@@ -46,17 +49,43 @@ def expand_inputs(inputs: Iterable[str]) -> list[Path]:
 
 
 def input_lines(files: Iterable[str | Path] | None, stdin=None,
-                on_bad_line: corpora.OnBadLine = "error") -> Iterator[str | None]:
+                on_bad_line: corpora.OnBadLine = "error") -> "InputLines":
     """The decoded lines of the given files (known corpus names resolved), or of `stdin` when there are none.
     `None` stands for a line skipped as invalid UTF-8, so line-by-line commands keep the line count."""
-    files = list(files or [])
-    if not files:
-        if stdin is None:
-            raise DataError("no input: stdin is closed; give input files")
-        yield from corpora.decode_lines(stdin, "<stdin>", on_bad_line)
-    for spec in files:
-        with corpora.open_binary(registry.resolve(spec)) as stream:
-            yield from corpora.decode_lines(stream, str(spec), on_bad_line)
+    return InputLines(list(files or []), stdin, on_bad_line)
+
+
+class InputLines:
+    """The lines `input_lines` gives, and where each came from: `where(n)` is "file:line" of the n-th line read
+    (from 1), for messages about a line of several input files."""
+
+    def __init__(self, files: list, stdin, on_bad_line: corpora.OnBadLine):
+        self.files, self.stdin, self.on_bad_line = files, stdin, on_bad_line
+        self.starts: list[int] = []  # lines read before each input
+        self.names: list[str] = []
+        self.count = 0
+
+    def __iter__(self) -> Iterator[str | None]:
+        if not self.files:
+            if self.stdin is None:
+                raise DataError("no input: stdin is closed; give input files")
+            yield from self._read(self.stdin, "<stdin>")
+        for spec in self.files:
+            with corpora.open_binary(registry.resolve(spec)) as stream:
+                yield from self._read(stream, str(spec))
+
+    def _read(self, stream, name: str) -> Iterator[str | None]:
+        self.starts.append(self.count)
+        self.names.append(name)
+        for line in corpora.decode_lines(stream, name, self.on_bad_line):
+            self.count += 1
+            yield line
+
+    def where(self, n: int) -> str:
+        import bisect
+
+        i = bisect.bisect_right(self.starts, n - 1) - 1
+        return f"{self.names[i]}:{n - self.starts[i]}" if i >= 0 else f"line {n}"
 
 
 T = TypeVar("T")
@@ -246,6 +275,23 @@ class TextSource:
         return ", ".join([str(p) for p in self.files()] + ([self.dataset] if self.dataset else [])) or "the data"
 
 
+def _labels_checked(rows: Iterable[tuple[str, tuple[str, Any]]], column: str,
+                    on_bad_line: corpora.OnBadLine) -> Iterator[tuple[str, str]]:
+    """(text, label) pairs with each label as a class name: the cell's text without the spaces around it (`1 ` is
+    class `1`); an empty label is an error naming its row (skipped and counted with --on-bad-line skip)."""
+    skipped = corpora.ReadStats()
+    for where, (text, label) in rows:
+        label = str(label).strip()
+        if not label:
+            if on_bad_line == "error":
+                raise DataError(f"{where}: the label (column {column!r}) is empty; use --on-bad-line skip to skip such rows")
+            skipped.skip(where)
+            continue
+        yield text, label
+    if skipped.skipped:
+        log.warning("skipped %d row(s) with an empty label (first at %s)", skipped.skipped, skipped.first_skipped[0])
+
+
 @dataclasses.dataclass(frozen=True)
 class TaskSource:
     """A fine-tuning task's examples: a `file` (TSV/CSV/JSON(L) for classify, SQuAD JSON for qa, Alpaca-style
@@ -265,10 +311,13 @@ class TaskSource:
     def labelled(self, on_bad_line: corpora.OnBadLine = "error") -> Iterator[tuple[str, str]]:
         """The (text, label) pairs of a classification data set, streamed."""
         if self.file:
-            return corpora.read_two_columns(registry.resolve(self.file), self.text_column, self.label_column,
-                                            on_bad_line=on_bad_line)
-        ds, name = self._dataset()
-        return zip(corpora.hf_column(ds, self.text_column, name), corpora.hf_column(ds, self.label_column, name))
+            rows = corpora.read_two_columns(registry.resolve(self.file), self.text_column, self.label_column,
+                                            on_bad_line=on_bad_line, numbered=True)
+        else:
+            ds, name = self._dataset()
+            rows = ((f"dataset {name!r}, row {i + 1}", pair) for i, pair in enumerate(
+                zip(corpora.hf_column(ds, self.text_column, name), corpora.hf_column(ds, self.label_column, name))))
+        return _labels_checked(rows, self.label_column, on_bad_line)
 
     def examples(self, task: str, on_bad_line: corpora.OnBadLine = "error") -> list:
         """(text, label) pairs for classify, `QAExample`s for qa, `Instruction`s for generate."""

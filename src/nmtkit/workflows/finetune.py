@@ -448,15 +448,22 @@ def classify(ft: FineTuned, lines: Iterable[str | None], batch_size: int = 64, b
              wait: float | None = None) -> Iterator[list[dict[str, Any] | None]]:
     """One result per input line, {"label", "probs": {label: p}} (None for an empty line), given in blocks in
     input order: after each batch, the results whose every earlier line is done. Read in buffers as
-    `translation.translate_blocks` reads; within a buffer, texts of similar length are batched together."""
+    `translation.translate_blocks` reads; within a buffer, texts of similar length are batched together. A text
+    longer than the model reads keeps its first pieces, with a warning naming its file:line."""
     from nmtkit.data.batching import example_batches
-    from nmtkit.data.datasets import encode_texts
     from nmtkit.data.sources import InOrder, line_chunks
+    from nmtkit.tokenization import EOS_ID
 
+    where = getattr(lines, "where", lambda n: f"line {n}")
+    lineno = 0
     for chunk in line_chunks(lines, buffer_lines, wait):
         texts = [line or "" for line in chunk]
         todo = [i for i, t in enumerate(texts) if t.strip()]
-        seqs = encode_texts(ft.tok, [texts[i] for i in todo], ft.max_len)
+        seqs = []
+        for i, ids in zip(todo, ft.tok.encode([texts[i] for i in todo])):
+            if len(ids) >= ft.max_len:
+                log.warning("%s: %d pieces, truncated to %d", where(lineno + i + 1), len(ids), ft.max_len - 1)
+            seqs.append(ids[: ft.max_len - 1] + [EOS_ID])  # as `datasets.encode_texts`
         ordered = InOrder(len(chunk), set(range(len(chunk))) - set(todo))
         for index in list(example_batches([len(s) for s in seqs], batch_size, shuffle=False)) or [[]]:
             done = []
@@ -467,6 +474,7 @@ def classify(ft: FineTuned, lines: Iterable[str | None], batch_size: int = 64, b
                         for j, p in zip(index, probs.tolist())]
             if ready := ordered.add(done):
                 yield [result for _, result in ready]
+        lineno += len(chunk)
 
 
 def answer(ft: FineTuned, questions: list[tuple[str, str, str]]) -> list[dict[str, Any]]:

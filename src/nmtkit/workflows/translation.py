@@ -153,7 +153,8 @@ def translate_blocks(
 
     The input is read in buffers of `buffer_lines` (with `wait`, also what has come when the input pauses:
     `line_chunks`); within a buffer, sentences are sorted by length into batches of `batch_size`. An empty (or
-    skipped, `None`) line gives an empty line; an over-long line is truncated with a warning naming it. With
+    skipped, `None`) line gives an empty line; an over-long line is truncated with a warning naming it (its
+    file:line when `lines` can say, as `input_lines` does). With
     `n_best > 1` each output line is a JSON object holding the hypotheses and scores.
     """
     from nmtkit.data.sources import InOrder, line_chunks
@@ -162,9 +163,10 @@ def translate_blocks(
         raise DataError(f"--beam {beam} and --n-best {n_best}: need 1 <= n-best <= beam")
     options = dict(beam=beam, length_penalty=length_penalty, n_best=n_best, max_len_ratio=max_len_ratio,
                    max_len_extra=max_len_extra, scores=with_scores)
+    where = getattr(lines, "where", lambda n: f"line {n}")
     lineno = 0
     for chunk in line_chunks(lines, buffer_lines, wait):
-        src = _source_ids(translator, [line or "" for line in chunk], lineno)
+        src = _source_ids(translator, [line or "" for line in chunk], lineno, where)
         order = sorted(src, key=lambda i: len(src[i]))
         ordered = InOrder(len(chunk), (i for i in range(len(chunk)) if i not in src))
         for start in range(0, max(len(order), 1), batch_size):
@@ -178,7 +180,7 @@ def translate_blocks(
         lineno += len(chunk)
 
 
-def _source_ids(translator, texts: list[str], lineno: int) -> dict[int, list[int]]:
+def _source_ids(translator, texts: list[str], lineno: int, where) -> dict[int, list[int]]:
     """The source ids (ending in </s>) of each non-blank line of a buffer, by its index; an over-long line is
     truncated to the model's longest source with a warning naming it."""
     from nmtkit.tokenization import EOS_ID
@@ -187,7 +189,7 @@ def _source_ids(translator, texts: list[str], lineno: int) -> dict[int, list[int
     src: dict[int, list[int]] = {}
     for i, ids in zip(todo, translator.tok.encode([texts[i] for i in todo])):
         if len(ids) + 1 > translator.max_src_len:
-            log.warning("line %d: %d pieces, truncated to %d", lineno + i + 1, len(ids), translator.max_src_len - 1)
+            log.warning("%s: %d pieces, truncated to %d", where(lineno + i + 1), len(ids), translator.max_src_len - 1)
             ids = ids[: translator.max_src_len - 1]
         src[i] = ids + [EOS_ID]
     return src
