@@ -25,12 +25,19 @@ T = TypeVar("T")
 MAX_VOCAB = 1 << 24  # the largest vocabulary any config accepts
 
 
+def shown(value: Any, limit: int = 60) -> str:
+    """A value as an error message shows it: its repr, cut to `limit` characters (a settings file may hold a huge
+    one)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _check_value(name: str, value: Any, hint: Any, where: str) -> Any:
     origin = typing.get_origin(hint)
     if origin is Literal:
         choices = typing.get_args(hint)
         if value not in choices:
-            raise ConfigError(f"{where}: {name}={value!r} is not valid; choose one of {', '.join(map(repr, choices))}")
+            raise ConfigError(f"{where}: {name}={shown(value)} is not valid; choose one of {', '.join(map(repr, choices))}")
         return value
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(hint) if a is not type(None)]
@@ -39,23 +46,23 @@ def _check_value(name: str, value: Any, hint: Any, where: str) -> Any:
         return _check_value(name, value, args[0], where)
     if origin is tuple:
         if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
-            raise ConfigError(f"{where}: {name} must be a list of strings, got {value!r}")
+            raise ConfigError(f"{where}: {name} must be a list of strings, got {shown(value)}")
         return tuple(value)
     if hint is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"{where}: {name} must be true or false, got {value!r}")
+            raise ConfigError(f"{where}: {name} must be true or false, got {shown(value)}")
         return value
     if hint is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where}: {name} must be an integer, got {value!r}")
+            raise ConfigError(f"{where}: {name} must be an integer, got {shown(value)}")
         return value
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise ConfigError(f"{where}: {name} must be a finite number, got {value!r}")
+            raise ConfigError(f"{where}: {name} must be a finite number, got {shown(value)}")
         return float(value)
     if hint is str:
         if not isinstance(value, str):
-            raise ConfigError(f"{where}: {name} must be a string, got {value!r}")
+            raise ConfigError(f"{where}: {name} must be a string, got {shown(value)}")
         return value
     return value
 
@@ -75,13 +82,26 @@ def _check_range(field: dataclasses.Field, value: Any, where: str) -> None:
         raise ConfigError(f"{where}: {field.name} must be at most {high}, got {value}")
 
 
-def canonical_keys(cls: type, data: dict[str, Any]) -> dict[str, Any]:
-    """`data` with each key as the field name of `cls` it stands for: `-` or `_` alike, flag names too."""
+def canonical_keys(cls: type, data: dict[str, Any], where: str = "settings") -> dict[str, Any]:
+    """`data` with each key as the field name of `cls` it stands for: `-` or `_` alike, flag names too. Two keys
+    for one field (`max_steps` and `max-steps`, `warmup` and `warmup_steps`) are refused, naming both."""
     names = {}
     for f in dataclasses.fields(cls):
         for name in (f.name, *(flag.split("/")[0].lstrip("-") for flag in f.metadata.get("flags", ()))):
             names[name.replace("-", "_")] = f.name
-    return {names.get(str(k).replace("-", "_"), k): v for k, v in data.items()}
+    return one_key_each({k: names.get(str(k).replace("-", "_"), k) for k in data}, data, where)
+
+
+def one_key_each(canonical: dict[Any, Any], data: dict[str, Any], where: str) -> dict[str, Any]:
+    """`data` under the keys `canonical` maps its keys to, refusing two keys that name one setting."""
+    out: dict[str, Any] = {}
+    given: dict[str, Any] = {}
+    for key, value in data.items():
+        name = canonical[key]
+        if name in out:
+            raise ConfigError(f"{where}: {given[name]} and {key} are the same setting; give it once")
+        out[name], given[name] = value, key
+    return out
 
 
 def from_dict(cls: type[T], data: dict[str, Any], where: str = "config") -> T:
@@ -91,7 +111,7 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "config") -> T:
         raise ConfigError(f"{where}: must be a table of settings, got {type(data).__name__} {data!r}"[:200])
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    data = canonical_keys(cls, data)
+    data = canonical_keys(cls, data, where)
     unknown = sorted(set(data) - set(fields))
     if unknown:
         raise ConfigError(f"{where}: unknown setting(s) {', '.join(unknown)}; valid settings: {', '.join(fields)}")
@@ -137,6 +157,9 @@ def load_settings_file(path: str | Path) -> dict[str, Any]:
         elif path.suffix in (".yaml", ".yml"):
             import yaml
 
+            if any(isinstance(event, yaml.AliasEvent) for event in yaml.parse(text, Loader=yaml.SafeLoader)):
+                raise ConfigError(f"{path}: YAML aliases (*name) are not accepted in settings files; write the "
+                                  "values out")  # an alias can stand for an exponentially large value
             data = yaml.safe_load(text) or {}
         else:
             raise ConfigError(f"{path}: settings files must end in .toml, .yaml or .yml")

@@ -145,8 +145,24 @@ def _option(field: dataclasses.Field, hint: Any, default: Any) -> Any:
         pairs = [flag for flag in flags if "/" in flag]
         flags = pairs or [f"{flag}/--no-{flag[2:]}" for flag in flags]
     bounds = {k: field.metadata.get(k) for k in ("min", "max") if field.metadata.get(k) is not None}
+    if typing.get_origin(hint) is typing.Literal:
+        bounds.update(choice(*typing.get_args(hint)))
     return typer.Option(None, *flags, help=f"{field.metadata['help']} (default {_shown(default)})", show_default=False,
                         **bounds)
+
+
+def choice(*choices: str, many: bool = False) -> dict[str, Any]:
+    """An option's `callback` and `metavar` for a value that must be one of `choices` (with `many`, a comma-separated
+    list of them): another value is a usage error naming the flag, exit 2, as click's own choices are."""
+
+    def check(value: Any) -> Any:
+        if value is not None:
+            for item in (value.split(",") if many else [value]):
+                if item.strip() not in choices and (item.strip() or not many):
+                    raise typer.BadParameter(f"{item.strip()!r} is not one of {', '.join(choices)}")
+        return value
+
+    return {"callback": check, "metavar": ("[" + "|".join(choices) + "]") + (",..." if many else "")}
 
 
 def _shown(default: Any) -> str:
@@ -156,14 +172,16 @@ def _shown(default: Any) -> str:
 
 
 def _plain_metavars(group) -> None:
-    """Help pages name values as click does (TEXT, INTEGER, FLOAT, PATH), not by Python type (<list[str]>)."""
+    """Help pages name values as click does (TEXT, INTEGER, FLOAT, PATH), not by Python type (<list[str]>): from
+    each command function's own annotations (public `inspect`, nothing of typer's internals)."""
     names = {str: "TEXT", int: "INTEGER", float: "FLOAT", Path: "PATH"}
     for command in group.commands.values():
+        hints = {name: p.annotation for name, p in inspect.signature(command.callback, eval_str=True).parameters.items()}
         for param in command.params:
             if getattr(param, "param_type_name", "") == "argument":  # its name says what it is: files, prompts...
                 param.display_type_rich = lambda ctx: ""
             elif param.metavar is None:
-                param.metavar = names.get(_base_type(param.type_descriptor.annotation))
+                param.metavar = names.get(_base_type(hints.get(param.name)))
 
 
 def _base_type(hint: Any) -> Any:
@@ -256,14 +274,44 @@ def settings_tables(settings_file: Optional[Path], tables: tuple[str, ...]) -> d
     return settings
 
 
+DATA_TYPES = {"header": bool, "freeze_body": bool, "lowercase": bool, "max_len": int, "stride": int, "batch_size": int,
+              "max_new_tokens": int, "vocab_size": int, "min_count": int, "max_vocab": int, "valid_fraction": float,
+              "data_files": list, "inputs": list}  # the other [data] keys are strings (a column may be a number)
+
+
 def data_options(settings_file: Optional[Path], settings: dict[str, Any], **flags: Any) -> dict[str, Any]:
     """A command's data options: each flag that was given, else the settings file's [data] value of the same
-    name (`-` or `_`), so a whole run can live in one file; an unknown [data] key is refused."""
-    table = {str(k).replace("-", "_"): v for k, v in settings.get("data", {}).items()}
+    name (`-` or `_`), so a whole run can live in one file; an unknown [data] key, a key given twice (`src_lang`
+    and `src-lang`) or a value of the wrong type is refused, naming it."""
+    from nmtkit.config import one_key_each
+
+    raw = settings.get("data", {})
+    table = one_key_each({k: str(k).replace("-", "_") for k in raw}, raw, f"{settings_file}: [data]")
     unknown = sorted(set(table) - set(flags))
     if unknown:
         raise NmtkitError(f"{settings_file}: [data] has unknown key(s) {', '.join(unknown)}; valid: {', '.join(flags)}")
+    for name, value in table.items():
+        table[name] = _data_value(settings_file, name, value)
     return {name: table.get(name) if value is None else value for name, value in flags.items()}
+
+
+def _data_value(settings_file: Optional[Path], name: str, value: Any) -> Any:
+    """A [data] value of the type its flag takes, or one line naming the key (YAML reads an unquoted no, yes, on
+    or off as true or false: a language code `no` must be quoted)."""
+    from nmtkit.config import shown
+
+    kind = DATA_TYPES.get(name, str)
+    if name.endswith("column") and isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+        return str(value)  # a column by number, as on the command line
+    ok = {bool: isinstance(value, bool), int: isinstance(value, int) and not isinstance(value, bool),
+          float: isinstance(value, (int, float)) and not isinstance(value, bool),
+          list: isinstance(value, list) and all(isinstance(v, str) for v in value), str: isinstance(value, str)}[kind]
+    if ok:
+        return value
+    wanted = {bool: "true or false", int: "an integer", float: "a number", list: "a list of strings",
+              str: "a string" + (" (quote it: YAML reads an unquoted no, yes, on or off as true or false)"
+                                 if isinstance(value, bool) else "")}[kind]
+    raise NmtkitError(f"{settings_file}: [data] {name} must be {wanted}, got {shown(value)}")
 
 
 def run_folder(output: Optional[Path], resume: bool, prefix: str) -> Path:

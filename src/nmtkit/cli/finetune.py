@@ -8,10 +8,11 @@ from typing import Any, List, Optional
 
 import typer
 
-from nmtkit.cli.core import (DEVICE, ON_BAD_LINE, OVERWRITE, RESUME, SETTINGS, TrainingDisplay, check_on_bad_line, command, command_line, config_options, log_trained, run_folder, settings_tables, stdin, with_progress, write_blocks, input_wait, data_options)
+from nmtkit.cli.core import (DEVICE, ON_BAD_LINE, OVERWRITE, RESUME, SETTINGS, TrainingDisplay, check_on_bad_line, command, command_line, config_options, log_trained, run_folder, settings_tables, stdin, with_progress, write_blocks, input_wait, data_options, choice)
 from nmtkit.cli.lm import NOT_FOR_GPT
 from nmtkit.config import TrainConfig
 from nmtkit.errors import NmtkitError
+from nmtkit.workflows.finetune import TASKS
 from nmtkit.models.configs import GPTConfig
 from nmtkit.workflows.finetune import DATA_DEFAULTS, TRAIN_DEFAULTS
 
@@ -20,7 +21,7 @@ from nmtkit.workflows.finetune import DATA_DEFAULTS, TRAIN_DEFAULTS
 @config_options(GPTConfig, "model_flags", exclude=("vocab_size",))
 @config_options(TrainConfig, "train_flags", defaults=TRAIN_DEFAULTS, exclude=NOT_FOR_GPT)
 def finetune_cmd(
-    task: str = typer.Option(..., "--task", help="classify, qa or generate."),
+    task: str = typer.Option(..., "--task", help="classify, qa or generate.", **choice(*TASKS)),
     model: Optional[Path] = typer.Option(None, "--model", "-m", help="The pretrain run to start from (weights and tokenizer)."),
     from_scratch: bool = typer.Option(False, "--from-scratch", help="New weights: -m's architecture and tokenizer, or --tokenizer and model flags."),
     tokenizer: Optional[Path] = typer.Option(None, "--tokenizer", "-t", help="With --from-scratch and no -m: the tokenizer."),

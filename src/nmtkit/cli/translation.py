@@ -11,9 +11,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from nmtkit.cli.core import (AS_JSON, COMPUTE_TYPE, DEVICE, ON_BAD_LINE, OVERWRITE, RESUME, SETTINGS, TrainingDisplay, check_on_bad_line, command, command_line, config_options, log, log_trained, print_json, run_folder, settings_tables, stdin, tokenizer_config, tokenizer_options, with_progress, write_blocks, input_wait, wide_console, data_options)
+from nmtkit.cli.core import (AS_JSON, COMPUTE_TYPE, DEVICE, ON_BAD_LINE, OVERWRITE, RESUME, SETTINGS, TrainingDisplay, check_on_bad_line, command, command_line, config_options, log, log_trained, print_json, run_folder, settings_tables, stdin, tokenizer_config, tokenizer_options, with_progress, write_blocks, input_wait, wide_console, data_options, choice)
 from nmtkit.config import TrainConfig
 from nmtkit.errors import NmtkitError
+from nmtkit.evaluation import METRICS, TOKENIZERS
+from nmtkit.models import ARCHS
 from nmtkit.models.configs import RNNConfig, TransformerConfig
 
 TRAIN_SRC = typer.Option(None, "--src", help="Training source file (or known corpus file, e.g. demo/train.en).")
@@ -81,7 +83,8 @@ def _language(column: str | None) -> str | None:
 @config_options(RNNConfig, "model_flags", exclude=(*VOCABULARY, *BY_ARCH))
 @config_options(TrainConfig, "train_flags", exclude=("best_metric",))
 def train_translator_cmd(
-    arch: Optional[str] = typer.Option(None, "--arch", help="rnn (fixed context vector), attention, or transformer (default)."),
+    arch: Optional[str] = typer.Option(None, "--arch", help="rnn (fixed context vector), attention, or transformer (default).",
+                                       **choice(*ARCHS)),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Run folder (default checkpoints/ARCH-DATE-TIME)."),
     src: Optional[str] = TRAIN_SRC,
     tgt: Optional[str] = TRAIN_TGT,
@@ -240,8 +243,9 @@ def score_cmd(
     refs: List[str] = typer.Argument(None, help="Reference files (as sacrebleu takes them); or --ref."),
     ref: Optional[List[str]] = typer.Option(None, "--ref", "-r", help="Reference file (repeat for several references)."),
     inputs: Optional[List[str]] = typer.Option(None, "--input", "-i", help="Hypotheses (default stdin); repeat for several systems, the first the baseline of --paired-bs/--paired-ar."),
-    metrics: str = typer.Option("bleu,chrf,ter", "--metrics", help="Comma-separated: bleu, chrf, ter."),
-    tokenize: Optional[str] = typer.Option(None, "--tokenize", help=TOKENIZE_HELP),
+    metrics: str = typer.Option("bleu,chrf,ter", "--metrics", help="Comma-separated: bleu, chrf, ter.",
+                                **choice(*METRICS, many=True)),
+    tokenize: Optional[str] = typer.Option(None, "--tokenize", help=TOKENIZE_HELP, **choice(*TOKENIZERS)),
     lowercase: bool = typer.Option(False, "--lowercase", "-lc", help="Case-insensitive BLEU and chrF (TER is, as in sacrebleu)."),
     lang: Optional[str] = typer.Option(None, "--lang", help="Target language (default: the reference file's extension)."),
     paired_bs: bool = typer.Option(False, "--paired-bs", help="Several systems: sacrebleu's paired bootstrap resampling against the first."),
@@ -304,7 +308,7 @@ def evaluate_cmd(
     beam: int = typer.Option(5, "--beam", "-b", help="Beam size.", min=1, max=1024),
     length_penalty: float = typer.Option(1.0, "--length-penalty", help="Length penalty."),
     batch_size: int = typer.Option(64, "--batch-size", help="Sentences per batch.", min=1),
-    tokenize: Optional[str] = typer.Option(None, "--tokenize", help=TOKENIZE_HELP),
+    tokenize: Optional[str] = typer.Option(None, "--tokenize", help=TOKENIZE_HELP, **choice(*TOKENIZERS)),
     lowercase: bool = typer.Option(False, "--lowercase", "-lc", help="Case-insensitive scores."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Translators: also keep the translations in this file."),
     device: str = DEVICE,
