@@ -378,3 +378,45 @@ def test_a_tokenizer_with_other_special_ids_is_refused(tmp_path):
                                    model_type="char", minloglevel=2)  # sentencepiece's own ids: unk 0, bos 1, eos 2
     one_line_error(run("tokenize", "-t", folder, input="hello\n"),
                    "special ids (pad, unk, bos, eos) are (-1, 0, 1, 2), not nmtkit's (0, 1, 2, 3)")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# --overwrite writes beside a user's files, never over them; averages are runs of their own (issue 26)
+
+
+@pytest.mark.parametrize("name", ["config.json", "metrics.jsonl"])
+def test_overwrite_never_writes_over_a_users_file_of_a_runs_name(name, tiny, tmp_path):
+    project = tmp_path / "project"
+    write(project / name, "mine\n")
+    write(project / "paper.tex", "my thesis\n")
+    before = tree(project)
+    args = ["train-translator", "--src", tiny["src"], "--tgt", tiny["tgt"], *TINY, "--max-steps", "2", "-o", project]
+    one_line_error(run(*args, "--overwrite"), f"{project}: holds {name}, which a run would replace",
+                   "choose another --output")  # was: 'already holds a run', or the user's file replaced
+    assert tree(project) == before
+
+
+def test_average_onto_itself_or_another_run_is_one_line_and_changes_nothing(tiny, tmp_path):
+    before = tree(tiny["run"])
+    one_line_error(run("average", "-m", tiny["run"], "--last", "2", "-o", tiny["run"]),
+                   f"{tiny['run']}: is the run being averaged")  # was: PosixPath(...) and PosixPath(...) are the same file
+    other = tmp_path / "other"
+    assert run("train-translator", "--src", tiny["src"], "--tgt", tiny["tgt"], *TINY, "--max-steps", "4",
+               "-o", other).exit_code == 0
+    kept = tree(other)
+    one_line_error(run("average", "-m", tiny["run"], "--last", "2", "-o", other, "--overwrite"),
+                   f"{other}: holds config.json, metrics.jsonl, model.safetensors, run.json, steps, tokenizer, "
+                   "train_state.pt, which an average of checkpoints would replace")  # was: a mixed run
+    assert tree(tiny["run"]) == before and tree(other) == kept
+
+
+def test_an_average_keeps_tied_weights_once(tiny, tmp_path):
+    from safetensors import safe_open
+
+    avg = tmp_path / "avg"
+    assert run("average", "-m", tiny["run"], "--last", "2", "-o", avg).exit_code == 0
+    with safe_open(str(avg / "model.safetensors"), framework="pt") as averaged, \
+            safe_open(str(tiny["run"] / "model.safetensors"), framework="pt") as trained:
+        assert sorted(averaged.keys()) == sorted(trained.keys())  # the tied tables stored once, as training saved them
+    info = lambda folder: json.loads(run("info", folder, "--json").stdout)["parameters"]  # noqa: E731
+    assert info(avg) == info(tiny["run"])

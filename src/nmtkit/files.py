@@ -141,13 +141,20 @@ def temporary_target(name: str) -> str | None:
     return found["target"] if found else None
 
 
-def check_output_folder(path: str | Path, own: Callable[[Path], bool], overwrite: bool, what: str) -> None:
+def check_output_folder(path: str | Path, own: Callable[[Path], bool], overwrite: bool, what: str,
+                        writes: Iterable[str] = ()) -> None:
     """Refuse to write the folder `path` when it is a file, or a folder holding anything but `what` (`own`
-    says whether a folder is one), unless `overwrite`: then the command writes beside what is there."""
+    says whether a folder is one), unless `overwrite`: then the command writes beside what is there, never over
+    it: a folder that holds one of the names the command `writes` is refused all the same, naming it."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise WriteError(f"{path}: is a file; --output names the folder to write")
-    if overwrite or not path.is_dir() or not any(path.iterdir()) or own(path):
+    if not path.is_dir() or not any(path.iterdir()) or own(path):
         return
-    raise WriteError(f"{path}: holds files that are not {what}; choose another --output, or add --overwrite to "
-                     "write into it (nothing there is deleted)")
+    if not overwrite:
+        raise WriteError(f"{path}: holds files that are not {what}; choose another --output, or add --overwrite to "
+                         "write into it (nothing there is deleted)")
+    taken = sorted(name for name in writes if (path / name).exists())
+    if taken:
+        raise WriteError(f"{path}: holds {', '.join(taken)}, which {what} would replace; --overwrite writes beside "
+                         "a folder's files, never over them: choose another --output")

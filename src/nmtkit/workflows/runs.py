@@ -133,7 +133,7 @@ def one_writer(train_workflow: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(train_workflow)
     def locked(*, run_dir: str | Path, resume: bool = False, overwrite: bool = False, **kwargs: Any) -> Any:
         run_dir = Path(run_dir)
-        check_output_folder(run_dir, checkpoint.is_run_folder, overwrite, "a run")
+        check_output_folder(run_dir, checkpoint.is_run_folder, overwrite, "a run", checkpoint.RUN_ENTRIES)
         created = not run_dir.exists()
         main = not int(os.environ.get("RANK", "0"))
         try:
@@ -324,18 +324,24 @@ def average_checkpoints(run_dir: str | Path, last: int, output: str | Path, over
 
     run_dir, output = Path(run_dir), Path(output)
     checkpoint.read_config(run_dir)
-    check_output_folder(output, _is_average, overwrite, "an average of checkpoints")
+    if output.exists() and output.resolve() == run_dir.resolve():
+        raise CheckpointError(f"{output}: is the run being averaged; -o names a new folder for the average")
+    check_output_folder(output, _is_average, overwrite, "an average of checkpoints", checkpoint.RUN_ENTRIES)
     files = sorted((run_dir / STEPS_DIR).glob("step-*.safetensors"))[-last:]
     if len(files) < 2:
         raise CheckpointError(f"{run_dir}: needs at least 2 step checkpoints to average, found {len(files)} in {STEPS_DIR}/")
     if len(files) < last:
         log.warning("%s holds %d step checkpoints, not %d: averaging those %d", run_dir / STEPS_DIR, len(files), last,
                     len(files))
+    first_name: dict[int, str] = {}  # tied weights (one tensor under several names) are averaged, and kept, once
+    same = {k: first_name.setdefault(id(v), k) for k, v in checkpoint.load_weights(files[0]).items()}
     total: dict[str, torch.Tensor] = {}
     for f in files:
-        for k, v in checkpoint.load_weights(f).items():
-            total[k] = total.get(k, 0) + v.double()
-    averaged = {k: (v / len(files)).to(torch.float32) for k, v in total.items()}
+        weights = checkpoint.load_weights(f)
+        for k in set(same.values()):
+            total[k] = total.get(k, 0) + weights[k].double()
+    mean = {k: (v / len(files)).to(torch.float32) for k, v in total.items()}
+    averaged = {k: mean[first] for k, first in same.items()}
     output.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(run_dir / checkpoint.CONFIG, output / checkpoint.CONFIG)
     shutil.copytree(run_dir / checkpoint.TOKENIZER_DIR, output / checkpoint.TOKENIZER_DIR, dirs_exist_ok=True)

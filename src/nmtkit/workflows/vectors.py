@@ -35,7 +35,7 @@ def build_vocab(tokenizer: str | Path, source: TextSource, *, output: str | Path
     if embedding_dim is not None and (embedding_dim < 1 or output is None):
         raise DataError("--embedding-dim needs a positive size and --output, the run folder to write")
     if output is not None:
-        check_output_folder(output, checkpoint.is_run_folder, overwrite, "a run")
+        check_output_folder(output, checkpoint.is_run_folder, overwrite, "a run", checkpoint.RUN_ENTRIES)
         runs.refuse_existing_run(Path(output))
     tok = Tokenizer(runs.tokenizer_folder(tokenizer))
     counts = vocab.count_pieces(tok, source.texts(on_bad_line))
