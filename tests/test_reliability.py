@@ -424,3 +424,81 @@ def test_closed_pipe_exits_quietly(data, tmp_path, ids):
     assert out.stdout.count("\n") == 1
     assert "Traceback" not in out.stderr and "Broken pipe" not in out.stderr
     assert out.returncode in (0, 141)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Stops that come promptly (issue 26)
+
+
+def test_a_signal_during_an_evaluation_stops_it_and_saves_the_step_at_once(tmp_path):
+    from nmtkit.config import TrainConfig
+    from nmtkit.errors import Interrupted
+    from nmtkit.models import build_translator, translator_config
+    from nmtkit.objectives import seq2seq_loss
+    from nmtkit.training import train
+    from test_fast_path import ARCHS, BOS_ID, EOS_ID, LazyBatches, collate_pairs
+
+    torch.manual_seed(0)
+    model = build_translator("transformer", translator_config("transformer", {"src_vocab": 30, "tgt_vocab": 30,
+                                                                              **ARCHS["transformer"]}))
+    pairs = [([5, 6, EOS_ID], [BOS_ID, 7, 8, EOS_ID])] * 16
+    batches = lambda epoch: LazyBatches([list(range(i, i + 4)) for i in range(0, 16, 4)],  # noqa: E731
+                                        lambda index: collate_pairs([pairs[i][0] for i in index], [pairs[i][1] for i in index]))
+
+    def slow_validation(model):  # a 30 s validation, signalled as it starts
+        os.kill(os.getpid(), signal.SIGTERM)
+        for _ in range(300):
+            time.sleep(0.1)
+        return {"valid_loss": 1.0}
+
+    cfg = TrainConfig(max_steps=10, eval_every=3, log_every=100, warmup_steps=1, keep_checkpoints=2)
+    start = time.perf_counter()
+    with pytest.raises(Interrupted) as stopped:
+        train(model, seq2seq_loss(), batches, cfg=cfg, run_dir=tmp_path, device=torch.device("cpu"),
+              evaluate=slow_validation)
+    assert time.perf_counter() - start < 10 and stopped.value.signum == signal.SIGTERM and stopped.value.step == 3
+    state = checkpoint.load_train_state(tmp_path / checkpoint.TRAIN_STATE)
+    assert state["loop"]["step"] == 3 and (tmp_path / state["weights"]).is_file()
+    assert '"eval"' not in (tmp_path / checkpoint.METRICS).read_text()  # the stopped evaluation is not recorded
+
+
+def test_a_second_signal_stops_at_once_with_its_own_exit_status(monkeypatch):
+    from nmtkit.errors import Stopped
+    from nmtkit.runtime import StopRequests
+    from nmtkit.workflows import translation as workflow
+
+    with pytest.raises(Stopped) as second, StopRequests():
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.2)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)
+    assert second.value.signum == signal.SIGTERM
+
+    def stopped(*args, **kwargs):
+        raise Stopped(signal.SIGTERM)
+
+    monkeypatch.setattr(workflow, "prepare", stopped)
+    result = runner.invoke(app, ["prepare", "--src", str(DEMO / "train.en"), "--tgt", str(DEMO / "train.ko"), "-t", "x"])
+    assert result.exit_code == 143 and "interrupted" in result.stderr  # was 130 whatever the signal
+
+
+def test_sigterm_while_workers_prepare_exits_143_without_a_traceback(tmp_path, demo_tokenizer, prepared_cache):
+    en = (DEMO / "train.en").read_bytes() * 220  # over 16 MB a side: tokenized in worker processes
+    ko = (DEMO / "train.ko").read_bytes() * 220
+    src, tgt = write(tmp_path / "big.en", en), write(tmp_path / "big.ko", ko)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent / "src")}
+    proc = subprocess.Popen([sys.executable, "-m", "nmtkit", "prepare", "--src", str(src), "--tgt", str(tgt), "-t",
+                             str(demo_tokenizer.folder), "--workers", "2"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 60
+        while not list((prepared_cache / "prepared").glob(".*.tmp")) and time.time() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)  # the workers are at work
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, stderr
+    assert "Traceback" not in stderr and "BrokenPipe" not in stderr and "interrupted" in stderr
+    assert not [p for p in (prepared_cache / "prepared").iterdir() if p.is_dir()]

@@ -33,3 +33,12 @@ class Interrupted(NmtkitError):
     def __init__(self, run_dir: object, step: int, signum: int):
         super().__init__(f"interrupted at step {step}; saved in {run_dir}")
         self.run_dir, self.step, self.signum = run_dir, step, signum
+
+
+class Stopped(KeyboardInterrupt):
+    """A second SIGINT or SIGTERM (or one where nothing can be saved first): stop at once. The command exits
+    with 128 + the signal's number, as a shell expects (130 for Ctrl-C, 143 for SIGTERM)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum

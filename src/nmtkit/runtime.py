@@ -1,4 +1,5 @@
-"""Where and how code runs: device choice, seeds, threads, autocast, distributed setup.
+"""Where and how code runs: device choice, attention kernels, seeds, threads, autocast, distributed setup, and
+the signals that stop a run (`StopRequests`).
 
 Torch is imported inside the functions, so importing this module costs nothing.
 """
@@ -6,11 +7,17 @@ Torch is imported inside the functions, so importing this module costs nothing.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import random
+import signal
+import threading
 from dataclasses import dataclass
+from typing import Any
 
-from nmtkit.errors import ConfigError
+from nmtkit.errors import ConfigError, Stopped
+
+log = logging.getLogger("nmtkit")
 
 
 def pick_device(name: str = "auto"):
@@ -132,3 +139,40 @@ def measured_peak_flops(device) -> float | None:
         a @ b
     torch.cuda.synchronize(device)
     return 2 * 8192**3 * n / (time.perf_counter() - t)
+
+
+class StopEvaluation(BaseException):
+    """Raised by the signal handler in the middle of an evaluation (a BaseException: nothing on the way swallows it)."""
+
+
+class StopRequests:
+    """While active (in the main thread), SIGINT and SIGTERM set `signum` instead of stopping the process, so
+    the loop can finish its step and save; during an evaluation (`evaluating`) the evaluation stops at once
+    (`StopEvaluation`); a second signal raises `Stopped` at once."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.signum = 0
+        self.evaluating = False
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum:
+            raise Stopped(signum)
+        self.signum = signum
+        if self.evaluating:
+            log.warning("%s: stopping the evaluation to save a checkpoint (again to stop at once)",
+                        signal.Signals(signum).name)
+            raise StopEvaluation
+        log.warning("%s: stopping after this step to save a checkpoint (again to stop at once, losing the "
+                    "work since the last checkpoint)", signal.Signals(signum).name)
+
+    def __enter__(self) -> "StopRequests":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)

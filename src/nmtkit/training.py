@@ -24,7 +24,6 @@ import logging
 import math
 import random
 import signal
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,7 +39,7 @@ from nmtkit.data.batching import Prefetch
 from nmtkit.errors import ConfigError, Interrupted, OutOfMemory
 from nmtkit.evaluation import better
 from nmtkit.files import append_jsonl, read_jsonl, write_lines
-from nmtkit.runtime import Distributed, attention_shapes, autocast, measured_peak_flops
+from nmtkit.runtime import Distributed, StopEvaluation, StopRequests, attention_shapes, autocast, measured_peak_flops
 
 log = logging.getLogger("nmtkit")
 STEPS_DIR = "steps"
@@ -102,33 +101,6 @@ def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]
         seen.add(id(p))
         (decay if p.dim() >= 2 else no_decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-class StopRequests:
-    """While active (in the main thread), SIGINT and SIGTERM set `signum` instead of stopping the process, so
-    the loop can finish its step and save; a second signal raises KeyboardInterrupt at once."""
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self) -> None:
-        self.signum = 0
-        self._previous: dict[int, Any] = {}
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.signum:
-            raise KeyboardInterrupt
-        self.signum = signum
-        log.warning("%s: stopping after this step to save a checkpoint (again to stop at once, losing the "
-                    "work since the last checkpoint)", signal.Signals(signum).name)
-
-    def __enter__(self) -> "StopRequests":
-        if threading.current_thread() is threading.main_thread():
-            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        for s, handler in self._previous.items():
-            signal.signal(s, handler)
 
 
 def _out_of_memory(what: str, cfg: "TrainConfig") -> OutOfMemory:
@@ -343,7 +315,7 @@ class _Loop:
         should_stop = torch.zeros(1)
         if self.dist.is_main:
             rng = _rng_state() if self.state["last_saved"] != self.state["step"] else None  # before evaluating
-            record = self._evaluation()
+            record = self._evaluation_or_stop(rng)
             self._keep_if_best(record)
             self._save(rng)
             state = self.state
@@ -356,6 +328,26 @@ class _Loop:
         if self.dist.enabled:
             torch.distributed.broadcast(should_stop, 0)
         return bool(should_stop[0])
+
+    def _evaluation_or_stop(self, rng: dict[str, Any] | None) -> dict[str, Any]:
+        """The evaluation; in a single process, a signal before or during it stops it at once: the step's checkpoint
+        is saved without it and `Interrupted` raised (under DDP the other processes wait for rank 0's evaluation,
+        so the signal waits for its end)."""
+        requests = self.requests
+        if self.dist.enabled:
+            return self._evaluation()
+        try:
+            if requests.signum:
+                raise StopEvaluation
+            requests.evaluating = True
+            try:
+                return self._evaluation()
+            finally:
+                requests.evaluating = False
+        except StopEvaluation:
+            self.model.train()
+            self._save(rng)
+            raise Interrupted(self.run_dir, self.state["step"], requests.signum) from None
 
     def _evaluation(self) -> dict[str, Any]:
         """The task's validation metrics now, recorded in metrics.jsonl."""

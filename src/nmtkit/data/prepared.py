@@ -40,6 +40,7 @@ chunks that worker processes tokenize, in order; memory does not grow with the c
 from __future__ import annotations
 
 import collections
+import contextlib
 import hashlib
 import itertools
 import json
@@ -353,7 +354,7 @@ def _in_workers(chunks: Iterable, tokenizer: "Tokenizer", dtype: str, workers: i
     # fork (as torch's DataLoader workers on Linux): no re-import of the caller's main module; workers use
     # sentencepiece and numpy only, never torch's threads
     context = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
-    with context.Pool(workers, _start_pool_worker, (str(tokenizer.folder / MODEL_FILE), 1, dtype)) as pool:
+    with _sigterm_stops(), context.Pool(workers, _start_pool_worker, (str(tokenizer.folder / MODEL_FILE), 1, dtype)) as pool:
         pending: collections.deque = collections.deque()
         for c in chunks:
             pending.append(pool.apply_async(_encode_chunk, (c,)))
@@ -361,6 +362,30 @@ def _in_workers(chunks: Iterable, tokenizer: "Tokenizer", dtype: str, workers: i
                 write(pending.popleft().get())
         while pending:
             write(pending.popleft().get())
+
+
+@contextlib.contextmanager
+def _sigterm_stops():
+    """While the workers run, SIGTERM stops the preparation as Ctrl-C does (`Stopped`): the pool is terminated
+    (its workers die quietly, SIGTERM's default in them) and the temporary folder removed, instead of the workers
+    outliving their parent and dying of broken pipes, each with a traceback."""
+    import signal
+    import threading
+
+    from nmtkit.errors import Stopped
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise Stopped(signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 _sp, _threads, _dtype = None, 1, "uint16"  # the worker's sentencepiece model, its threads, the ids' type
@@ -371,6 +396,7 @@ def _start_pool_worker(model: str, threads: int, dtype: str) -> None:
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the parent's terminate() ends it, without a traceback
     _start_worker(model, threads, dtype)
 
 
