@@ -434,3 +434,16 @@ def test_a_truncated_line_is_named_by_its_file_and_line(runs, tmp_path):
     assert result.exit_code == 0 and len(result.stdout.splitlines()) == 3
     said = " ".join(result.stderr.split())
     assert f"{second}:2: " in said and "pieces, truncated to" in said and "line 3" not in said
+
+
+def test_score_leaves_ter_out_of_its_defaults_on_a_long_line_and_says_why(tmp_path):
+    long = " ".join(f"w{i % 50}" for i in range(3000))  # a 20 KB line: TER alone would take minutes
+    ref = write(tmp_path / "ref.en", f"a small test\n{long}\n")
+    hyp = write(tmp_path / "hyp.en", f"a small test\n{long} extra\n")
+    result = CliRunner().invoke(app, ["score", str(ref), "-i", str(hyp), "--json"])
+    assert result.exit_code == 0, result.output
+    assert set(json.loads(result.stdout)) == {"bleu", "chrf"}
+    assert "TER left out: a line has 3001 words" in " ".join(result.stderr.split())
+    short = write(tmp_path / "short.en", "a small test\nanother line\n")
+    result = CliRunner().invoke(app, ["score", str(short), "-i", str(short), "--json"])
+    assert set(json.loads(result.stdout)) == {"bleu", "chrf", "ter"}  # the defaults as before

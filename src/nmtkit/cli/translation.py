@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from nmtkit.cli.core import (AS_JSON, COMPUTE_TYPE, DEVICE, ON_BAD_LINE, OVERWRITE, RESUME, SETTINGS, TrainingDisplay, check_on_bad_line, command, command_line, config_options, log, log_trained, print_json, run_folder, settings_tables, stdin, tokenizer_config, tokenizer_options, with_progress, write_blocks, input_wait, wide_console, data_options, choice)
-from nmtkit.config import TrainConfig
+from nmtkit.config import TrainConfig, with_flags
 from nmtkit.errors import NmtkitError
 from nmtkit.evaluation import METRICS, TOKENIZERS
 from nmtkit.models import ARCHS
@@ -143,8 +143,8 @@ def train_translator_cmd(
     with TrainingDisplay() as display:
         summary = translation.train_translator(
             run_dir=output, arch=arch, train_source=train_source, valid_source=valid_source,
-            model_settings={**file_settings.get("model", {}), **model_flags},
-            train_settings={**file_settings.get("train", {}), **train_flags},
+            model_settings=with_flags(file_settings.get("model", {}), model_flags, (TransformerConfig, RNNConfig), f"{settings_file}: [model]"),
+            train_settings=with_flags(file_settings.get("train", {}), train_flags, (TrainConfig,), f"{settings_file}: [train]"),
             tokenizer=str(d["tokenizer"]) if d["tokenizer"] else None,
             tokenizer_cfg=tokenizer_config(d["vocab_size"], d["tokenizer_type"]), device=device, resume=resume,
             on_bad_line=check_on_bad_line(on_bad_line), cache_dir=cache_dir, workers=workers, progress=display,
@@ -243,8 +243,9 @@ def score_cmd(
     refs: List[str] = typer.Argument(None, help="Reference files (as sacrebleu takes them); or --ref."),
     ref: Optional[List[str]] = typer.Option(None, "--ref", "-r", help="Reference file (repeat for several references)."),
     inputs: Optional[List[str]] = typer.Option(None, "--input", "-i", help="Hypotheses (default stdin); repeat for several systems, the first the baseline of --paired-bs/--paired-ar."),
-    metrics: str = typer.Option("bleu,chrf,ter", "--metrics", help="Comma-separated: bleu, chrf, ter.",
-                                **choice(*METRICS, many=True)),
+    metrics: Optional[str] = typer.Option(None, "--metrics", help="Comma-separated: bleu, chrf, ter (default all three; "
+                                          "TER left out, with a warning, when a line has over 200 words: it takes "
+                                          "seconds to minutes on such lines).", **choice(*METRICS, many=True)),
     tokenize: Optional[str] = typer.Option(None, "--tokenize", help=TOKENIZE_HELP, **choice(*TOKENIZERS)),
     lowercase: bool = typer.Option(False, "--lowercase", "-lc", help="Case-insensitive BLEU and chrF (TER is, as in sacrebleu)."),
     lang: Optional[str] = typer.Option(None, "--lang", help="Target language (default: the reference file's extension)."),
@@ -269,7 +270,8 @@ def score_cmd(
     systems = [(name, [line or "" for line in input_lines([] if name == "<stdin>" else [name], stdin(), on_bad_line)])
                for name in names]
     ref_lines = [[line or "" for line in input_lines([r], None, on_bad_line)] for r in references]
-    options = dict(metrics=[m.strip() for m in metrics.split(",") if m.strip()], tokenize=tokenize, lowercase=lowercase,
+    options = dict(metrics=[m.strip() for m in metrics.split(",") if m.strip()] if metrics else None, tokenize=tokenize,
+                   lowercase=lowercase,
                    target_lang=lang or Path(references[0]).suffix.lstrip("."))
     if paired_bs or paired_ar:
         result = translation.significance(systems, ref_lines, references, test="bs" if paired_bs else "ar",
