@@ -249,3 +249,13 @@ def test_a_column_number_in_a_settings_file_is_a_column(tmp_path):
     settings = {"data": {"src_column": 1, "tgt-column": "ko"}}
     assert data_options(Path("s.toml"), settings, src_column=None, tgt_column=None) == {"src_column": "1",
                                                                                        "tgt_column": "ko"}
+
+
+def test_a_flag_overrides_the_settings_file_whatever_spelling_the_file_uses():
+    from nmtkit.config import TrainConfig, with_flags
+    from nmtkit.errors import ConfigError
+
+    assert with_flags({"warmup": 5, "max-steps": 3}, {"warmup_steps": 7}, (TrainConfig,), "s.toml: [train]") == \
+        {"warmup_steps": 7, "max_steps": 3}
+    with pytest.raises(ConfigError, match=r"s.toml: \[train\]: warmup and warmup-steps are the same setting"):
+        with_flags({"warmup": 5, "warmup-steps": 6}, {}, (TrainConfig,), "s.toml: [train]")

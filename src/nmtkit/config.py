@@ -82,14 +82,28 @@ def _check_range(field: dataclasses.Field, value: Any, where: str) -> None:
         raise ConfigError(f"{where}: {field.name} must be at most {high}, got {value}")
 
 
+def _field_names(classes: tuple[type, ...]) -> dict[str, str]:
+    """Every spelling of the fields of `classes` (`-` or `_` alike, flag names too) -> the field's name."""
+    names = {}
+    for cls in classes:
+        for f in dataclasses.fields(cls):
+            for name in (f.name, *(flag.split("/")[0].lstrip("-") for flag in f.metadata.get("flags", ()))):
+                names[name.replace("-", "_")] = f.name
+    return names
+
+
 def canonical_keys(cls: type, data: dict[str, Any], where: str = "settings") -> dict[str, Any]:
     """`data` with each key as the field name of `cls` it stands for: `-` or `_` alike, flag names too. Two keys
     for one field (`max_steps` and `max-steps`, `warmup` and `warmup_steps`) are refused, naming both."""
-    names = {}
-    for f in dataclasses.fields(cls):
-        for name in (f.name, *(flag.split("/")[0].lstrip("-") for flag in f.metadata.get("flags", ()))):
-            names[name.replace("-", "_")] = f.name
+    names = _field_names((cls,))
     return one_key_each({k: names.get(str(k).replace("-", "_"), k) for k in data}, data, where)
+
+
+def with_flags(table: dict[str, Any], flags: dict[str, Any], classes: tuple[type, ...], where: str) -> dict[str, Any]:
+    """A settings file's table with the command line's flags (field names) over it: the table's keys as the field
+    names of `classes` they stand for (two of its keys for one setting refused), the flags winning."""
+    names = _field_names(classes)
+    return {**one_key_each({k: names.get(str(k).replace("-", "_"), k) for k in table}, table, where), **flags}
 
 
 def one_key_each(canonical: dict[Any, Any], data: dict[str, Any], where: str) -> dict[str, Any]:

@@ -82,9 +82,9 @@ def command(name: str, **kwargs: Any) -> Callable[[Callable[..., Any]], Callable
             except NmtkitError as exc:
                 err.print(f"[bold red]error:[/] {escape(str(exc))}", markup=True, highlight=False, soft_wrap=True)
                 raise typer.Exit(1) from None
-            except KeyboardInterrupt:
+            except KeyboardInterrupt as exc:  # Ctrl-C, or a second signal (`Stopped` says which)
                 err.print("interrupted")
-                raise typer.Exit(130) from None
+                raise typer.Exit(128 + getattr(exc, "signum", 2)) from None
             except BrokenPipeError:
                 # the reader of stdout went away (| head): stop quietly, and keep Python from complaining at exit
                 os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

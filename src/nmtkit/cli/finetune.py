@@ -10,7 +10,7 @@ import typer
 
 from nmtkit.cli.core import (DEVICE, ON_BAD_LINE, OVERWRITE, RESUME, SETTINGS, TrainingDisplay, check_on_bad_line, command, command_line, config_options, log_trained, run_folder, settings_tables, stdin, with_progress, write_blocks, input_wait, data_options, choice)
 from nmtkit.cli.lm import NOT_FOR_GPT
-from nmtkit.config import TrainConfig
+from nmtkit.config import TrainConfig, with_flags
 from nmtkit.errors import NmtkitError
 from nmtkit.workflows.finetune import TASKS
 from nmtkit.models.configs import GPTConfig
@@ -75,8 +75,8 @@ def finetune_cmd(
         summary = finetune.finetune(
             run_dir=output, task=task, pretrained=str(model) if model else None, from_scratch=from_scratch,
             tokenizer=str(d["tokenizer"]) if d["tokenizer"] else None, train_source=train_source,
-            valid_source=valid_source, model_settings={**file_settings.get("model", {}), **model_flags},
-            train_settings={**file_settings.get("train", {}), **train_flags}, max_len=d["max_len"],
+            valid_source=valid_source, model_settings=with_flags(file_settings.get("model", {}), model_flags, (GPTConfig,), f"{settings_file}: [model]"),
+            train_settings=with_flags(file_settings.get("train", {}), train_flags, (TrainConfig,), f"{settings_file}: [train]"), max_len=d["max_len"],
             stride=d["stride"], batch_size=d["batch_size"], freeze=d["freeze_body"], max_new_tokens=d["max_new_tokens"],
             device=device, resume=resume, on_bad_line=check_on_bad_line(on_bad_line), progress=display,
             command=command_line(), overwrite=overwrite)

@@ -11,7 +11,7 @@ from typing import Any, List, Optional
 import typer
 
 from nmtkit.cli.core import (COMPUTE_TYPE, DEVICE, ON_BAD_LINE, OVERWRITE, RESUME, SETTINGS, TrainingDisplay, check_on_bad_line, command, command_line, config_options, log_trained, run_folder, settings_tables, stdin, tokenizer_config, tokenizer_options, with_progress, input_wait, data_options)
-from nmtkit.config import TrainConfig
+from nmtkit.config import TrainConfig, with_flags
 from nmtkit.errors import NmtkitError
 from nmtkit.models.configs import GPTConfig
 from nmtkit.workflows.lm import DATA_DEFAULTS, TRAIN_DEFAULTS
@@ -60,8 +60,8 @@ def pretrain_cmd(
     with TrainingDisplay() as display:
         summary = lm.pretrain(
             run_dir=output, source=source, valid_fraction=d["valid_fraction"], batch_size=d["batch_size"],
-            model_settings={**file_settings.get("model", {}), **model_flags},
-            train_settings={**file_settings.get("train", {}), **train_flags},
+            model_settings=with_flags(file_settings.get("model", {}), model_flags, (GPTConfig,), f"{settings_file}: [model]"),
+            train_settings=with_flags(file_settings.get("train", {}), train_flags, (TrainConfig,), f"{settings_file}: [train]"),
             tokenizer=str(d["tokenizer"]) if d["tokenizer"] else None,
             tokenizer_cfg=tokenizer_config(d["vocab_size"], d["tokenizer_type"]),
             device=device, resume=resume, progress=display, command=command_line(), overwrite=overwrite,

@@ -31,11 +31,11 @@ def train_tokenizer_cmd(
     settings: Optional[dict[str, Any]] = None,
 ) -> None:
     """Train a SentencePiece tokenizer (one joint model over all inputs)."""
-    from nmtkit.config import from_dict, load_settings_file
+    from nmtkit.config import from_dict, load_settings_file, with_flags
     from nmtkit.data.sources import TextSource
     from nmtkit.workflows import text
 
-    cfg = from_dict(TokenizerConfig, {**(load_settings_file(settings_file) if settings_file else {}), **settings},
+    cfg = from_dict(TokenizerConfig, with_flags(load_settings_file(settings_file) if settings_file else {}, settings, (TokenizerConfig,), str(settings_file)),
                     "train-tokenizer")
     sources = [TextSource(inputs=tuple(inputs or ()), column=column, header=header, dataset=dataset,
                           config=dataset_config, split=split, data_files=tuple(data_files) if data_files else None)

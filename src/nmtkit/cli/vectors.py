@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from nmtkit.cli.core import (AS_JSON, ON_BAD_LINE, OVERWRITE, SETTINGS, TrainingDisplay, check_on_bad_line, command, command_line, config_options, err, log, print_json, run_folder, settings_tables, wide_console, data_options)
-from nmtkit.config import Word2VecTrainConfig
+from nmtkit.config import Word2VecTrainConfig, with_flags
 from nmtkit.models.configs import Word2VecConfig
 from nmtkit.workflows.vectors import DATA_DEFAULTS
 
@@ -106,8 +106,8 @@ def train_embeddings_cmd(
         summary = vectors.train_embeddings(
             run_dir=output, source=TextSource(inputs=tuple(d["inputs"]), column=d["column"]) if d["inputs"] else None,
             unit=d["unit"], tokenizer=str(d["tokenizer"]) if d["tokenizer"] else None, lowercase=d["lowercase"],
-            min_count=d["min_count"], max_vocab=d["max_vocab"], model_settings={**file_settings.get("model", {}), **model_flags},
-            train_settings={**file_settings.get("train", {}), **train_flags}, resume=resume, progress=display,
+            min_count=d["min_count"], max_vocab=d["max_vocab"], model_settings=with_flags(file_settings.get("model", {}), model_flags, (Word2VecConfig,), f"{settings_file}: [model]"),
+            train_settings=with_flags(file_settings.get("train", {}), train_flags, (Word2VecTrainConfig,), f"{settings_file}: [train]"), resume=resume, progress=display,
             command=command_line(), on_bad_line=check_on_bad_line(on_bad_line), overwrite=overwrite)
     log.info("trained %s vectors for %s %ss on %s tokens in %.1f s", summary["arch"], f"{summary['vocabulary']:,}",
              summary["unit"], f"{summary['tokens']:,}", summary["seconds"])
