@@ -6,7 +6,6 @@ their input is still open."""
 from __future__ import annotations
 
 import threading
-import time
 from collections import Counter
 
 import pytest
