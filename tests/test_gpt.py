@@ -130,6 +130,19 @@ def test_newlines_survive_tokenization(gpt_run):
     assert model.decode(ids).startswith(text[:100])
 
 
+def test_a_continuation_keeps_the_space_that_opens_it(gpt_run):
+    """ "My mother" continued by "▁likes" is "My mother likes": decoded alone, sentencepiece drops that space
+    (generate printed "My motherlikes math.")."""
+    model = lm.LanguageModel(gpt_run[0] / "run", "cpu")
+    prompt = model.encode_prompt("My mother")
+    (likes,) = model.tok.encode([" likes math."])
+    assert model.decode(likes) == "likes math."  # what the old code printed after the prompt
+    assert model.continuation(prompt, likes) == " likes math."
+    (rest,) = model.tok.encode(["My mother likes math."])
+    assert rest[: len(prompt)] == prompt and model.continuation(prompt, rest[len(prompt):]) == " likes math."
+    assert model.continuation(model.encode_prompt(""), likes) == "likes math."  # a new document opens with no space
+
+
 def test_generate_command(gpt_run):
     run = gpt_run[0] / "run"
     one = runner.invoke(app, ["generate", "-m", str(run), "I am", "-n", "20", "--temperature", "0", "--device", "cpu"])

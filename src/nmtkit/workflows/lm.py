@@ -243,6 +243,16 @@ class LanguageModel:
     def decode(self, ids: list[int]) -> str:
         return self.tok.decode([ids])[0]
 
+    def continuation(self, prompt: list[int], new: list[int]) -> str:
+        """The text that `new` adds to `prompt`. A pretrained model continues the prompt's text, so the two are
+        decoded together: sentencepiece drops the space that opens a text, and "My mother" + "▁likes" must give
+        " likes". An instruction's response was encoded as a text of its own (`encode_instruction`): alone."""
+        if self.prefix:
+            return self.decode(new)
+        before = self.decode(prompt)
+        text = self.decode(prompt + new)
+        return text[len(before) :] if text.startswith(before) else self.decode(new)
+
     def seeded(self, seed: int):
         """The random state that `steps` draws from."""
         import torch
@@ -359,9 +369,9 @@ def _sample_buffer(lm: LanguageModel, prompts: list[str], done: int, num_samples
             group = jobs[start : start + batch_size]
             steps = list(lm.steps([ids for _, _, ids in group], rng, **options))
             texts: dict[tuple[int, int], str] = {}
-            for row, (i, s, _) in enumerate(group):
+            for row, (i, s, ids) in enumerate(group):
                 new = [step[row] for step in steps]
-                texts[(i, s)] = lm.decode(new[: new.index(EOS_ID)] if EOS_ID in new else new)
+                texts[(i, s)] = lm.continuation(ids, new[: new.index(EOS_ID)] if EOS_ID in new else new)
             yield texts
 
 
@@ -371,14 +381,15 @@ def generate_stream(lm: LanguageModel, prompt: str, *, max_new_tokens: int = 200
     from nmtkit.tokenization import EOS_ID
 
     check_sampling(max_new_tokens, temperature, top_k, top_p)
+    context = _crop(lm, lm.encode_prompt(prompt), 0)
     ids: list[int] = []
     shown = ""
-    for (token,) in lm.steps([_crop(lm, lm.encode_prompt(prompt), 0)], lm.seeded(seed), max_new_tokens=max_new_tokens,
-                             temperature=temperature, top_k=top_k, top_p=top_p):
+    for (token,) in lm.steps([context], lm.seeded(seed), max_new_tokens=max_new_tokens, temperature=temperature,
+                             top_k=top_k, top_p=top_p):
         if token == EOS_ID:
             return
         ids.append(token)
-        text = lm.decode(ids)
+        text = lm.continuation(context, ids)
         if text.startswith(shown):
             yield text[len(shown):]
             shown = text
