@@ -1,7 +1,7 @@
 """The command line: parse options, call one plain function in `nmtkit.workflows`, render the result.
 
 The command `X` lives in the module of its group, named like its `nmtkit.workflows` module and like the
-README's section: `text` (train-tokenizer, tokenize, download), `translation` (train-translator, translate,
+user guide's chapter (docs/guide/): `text` (train-tokenizer, tokenize, download), `translation` (train-translator, translate,
 score, evaluate), `lm` (pretrain, generate), `finetune` (finetune, classify, answer), `vectors` (build-vocab,
 train-embeddings, similarity, neighbors, analogy), `see` (attention, plot, compare), `runs` (info, average,
 export); `core` holds the app and what they share.

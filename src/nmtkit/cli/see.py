@@ -38,8 +38,9 @@ def attention_cmd(
     from nmtkit.workflows import see
 
     result = see.attention(model, src, tgt, kind=kind, layer=layer, head=head, device=device)
-    what = f"{result['kind']}-attention, layer {result['layer']} of 0..{result['layers'] - 1}, " + (
-        f"head {result['head']}" if result["head"] is not None else f"mean of {result['heads']} heads")
+    what = f"{result['kind']}-attention, layer {result['layer']} of 0..{result['layers'] - 1}" + (
+        f", head {result['head']}" if result["head"] is not None else
+        f", mean of {result['heads']} heads" if result["heads"] > 1 else "")
     if output:
         from nmtkit import plots
 
