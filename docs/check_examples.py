@@ -8,10 +8,10 @@ path). A line that is just `...` marks lines left out. A command must exit 0 unl
 
 A block may need files that only a long run makes: an HTML comment just before it, `<!-- needs: PATH ... -->`,
 names them (relative to the repository), and the block is skipped, saying so, when one is missing. Commands run
-in the repository root, in page order, with this Python's `bin` folder first on PATH (so `nmtkit` is the one
-installed beside it).
+in the repository root, page after page (the README and the tutorial first: other pages use their runs), with
+this Python's `bin` folder first on PATH (so `nmtkit` is the one installed beside it).
 
-    python docs/check_examples.py                  # README.md and every page under docs/
+    python docs/check_examples.py                  # README.md, the tutorial, every other page under docs/
     python docs/check_examples.py docs/tutorial.md # one page
     python docs/check_examples.py --figures report # figures that differ are reported, not failures
 
@@ -141,13 +141,17 @@ def _tail(output: str, lines: int = 25) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("pages", nargs="*", type=Path, help="Markdown pages (default README.md and docs/**/*.md)")
+    parser.add_argument("pages", nargs="*", type=Path,
+                        help="Markdown pages (default README.md, docs/tutorial.md, then the rest of docs/)")
     parser.add_argument("--figures", choices=["exact", "report"], default="exact",
                         help="report: a line printed with other figures is reported, not a failure (a machine other "
                              "than the one that measured them: another CPU trains to slightly other weights)")
     args = parser.parse_args(argv)
-    # docs/commands.md is generated usage, not transcripts
-    pages = args.pages or [ROOT / "README.md", *sorted(p for p in (ROOT / "docs").rglob("*.md") if p.name != "commands.md")]
+    # the README (the quick start) and the tutorial first: the guide's transcripts use their runs; docs/commands.md
+    # is generated usage, not transcripts
+    first = [ROOT / "README.md", ROOT / "docs" / "tutorial.md"]
+    rest = sorted(p for p in (ROOT / "docs").rglob("*.md") if p not in first and p.name != "commands.md")
+    pages = args.pages or first + rest
     env = dict(os.environ)
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
     failed = ran = skipped = other_figures = 0

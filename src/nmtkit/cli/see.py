@@ -131,7 +131,7 @@ def compare_cmd(
     rows = result["rows"]
     table = Table(*rows[0].keys(), box=None)
     for row in rows:
-        table.add_row(*(f"{v:,}" if isinstance(v, int) else str(v) for v in row.values()))
+        table.add_row(*(f"{v:,}" if isinstance(v, int) else "-" if v is None else str(v) for v in row.values()))
     wide_console(140).print(table)
     if result["curves"]:
         log.info("validation curves: %s", result["curves"])

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 from nmtkit.errors import DataError
 from nmtkit.files import write_error
@@ -246,10 +246,16 @@ def cbow_examples(stream: TokenStream, window: int, generator):
 # Fine-tuning: classification, extractive QA, instructions
 
 
-def encode_texts(tok: Tokenizer, texts: list[str], max_len: int) -> list[list[int]]:
+def encode_texts(tok: Tokenizer, texts: list[str], max_len: int,
+                 truncated: Callable[[int, int], None] | None = None) -> list[list[int]]:
     """Each text as its pieces and a closing </s> (the token whose representation a classifier reads); a text
-    longer than `max_len` keeps its first max_len - 1 pieces."""
-    return [ids[: max_len - 1] + [EOS_ID] for ids in tok.encode(texts)]
+    longer than `max_len` keeps its first max_len - 1 pieces, and `truncated(index, pieces)` is told."""
+    seqs = []
+    for k, ids in enumerate(tok.encode(texts)):
+        if truncated and len(ids) >= max_len:
+            truncated(k, len(ids))
+        seqs.append(ids[: max_len - 1] + [EOS_ID])
+    return seqs
 
 
 # The Alpaca prompt template (Taori et al., 2023), with and without an input. The model learns to write the

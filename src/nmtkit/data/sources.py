@@ -22,7 +22,7 @@ import logging
 import queue
 import threading
 from pathlib import Path
-from typing import Any, Iterable, Iterator, TypeVar
+from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 from nmtkit.data import corpora, registry
 from nmtkit.errors import DataError
@@ -86,6 +86,12 @@ class InputLines:
 
         i = bisect.bisect_right(self.starts, n - 1) - 1
         return f"{self.names[i]}:{n - self.starts[i]}" if i >= 0 else f"line {n}"
+
+
+def line_names(lines) -> Callable[[int], str]:
+    """How messages name the n-th line (from 1) of `lines`: "file:line" where `lines` can say (`InputLines`),
+    else "line n"."""
+    return getattr(lines, "where", lambda n: f"line {n}")
 
 
 T = TypeVar("T")

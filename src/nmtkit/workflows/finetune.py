@@ -450,20 +450,17 @@ def classify(ft: FineTuned, lines: Iterable[str | None], batch_size: int = 64, b
     input order: after each batch, the results whose every earlier line is done. Read in buffers as
     `translation.translate_blocks` reads; within a buffer, texts of similar length are batched together. A text
     longer than the model reads keeps its first pieces, with a warning naming its file:line."""
+    from nmtkit.data import datasets
     from nmtkit.data.batching import example_batches
-    from nmtkit.data.sources import InOrder, line_chunks
-    from nmtkit.tokenization import EOS_ID
+    from nmtkit.data.sources import InOrder, line_chunks, line_names
 
-    where = getattr(lines, "where", lambda n: f"line {n}")
+    where = line_names(lines)
     lineno = 0
     for chunk in line_chunks(lines, buffer_lines, wait):
         texts = [line or "" for line in chunk]
         todo = [i for i, t in enumerate(texts) if t.strip()]
-        seqs = []
-        for i, ids in zip(todo, ft.tok.encode([texts[i] for i in todo])):
-            if len(ids) >= ft.max_len:
-                log.warning("%s: %d pieces, truncated to %d", where(lineno + i + 1), len(ids), ft.max_len - 1)
-            seqs.append(ids[: ft.max_len - 1] + [EOS_ID])  # as `datasets.encode_texts`
+        seqs = datasets.encode_texts(ft.tok, [texts[i] for i in todo], ft.max_len, lambda k, n: log.warning(
+            "%s: %d pieces, truncated to %d", where(lineno + todo[k] + 1), n, ft.max_len - 1))
         ordered = InOrder(len(chunk), set(range(len(chunk))) - set(todo))
         for index in list(example_batches([len(s) for s in seqs], batch_size, shuffle=False)) or [[]]:
             done = []

@@ -157,13 +157,13 @@ def translate_blocks(
     file:line when `lines` can say, as `input_lines` does). With
     `n_best > 1` each output line is a JSON object holding the hypotheses and scores.
     """
-    from nmtkit.data.sources import InOrder, line_chunks
+    from nmtkit.data.sources import InOrder, line_chunks, line_names
 
     if beam < 1 or n_best < 1 or n_best > beam:
         raise DataError(f"--beam {beam} and --n-best {n_best}: need 1 <= n-best <= beam")
     options = dict(beam=beam, length_penalty=length_penalty, n_best=n_best, max_len_ratio=max_len_ratio,
                    max_len_extra=max_len_extra, scores=with_scores)
-    where = getattr(lines, "where", lambda n: f"line {n}")
+    where = line_names(lines)
     lineno = 0
     for chunk in line_chunks(lines, buffer_lines, wait):
         src = _source_ids(translator, [line or "" for line in chunk], lineno, where)
