@@ -170,6 +170,20 @@ def test_training_reads_the_data_in_worker_processes_and_reports_bad_pairs(corpu
     assert "prepared 3,601 pairs" in skipped.stderr  # the bad line's pair (the empty one) is left out
 
 
+def test_workers_are_never_forked_from_the_threaded_process(corpus, demo_tokenizer, tmp_path, monkeypatch):
+    """fork() in a process that runs threads (torch's) can leave a worker waiting forever on a lock another thread
+    held (a CI run on Python 3.13 hung so): the workers come from a forkserver, or are spawned."""
+    import multiprocessing
+
+    methods = []
+    real = multiprocessing.get_context
+    monkeypatch.setattr(multiprocessing, "get_context", lambda method=None: methods.append(method) or real(method))
+    monkeypatch.setattr(prepared, "PARALLEL_BYTES", 0)
+    result = run("prepare", "--src", corpus[0], "--tgt", corpus[1], "-t", demo_tokenizer.folder, "--workers", "2")
+    assert result.exit_code == 0, result.output
+    assert methods and all(m in ("forkserver", "spawn") for m in methods), methods
+
+
 def test_an_interrupted_preparation_leaves_nothing(corpus, demo_tokenizer, prepared_cache, monkeypatch):
     encoded = []
 

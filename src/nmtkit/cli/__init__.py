@@ -1,10 +1,10 @@
 """The command line: parse options, call one plain function in `nmtkit.workflows`, render the result.
 
-The command `X` lives in the module of its group, named like its `nmtkit.workflows` module and like the
-user guide's chapter (docs/guide/): `text` (train-tokenizer, tokenize, download), `translation` (train-translator, translate,
-score, evaluate), `lm` (pretrain, generate), `finetune` (finetune, classify, answer), `vectors` (build-vocab,
-train-embeddings, similarity, neighbors, analogy), `see` (attention, plot, compare), `runs` (info, average,
-export); `core` holds the app and what they share.
+The command `X` lives in the module of its group, named like its `nmtkit.workflows` module and like the user
+guide's chapter (docs/guide/): `text` (train-tokenizer, tokenize, download), `translation` (train-translator,
+translate, score, evaluate), `lm` (pretrain, generate), `finetune` (finetune, classify, answer), `vectors`
+(build-vocab, train-embeddings, similarity, neighbors, analogy), `see` (attention, plot, compare), `runs` (info,
+average, export); `core` holds the app and what they share.
 
 This package is the only one that prints, exits, or imports typer and rich. Results go to stdout, progress and
 logs to stderr, so commands compose in shell pipelines. A `NmtkitError` becomes `error: <message>` on one line

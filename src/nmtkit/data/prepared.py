@@ -349,11 +349,12 @@ def _chunks(items: Iterable, size: int) -> Iterator[list]:
 def _in_workers(chunks: Iterable, tokenizer: "Tokenizer", dtype: str, workers: int, write) -> None:
     """Tokenize chunks in `workers` processes, at most two chunks per worker in flight, written in order."""
     import multiprocessing
-    import sys
 
-    # fork (as torch's DataLoader workers on Linux): no re-import of the caller's main module; workers use
-    # sentencepiece and numpy only, never torch's threads
-    context = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
+    # forkserver where there is one (Linux, macOS): workers forked from a clean single-threaded server. Not fork:
+    # forking a process that runs threads (torch's, a caller's) can leave a worker waiting forever on a lock some
+    # other thread held at that moment (seen in CI on Python 3.13: a preparation that never ended)
+    methods = multiprocessing.get_all_start_methods()
+    context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
     with _sigterm_stops(), context.Pool(workers, _start_pool_worker, (str(tokenizer.folder / MODEL_FILE), 1, dtype)) as pool:
         pending: collections.deque = collections.deque()
         for c in chunks:
