@@ -75,7 +75,7 @@ def test_classifier_reads_each_texts_last_token():
     ("Ünïcödé — dashes — and émojis 🙂 here", "émojis 🙂"),  # byte-fallback pieces
 ])
 def test_span_mapping_gives_exact_character_offsets(tok, context, answer):
-    ids, starts, ends = datasets.context_pieces(tok, context)
+    ids, starts, ends = tok.offsets(context)
     assert len(ids) == len(starts) == len(ends)
     a = context.index(answer)
     first, last = datasets.answer_pieces(starts, ends, (answer, a))
@@ -84,7 +84,7 @@ def test_span_mapping_gives_exact_character_offsets(tok, context, answer):
 
 def test_a_piece_running_past_the_answer_widens_the_span_to_piece_boundaries(tok):
     context = "Prices rose in the 1990s, sharply."
-    ids, starts, ends = datasets.context_pieces(tok, context)
+    ids, starts, ends = tok.offsets(context)
     first, last = datasets.answer_pieces(starts, ends, ("1990s", context.index("1990s")))
     span = context[starts[first] : ends[last]]
     assert span.startswith("1990s") and span in ("1990s", "1990s,")  # "s," may be one piece

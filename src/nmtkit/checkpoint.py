@@ -159,11 +159,25 @@ def load_weights(path: str | Path, device: str = "cpu") -> dict[str, Any]:
     return weights
 
 
+def saved_state(model: Any) -> dict[str, Any]:
+    """What a run saves of `model`: its state dict; of a model with LoRA adapters, only what it trains (the
+    adapters and the task head), since its frozen body is the base model's."""
+    state = model.state_dict()
+    if not any(name.endswith(".lora_a") for name in state):
+        return state
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    return {name: t for name, t in state.items() if name in trainable}
+
+
 def load_into(model: Any, path: str | Path) -> None:
-    """Load the weights at `path` into `model`, refusing names or shapes that do not match the model (that is,
-    the config it was built from) with a message naming the first mismatch."""
-    path = Path(path)
-    weights, expected = load_weights(path), model.state_dict()
+    """Load the weights at `path` into `model` (a model with adapters: its `saved_state`), refusing names or
+    shapes that do not match the model (that is, the config it was built from) naming the first mismatch."""
+    load_state(model, load_weights(path), path)
+
+
+def load_state(model: Any, weights: dict[str, Any], path: str | Path) -> None:
+    """Load a state dict read from `path` into `model`, checked as `load_into` checks."""
+    expected = saved_state(model)
     missing, unexpected = sorted(set(expected) - set(weights)), sorted(set(weights) - set(expected))
     if missing or unexpected:
         what = f"{missing[0]} is missing" if missing else f"{unexpected[0]} is not part of the model"
@@ -173,7 +187,7 @@ def load_into(model: Any, path: str | Path) -> None:
         if weights[name].shape != tensor.shape:
             raise CheckpointError(f"{path}: weights do not match {CONFIG}: {name} has shape "
                                   f"{tuple(weights[name].shape)}, the config makes it {tuple(tensor.shape)}")
-    model.load_state_dict(weights, strict=True)
+    model.load_state_dict(weights, strict=len(expected) == len(model.state_dict()))
 
 
 def count_parameters(weights: dict[str, Any]) -> int:

@@ -93,7 +93,7 @@ def export_ctranslate2(run_dir: str | Path, out: str | Path, quantization: str |
     checkpoint.load_into(model, run_dir / checkpoint.WEIGHTS)
     with torch.no_grad():
         spec = _translator_spec(model, pieces) if config["kind"] == "translator" else _gpt_spec(model, pieces)
-    spec.config.layer_norm_epsilon = LAYER_NORM_EPS
+    spec.config.layer_norm_epsilon = getattr(model.cfg, "norm_eps", LAYER_NORM_EPS)
     try:
         spec.validate()
         spec.optimize(quantization=quantization)
@@ -179,7 +179,8 @@ def _gpt_spec(model, pieces: list[str]):
 
     cfg = model.cfg
     spec = transformer_spec.TransformerDecoderModelSpec.from_config(
-        cfg.layers, cfg.heads, pre_norm=True, activation=common_spec.Activation.GELU)
+        cfg.layers, cfg.heads, pre_norm=True,
+        activation=common_spec.Activation.GELUTanh if cfg.activation == "gelu_tanh" else common_spec.Activation.GELU)
     decoder = spec.decoder
     decoder.embeddings.weight = _np(model.embed.weight[: len(pieces)])
     decoder.scale_embeddings = False

@@ -1,4 +1,6 @@
-"""SentencePiece tokenizers: training, loading, encoding and decoding.
+"""Tokenizers: SentencePiece (trained by nmtkit) and byte-level BPE (a Hugging Face GPT-2 tokenizer, through the
+`tokenizers` library), behind one interface: encode, decode, pieces, offsets, special ids, vocabulary size.
+`load_tokenizer(path)` opens either.
 
 Special ids are fixed for every tokenizer nmtkit trains, so models never guess them:
 
@@ -8,7 +10,10 @@ Special ids are fixed for every tokenizer nmtkit trains, so models never guess t
     EOS_ID = 3  </s>    end of a sequence
 
 A tokenizer folder holds `tokenizer.model` (the SentencePiece model), `tokenizer.vocab` (piece and score
-per line) and `tokenizer.json` (how it was trained). What is *not* here: reading corpora (`nmtkit.data`).
+per line) and `tokenizer.json` (how it was trained). A byte-level BPE folder holds Hugging Face's `tokenizer.json`
+(or `vocab.json` and `merges.txt`) and its `tokenizer_config.json`; its special ids are its own (GPT-2's
+`<|endoftext|>` ends and begins documents; it has no padding token, so padding takes that id, masked by length).
+What is *not* here: reading corpora (`nmtkit.data`).
 """
 
 from __future__ import annotations
@@ -41,6 +46,9 @@ def is_tokenizer_folder(path: Path) -> bool:
 class Tokenizer:
     """A loaded SentencePiece model with nmtkit's fixed special ids."""
 
+    pad_id, unk_id, bos_id, eos_id = PAD_ID, UNK_ID, BOS_ID, EOS_ID
+    kind = "sentencepiece"
+
     def __init__(self, folder: str | Path):
         import sentencepiece as spm
 
@@ -67,6 +75,11 @@ class Tokenizer:
         return self.sp.GetPieceSize()
 
     @property
+    def model_file(self) -> Path:
+        """The file that is the tokenizer (its hash names prepared data; worker processes load it)."""
+        return self.folder / MODEL_FILE if self.folder.is_dir() else self.folder
+
+    @property
     def vocab_size(self) -> int:
         return self.sp.GetPieceSize()
 
@@ -85,16 +98,174 @@ class Tokenizer:
     def id_to_piece(self, i: int) -> str:
         return self.sp.IdToPiece(i)
 
+    @property
+    def newline_id(self) -> int | None:
+        """The id of the newline piece (nmtkit's GPT tokenizers have one), or None."""
+        i = self.sp.PieceToId("\n")
+        return None if i == UNK_ID else i
+
     def piece_to_id(self, piece: str) -> int:
         return self.sp.PieceToId(piece)
 
+    def offsets(self, text: str) -> tuple[list[int], list[int], list[int]]:
+        """The text's piece ids with each piece's character span [start, end) in the text. Words (runs of
+        non-space characters) are encoded one by one, as SentencePiece splits them anyway; inside a word the
+        pieces' own lengths give exact offsets, unless normalisation or byte fallback changed the length, in
+        which case each piece gets the whole word's span (so a span never cuts a character wrongly)."""
+        words = [(m.start(), m.end()) for m in re.finditer(r"\S+", text)]
+        ids, starts, ends = [], [], []
+        for (a, b), word_ids in zip(words, self.encode([text[a:b] for a, b in words])):
+            lengths = [len(self.id_to_piece(i).lstrip("\u2581")) for i in word_ids]
+            exact = sum(lengths) == b - a and all(not self.id_to_piece(i).startswith("<0x") for i in word_ids)
+            position = a
+            for i, length in zip(word_ids, lengths):
+                ids.append(i)
+                starts.append(position if exact else a)
+                position += length
+                ends.append(position if exact else b)
+        return ids, starts, ends
+
     def copy_to(self, folder: str | Path) -> None:
         """Copy this tokenizer's files into `folder` (a run folder's `tokenizer/`)."""
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        for name in (MODEL_FILE, VOCAB_FILE, INFO_FILE):
-            if (self.folder / name).is_file():
-                shutil.copyfile(self.folder / name, folder / name)
+        _copy_files(self.folder, (MODEL_FILE, VOCAB_FILE, INFO_FILE), folder)
+
+
+def _copy_files(source: Path, names: Iterable[str], folder: str | Path) -> None:
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        if (source / name).is_file():
+            shutil.copyfile(source / name, folder / name)
+
+
+BPE_FILES = ("tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json")
+
+
+def is_hf_tokenizer_json(path: Path) -> bool:
+    """Whether `path` is a Hugging Face tokenizer.json (nmtkit's own tokenizer.json records how it was trained)."""
+    if not path.is_file():
+        return False
+    try:
+        data = read_json(path)
+    except (CheckpointError, DataError):
+        return False
+    return isinstance(data, dict) and isinstance(data.get("model"), dict)
+
+
+class BPETokenizer:
+    """A byte-level BPE tokenizer (GPT-2's) from a Hugging Face tokenizer folder, through `tokenizers`. Every
+    string has ids (every byte is a piece), so there is no <unk> (`unk_id` None); without a padding token
+    (GPT-2 has none) `pad_id` is None and batches are padded with 0, masked by their lengths."""
+
+    kind = "bpe"
+
+    def __init__(self, folder: str | Path):
+        from tokenizers import Tokenizer as HFTokenizer
+        from tokenizers import decoders, models, pre_tokenizers
+
+        self.folder = Path(folder)
+        source = self.folder if self.folder.is_dir() else self.folder.parent
+        main = source / "tokenizer.json"
+        try:
+            if is_hf_tokenizer_json(main):
+                self.hf = HFTokenizer.from_file(str(main))
+            elif (source / "vocab.json").is_file() and (source / "merges.txt").is_file():
+                self.hf = HFTokenizer(models.BPE.from_file(str(source / "vocab.json"), str(source / "merges.txt")))
+                self.hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+                self.hf.decoder = decoders.ByteLevel()
+            else:
+                raise CheckpointError(f"{self.folder}: no tokenizer here (expected {MODEL_FILE}, or a Hugging Face "
+                                      "tokenizer.json, or vocab.json and merges.txt)")
+        except Exception as exc:  # the tokenizers library raises its own Exception subclass
+            if isinstance(exc, CheckpointError):
+                raise
+            raise CheckpointError(f"{main if main.is_file() else source / 'vocab.json'}: not a tokenizer the "
+                                  f"tokenizers library reads ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+        self.source = source
+        self.info = {"kind": "bpe", "vocab_size": len(self)}
+        self.threads = os.cpu_count() or 1
+        special = {}
+        for path in (source / "special_tokens_map.json", source / "tokenizer_config.json"):
+            if path.is_file():
+                found = read_json(path)
+                special.update({k: v for k, v in found.items() if k.endswith("_token")} if isinstance(found, dict) else {})
+        names = {k: (v.get("content") if isinstance(v, dict) else v) for k, v in special.items()}
+        eos = self._id(names.get("eos_token")) if names.get("eos_token") else self._id("<|endoftext|>")
+        if eos is None:
+            raise CheckpointError(f"{source}: the tokenizer has no end-of-text token (no eos_token in "
+                                  "tokenizer_config.json, no <|endoftext|>); a GPT needs one to end documents")
+        self.eos_id = eos
+        self.bos_id = self._id(names.get("bos_token")) if names.get("bos_token") else eos
+        self.pad_id = self._id(names.get("pad_token")) if names.get("pad_token") else None
+        unk = self._id(names.get("unk_token")) if names.get("unk_token") else None
+        self.unk_id = unk if unk is not None and unk != eos else None
+        if self.bos_id is None:
+            raise CheckpointError(f"{source}: tokenizer_config.json names a special token the vocabulary lacks")
+
+    def _id(self, token: str | None) -> int | None:
+        return self.hf.token_to_id(token) if token else None
+
+    def __len__(self) -> int:
+        return self.hf.get_vocab_size(with_added_tokens=True)
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self)
+
+    @property
+    def model_file(self) -> Path:
+        main = self.source / "tokenizer.json"
+        return main if is_hf_tokenizer_json(main) else self.source / "vocab.json"
+
+    def _encode(self, texts: Sequence[str]):
+        return self.hf.encode_batch(list(texts), add_special_tokens=False)
+
+    def encode(self, texts: Sequence[str], add_bos: bool = False, add_eos: bool = False) -> list[list[int]]:
+        return [[self.bos_id] * add_bos + e.ids + [self.eos_id] * add_eos for e in self._encode(texts)]
+
+    def encode_pieces(self, texts: Sequence[str]) -> list[list[str]]:
+        return [e.tokens for e in self._encode(texts)]
+
+    def decode(self, ids: Sequence[Sequence[int]]) -> list[str]:
+        return self.hf.decode_batch([list(x) for x in ids], skip_special_tokens=False)
+
+    def decode_pieces(self, pieces: Sequence[Sequence[str]]) -> list[str]:
+        unknown = [p for row in pieces for p in row if self.hf.token_to_id(p) is None]
+        if unknown:
+            raise DataError(f"{unknown[0]!r} is not a piece of this tokenizer")
+        return self.decode([[self.hf.token_to_id(p) for p in row] for row in pieces])
+
+    def id_to_piece(self, i: int) -> str:
+        return self.hf.id_to_token(i)
+
+    def piece_to_id(self, piece: str) -> int | None:
+        return self.hf.token_to_id(piece)
+
+    @property
+    def newline_id(self) -> int | None:
+        ids = self.hf.encode("\n", add_special_tokens=False).ids
+        return ids[0] if len(ids) == 1 else None
+
+    def offsets(self, text: str) -> tuple[list[int], list[int], list[int]]:
+        """The text's ids and each one's character span [start, end) (from the tokenizers library; a byte-level
+        piece inside a character spans the whole character)."""
+        e = self.hf.encode(text, add_special_tokens=False)
+        return list(e.ids), [a for a, _ in e.offsets], [b for _, b in e.offsets]
+
+    def copy_to(self, folder: str | Path) -> None:
+        _copy_files(self.source, BPE_FILES, folder)
+
+
+def load_tokenizer(path: str | Path):
+    """The tokenizer at `path`: a SentencePiece tokenizer folder (or .model file) or a byte-level BPE one (a
+    Hugging Face tokenizer folder, or a model folder holding one)."""
+    path = Path(path)
+    if path.is_dir() and not (path / MODEL_FILE).is_file() and (
+            is_hf_tokenizer_json(path / "tokenizer.json") or (path / "vocab.json").is_file()):
+        return BPETokenizer(path)
+    if path.is_file() and path.suffix == ".json":
+        return BPETokenizer(path)
+    return Tokenizer(path)
 
 
 def train_tokenizer(

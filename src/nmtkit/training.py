@@ -300,7 +300,7 @@ class _Loop:
         if not self.dist.is_main or state["last_saved"] == state["step"]:
             return
         name = f"{STEPS_DIR}/step-{state['step']:08d}.safetensors"
-        checkpoint.save_weights(run_dir / name, unwrap(self.model).state_dict())
+        checkpoint.save_weights(run_dir / name, checkpoint.saved_state(unwrap(self.model)))
         checkpoint.save_train_state(run_dir / checkpoint.TRAIN_STATE, {
             "weights": name, "optimizer": self.optimizer.state_dict(), "loop": dict(state, last_saved=state["step"]),
             "rng": rng if rng is not None else _rng_state(),
@@ -368,7 +368,7 @@ class _Loop:
         value = record.get(metric)
         if value is None or better(metric, value, self.state["best"]):
             self.state.update(best=value, best_step=self.state["step"], bad_evals=0)
-            checkpoint.save_weights(self.run_dir / checkpoint.WEIGHTS, unwrap(self.model).state_dict())
+            checkpoint.save_weights(self.run_dir / checkpoint.WEIGHTS, checkpoint.saved_state(unwrap(self.model)))
         else:
             self.state["bad_evals"] += 1
 

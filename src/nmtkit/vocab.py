@@ -17,7 +17,7 @@ from typing import Iterable, Iterator
 
 from nmtkit.errors import DataError
 from nmtkit.files import write_lines
-from nmtkit.tokenization import UNK_ID, Tokenizer
+from nmtkit.tokenization import Tokenizer
 
 # A word: letters/digits with inner apostrophes (don't, o'er), or one punctuation mark.
 WORD_RE = re.compile(r"\w+(?:['’]\w+)*|[^\w\s]")
@@ -62,7 +62,8 @@ def vocab_stats(tok: Tokenizer, counts: PieceCounts, top: int = 20, embedding_di
     if counts.sentences == 0:
         raise DataError("empty corpus (no non-blank text)")
     c = counts.counts
-    ordinary = range(SPECIAL_IDS, len(tok))
+    specials = {tok.pad_id, tok.unk_id, tok.bos_id, tok.eos_id}
+    ordinary = [i for i in range(len(tok)) if i not in specials]
     unseen = [i for i in ordinary if c[i] == 0]
     total = counts.tokens
     stats = {
@@ -72,8 +73,8 @@ def vocab_stats(tok: Tokenizer, counts: PieceCounts, top: int = 20, embedding_di
         "tokens": total,
         "pieces_seen": len(ordinary) - len(unseen),
         "coverage": round((len(ordinary) - len(unseen)) / max(len(ordinary), 1), 4),  # share of the vocab used
-        "unknown_tokens": c[UNK_ID],
-        "unknown_rate": round(c[UNK_ID] / max(total, 1), 6),  # share of the corpus's tokens that are <unk>
+        "unknown_tokens": c[tok.unk_id] if tok.unk_id is not None else 0,  # byte-level BPE has no <unk>
+        "unknown_rate": round((c[tok.unk_id] if tok.unk_id is not None else 0) / max(total, 1), 6),  # share of the corpus's tokens that are <unk>
         "pieces_per_word": round(total / max(counts.words, 1), 3),
         "pieces_per_sentence": round(total / counts.sentences, 2),
         "unseen_pieces": len(unseen),

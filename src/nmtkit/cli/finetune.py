@@ -22,7 +22,7 @@ from nmtkit.workflows.finetune import DATA_DEFAULTS, TRAIN_DEFAULTS
 @config_options(TrainConfig, "train_flags", defaults=TRAIN_DEFAULTS, exclude=NOT_FOR_GPT)
 def finetune_cmd(
     task: str = typer.Option(..., "--task", help="classify, qa or generate.", **choice(*TASKS)),
-    model: Optional[Path] = typer.Option(None, "--model", "-m", help="The pretrain run to start from (weights and tokenizer)."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="The model to start from (weights and tokenizer): a pretrain run, a Hugging Face GPT-2 folder, or the name of one in the local hub cache (gpt2).", metavar="PATH"),
     from_scratch: bool = typer.Option(False, "--from-scratch", help="New weights: -m's architecture and tokenizer, or --tokenizer and model flags."),
     tokenizer: Optional[Path] = typer.Option(None, "--tokenizer", "-t", help="With --from-scratch and no -m: the tokenizer."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Run folder (default checkpoints/TASK-DATE-TIME)."),
@@ -40,6 +40,9 @@ def finetune_cmd(
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help=f"Examples (qa: windows) per micro-batch (default {DATA_DEFAULTS['batch_size']}).", min=1),
     freeze_body: Optional[bool] = typer.Option(None, "--freeze-body/--train-body", help="Train the task head only; the pretrained body stays fixed (default: train both)."),
     max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help=f"generate: longest response when scoring chrF/BLEU (default {DATA_DEFAULTS['max_new_tokens']}).", min=0),
+    lora_rank: Optional[int] = typer.Option(None, "--lora-rank", help="Train LoRA adapters of this rank (and the head) with the body frozen; the run stores only those (default 0: train everything).", min=0),
+    lora_alpha: Optional[float] = typer.Option(None, "--lora-alpha", help="LoRA scaling: updates are multiplied by alpha / rank (default: twice the rank).", min=0),
+    lora_targets: Optional[str] = typer.Option(None, "--lora-targets", help="Which linear layers get adapters: attn, mlp or attn,mlp (default attn)."),
     device: str = DEVICE,
     resume: bool = RESUME,
     settings_file: Optional[Path] = SETTINGS,
@@ -57,7 +60,8 @@ def finetune_cmd(
     d = data_options(settings_file, file_settings, train=train_file, valid=valid_file, text_column=text_column,
                      label_column=label_column, dataset=dataset, config=dataset_config, split=split,
                      valid_split=valid_split, data_files=data_files, max_len=max_len, stride=stride,
-                     batch_size=batch_size, freeze_body=freeze_body, max_new_tokens=max_new_tokens, tokenizer=tokenizer)
+                     batch_size=batch_size, freeze_body=freeze_body, max_new_tokens=max_new_tokens, tokenizer=tokenizer,
+                     lora_rank=lora_rank, lora_alpha=lora_alpha, lora_targets=lora_targets)
     columns = {"text_column": d["text_column"] or "text", "label_column": d["label_column"] or "label"}
     train_source = valid_source = None
     if d["train"]:
@@ -78,6 +82,7 @@ def finetune_cmd(
             valid_source=valid_source, model_settings=with_flags(file_settings.get("model", {}), model_flags, (GPTConfig,), f"{settings_file}: [model]"),
             train_settings=with_flags(file_settings.get("train", {}), train_flags, (TrainConfig,), f"{settings_file}: [train]"), max_len=d["max_len"],
             stride=d["stride"], batch_size=d["batch_size"], freeze=d["freeze_body"], max_new_tokens=d["max_new_tokens"],
+            lora_rank=d["lora_rank"], lora_alpha=d["lora_alpha"], lora_targets=d["lora_targets"],
             device=device, resume=resume, on_bad_line=check_on_bad_line(on_bad_line), progress=display,
             command=command_line(), overwrite=overwrite)
     generation = summary.get("generation")

@@ -59,11 +59,11 @@ def tokenize_cmd(
 ) -> None:
     """Text to pieces or ids (or back with --decode): exactly one output line per input line."""
     from nmtkit.data.sources import input_lines
-    from nmtkit.tokenization import Tokenizer
+    from nmtkit.tokenization import load_tokenizer
     from nmtkit.workflows import text
     from nmtkit.workflows.runs import tokenizer_folder
 
-    tok = Tokenizer(tokenizer_folder(tokenizer))
+    tok = load_tokenizer(tokenizer_folder(tokenizer))
     lines = input_lines(files, stdin(), check_on_bad_line(on_bad_line))
     write_lines(text.tokenize(tok, lines, ids=ids, decode=decode), output)
 

@@ -254,7 +254,7 @@ def encode_texts(tok: Tokenizer, texts: list[str], max_len: int,
     for k, ids in enumerate(tok.encode(texts)):
         if truncated and len(ids) >= max_len:
             truncated(k, len(ids))
-        seqs.append(ids[: max_len - 1] + [EOS_ID])
+        seqs.append(ids[: max_len - 1] + [tok.eos_id])
     return seqs
 
 
@@ -286,7 +286,7 @@ def encode_instruction(tok: Tokenizer, prompt: str, response: str, max_len: int)
     the response. A prompt longer than `prompt_budget` keeps its last pieces; the response is cut to fit."""
     p, r = tok.encode([prompt, response])
     p = p[-prompt_budget(max_len) :]
-    ids = ([EOS_ID] + p + r + [EOS_ID])[: max_len + 1]
+    ids = ([tok.eos_id] + p + r + [tok.eos_id])[: max_len + 1]
     return ids, 1 + len(p)
 
 
@@ -309,28 +309,6 @@ class QAFeature:
         return len(self.ids) - 1
 
 
-def context_pieces(tok: Tokenizer, context: str) -> tuple[list[int], list[int], list[int]]:
-    """The context's piece ids with each piece's character span [start, end) in the original text. Words
-    (runs of non-space characters) are encoded one by one, as SentencePiece splits them anyway; inside a word
-    the pieces' own lengths give exact offsets, unless normalisation or byte fallback changed the length, in
-    which case each piece gets the whole word's span (so a span never cuts a character wrongly)."""
-    import re
-
-    words = [(m.start(), m.end()) for m in re.finditer(r"\S+", context)]
-    ids_per_word = tok.encode([context[a:b] for a, b in words])
-    ids, starts, ends = [], [], []
-    for (a, b), word_ids in zip(words, ids_per_word):
-        lengths = [len(tok.id_to_piece(i).lstrip("\u2581")) for i in word_ids]
-        exact = sum(lengths) == b - a and all(not tok.id_to_piece(i).startswith("<0x") for i in word_ids)
-        position = a
-        for i, length in zip(word_ids, lengths):
-            ids.append(i)
-            starts.append(position if exact else a)
-            position += length
-            ends.append(position if exact else b)
-    return ids, starts, ends
-
-
 def answer_pieces(starts: list[int], ends: list[int], answer: tuple[str, int]) -> tuple[int, int] | None:
     """The first and last piece overlapping the answer's characters [a, a + len(text)), or None if none does."""
     a, b = answer[1], answer[1] + len(answer[0])
@@ -347,7 +325,7 @@ def qa_features(tok: Tokenizer, examples, max_len: int, stride: int, max_questio
     for n, (ex, q) in enumerate(zip(examples, questions)):
         q = q[:max_question]
         if ex.context not in contexts:
-            contexts[ex.context] = context_pieces(tok, ex.context)
+            contexts[ex.context] = tok.offsets(ex.context)
         ids, starts, ends = contexts[ex.context]
         room = max_len - len(q) - 3
         if room < 8:
@@ -356,7 +334,8 @@ def qa_features(tok: Tokenizer, examples, max_len: int, stride: int, max_questio
         span = answer_pieces(starts, ends, ex.answers[0]) if ex.answers else None
         for lo in range(0, max(len(ids), 1), step):
             hi = min(len(ids), lo + room)
-            seq = [EOS_ID] + q + [EOS_ID] + ids[lo:hi] + [EOS_ID]
+            eos = tok.eos_id
+            seq = [eos] + q + [eos] + ids[lo:hi] + [eos]
             offset = len(q) + 2
             start = end = len(seq) - 1
             if span is not None and lo <= span[0] and span[1] < hi:

@@ -126,13 +126,13 @@ def _release(maps: list) -> None:
 class PreparedTexts:
     """A prepared classification data set (kind "labelled") opened for training, rows [start, stop) of it: each
     text cut to its first max_len - 1 pieces and closed by </s> (as `datasets.encode_texts`), each label as its
-    index in the run's `labels`."""
+    index in the run's `labels`. `eos`: the tokenizer's end-of-text id."""
 
     def __init__(self, folder: str | Path, max_len: int, labels: list[str], rows: tuple[int, int] | None = None,
-                 name: str = "training data"):
+                 name: str = "training data", eos: int = EOS_ID):
         import numpy as np
 
-        self.folder, self.max_len = Path(folder), max_len
+        self.folder, self.max_len, self.eos = Path(folder), max_len, eos
         self.meta = read_json(self.folder / META)
         self.start, stop = rows or (0, self.meta["pairs"])
         self.maps: list = []
@@ -156,7 +156,7 @@ class PreparedTexts:
 
     def seq(self, i: int) -> list[int]:
         j = self.start + int(i)
-        return self.ids[self.offsets[j] : self.offsets[j + 1]][: self.max_len - 1].tolist() + [EOS_ID]
+        return self.ids[self.offsets[j] : self.offsets[j + 1]][: self.max_len - 1].tolist() + [self.eos]
 
     def collate(self, indices: Sequence[int]):
         from nmtkit.data.batching import collate_classify

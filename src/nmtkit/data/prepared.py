@@ -55,7 +55,6 @@ from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 from nmtkit.data import corpora
 from nmtkit.errors import DataError
 from nmtkit.files import file_sha256, read_json, write_error, write_json
-from nmtkit.tokenization import MODEL_FILE
 
 if TYPE_CHECKING:
     from nmtkit.tokenization import Tokenizer
@@ -92,7 +91,7 @@ def describe(source, tokenizer: "Tokenizer", on_bad_line: str) -> dict:
     for field in ("src", "tgt", "table", "file"):  # the files as spelled: their resolved paths are in `files`
         named.pop(field, None)
     inputs = {"format": FORMAT, "source": named, "files": files, "on_bad_line": on_bad_line,
-              "tokenizer": file_sha256(tokenizer.folder / MODEL_FILE)}
+              "tokenizer": file_sha256(tokenizer.model_file)}
     if source.dataset:  # a Hugging Face dataset: its fingerprint changes when its data does
         from nmtkit.data.sources import load_dataset
 
@@ -307,7 +306,7 @@ def prepare(source, tokenizer: "Tokenizer", tmp: Path, folder: Path, *, kind: st
         if parallel:
             _in_workers(chunks, tokenizer, dtype, workers or len(os.sched_getaffinity(0)), write)
         else:
-            _start_worker(str(tokenizer.folder / MODEL_FILE), tokenizer.threads, dtype)
+            _start_worker(str(tokenizer.model_file), tokenizer.threads, dtype)
             for c in chunks:
                 write(_encode_chunk(c))
         for name, f in out.items():
@@ -355,7 +354,7 @@ def _in_workers(chunks: Iterable, tokenizer: "Tokenizer", dtype: str, workers: i
     # other thread held at that moment (seen in CI on Python 3.13: a preparation that never ended)
     methods = multiprocessing.get_all_start_methods()
     context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
-    with _sigterm_stops(), context.Pool(workers, _start_pool_worker, (str(tokenizer.folder / MODEL_FILE), 1, dtype)) as pool:
+    with _sigterm_stops(), context.Pool(workers, _start_pool_worker, (str(tokenizer.model_file), 1, dtype)) as pool:
         pending: collections.deque = collections.deque()
         for c in chunks:
             pending.append(pool.apply_async(_encode_chunk, (c,)))
@@ -389,7 +388,7 @@ def _sigterm_stops():
         signal.signal(signal.SIGTERM, previous)
 
 
-_sp, _threads, _dtype = None, 1, "uint16"  # the worker's sentencepiece model, its threads, the ids' type
+_tok, _dtype = None, "uint16"  # the worker's tokenizer, the ids' type
 
 
 def _start_pool_worker(model: str, threads: int, dtype: str) -> None:
@@ -402,10 +401,11 @@ def _start_pool_worker(model: str, threads: int, dtype: str) -> None:
 
 
 def _start_worker(model: str, threads: int, dtype: str) -> None:
-    global _sp, _threads, _dtype
-    import sentencepiece as spm
+    global _tok, _dtype
+    from nmtkit.tokenization import load_tokenizer
 
-    _sp, _threads, _dtype = spm.SentencePieceProcessor(model_file=model), threads, dtype
+    _tok, _dtype = load_tokenizer(model), dtype
+    _tok.threads = threads
 
 
 def _encode_chunk(chunk):
@@ -436,7 +436,7 @@ def _encode_chunk(chunk):
         fields = [list(side) for side in zip(*pairs)] if pairs else [[], []]
     encoded = []
     for texts in fields:
-        ids = _sp.Encode(texts, num_threads=_threads)
+        ids = _tok.encode(texts)
         lengths = np.fromiter(map(len, ids), dtype=np.uint32, count=len(ids))
         flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=_dtype, count=int(lengths.sum(dtype=np.int64)))
         encoded.append((flat, lengths))

@@ -92,6 +92,9 @@ class GPTConfig:
     ff_dim: int = option(0, "MLP inner width (0: 4 x d_model).", min=0, max=1 << 20)
     dropout: float = option(0.2, "Dropout.", min=0.0, max=1.0)
     attention_dropout: float = option(0.0, "Dropout on attention weights.", min=0.0, max=1.0)
+    activation: Literal["gelu", "gelu_tanh"] = option("gelu", "MLP activation: gelu (exact) or gelu_tanh (GPT-2's "
+                                                      "approximation, gelu_new in Hugging Face).")
+    norm_eps: float = option(1e-5, "Layer norm epsilon.", min=0.0, max=1.0)
 
     def validate(self, where: str) -> None:
         if self.d_model % self.heads:

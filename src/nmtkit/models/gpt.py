@@ -29,10 +29,11 @@ class GPT(nn.Module):
         self.pos = Positions("learned", cfg.block_size, D)
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(
-            Block(D, cfg.heads, cfg.ff_dim or 4 * D, cfg.dropout, cfg.attention_dropout, activation="gelu")
+            Block(D, cfg.heads, cfg.ff_dim or 4 * D, cfg.dropout, cfg.attention_dropout, activation=cfg.activation,
+                  norm_eps=cfg.norm_eps)
             for _ in range(cfg.layers)
         )
-        self.norm = nn.LayerNorm(D)
+        self.norm = nn.LayerNorm(D, eps=cfg.norm_eps)
         self.out = nn.Linear(D, pad_vocab(cfg.vocab_size), bias=False)
         self.apply(self._init)
         for name, p in self.named_parameters():  # GPT-2: residual projections scaled by 1/sqrt(2 x layers)

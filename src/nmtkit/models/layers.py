@@ -154,12 +154,17 @@ def for_cpu_inference(model: nn.Module) -> nn.Module:
     return model
 
 
+def gelu_tanh(x: Tensor) -> Tensor:
+    """GELU's tanh approximation (GPT-2's activation; "gelu_new" in Hugging Face)."""
+    return F.gelu(x, approximate="tanh")
+
+
 class FeedForward(nn.Module):
     def __init__(self, d_model: int, ff_dim: int, dropout: float, activation: str = "relu"):
         super().__init__()
         self.up = nn.Linear(d_model, ff_dim)
         self.down = nn.Linear(ff_dim, d_model)
-        self.act = F.gelu if activation == "gelu" else F.relu
+        self.act = {"gelu": F.gelu, "gelu_tanh": gelu_tanh, "relu": F.relu}[activation]
         self.dropout = dropout  # functional dropout and activation: no module call per layer when decoding
 
     def forward(self, x: Tensor) -> Tensor:
@@ -172,13 +177,13 @@ class Block(nn.Module):
     each wrapped in a residual connection with layer norm before (pre-norm) or after (post-norm)."""
 
     def __init__(self, d_model: int, heads: int, ff_dim: int, dropout: float, attention_dropout: float = 0.0,
-                 activation: str = "relu", pre_norm: bool = True, cross: bool = False):
+                 activation: str = "relu", pre_norm: bool = True, cross: bool = False, norm_eps: float = 1e-5):
         super().__init__()
         self.pre = pre_norm
         self.self_attn = MultiHeadAttention(d_model, heads, attention_dropout)
         self.cross_attn = MultiHeadAttention(d_model, heads, attention_dropout, cross=True) if cross else None
         self.ff = FeedForward(d_model, ff_dim, dropout, activation)
-        self.norms = nn.ModuleList(nn.LayerNorm(d_model) for _ in range(3 if cross else 2))
+        self.norms = nn.ModuleList(nn.LayerNorm(d_model, eps=norm_eps) for _ in range(3 if cross else 2))
         self.dropout = dropout
 
     def residual(self, x: Tensor, y: Tensor, norm: nn.Module) -> Tensor:

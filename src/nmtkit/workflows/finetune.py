@@ -12,7 +12,7 @@ from nmtkit.config import TrainConfig, from_dict, to_dict
 from nmtkit.data import corpora
 from nmtkit.data.sources import TaskSource, describe_files
 from nmtkit.errors import CheckpointError, ConfigError, DataError
-from nmtkit.tokenization import Tokenizer
+from nmtkit.tokenization import Tokenizer, load_tokenizer
 from nmtkit.workflows import runs
 
 log = logging.getLogger("nmtkit")
@@ -23,8 +23,9 @@ TASK_METRIC = {"classify": "accuracy", "qa": "f1", "generate": "valid_loss"}  # 
 TRAIN_DEFAULTS = {"schedule": "cosine", "lr": 3e-4, "warmup_steps": 50, "label_smoothing": 0.0,
                   "weight_decay": 0.01, "beta2": 0.99, "max_steps": 1000, "eval_every": 100}
 # the data settings a run keeps: longest input, QA window overlap, examples per micro-batch, a frozen body, the
-# longest response when scoring generation
-DATA_DEFAULTS = {"max_len": 256, "stride": 64, "batch_size": 32, "freeze": False, "max_new_tokens": 128}
+# longest response when scoring generation, LoRA adapters (rank 0: none; alpha 0: twice the rank; which layers)
+DATA_DEFAULTS = {"max_len": 256, "stride": 64, "batch_size": 32, "freeze": False, "max_new_tokens": 128,
+                 "lora_rank": 0, "lora_alpha": 0.0, "lora_targets": "attn"}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -243,23 +244,28 @@ def finetune(
     batch_size: int | None = None,
     freeze: bool | None = None,
     max_new_tokens: int | None = None,
+    lora_rank: int | None = None,
+    lora_alpha: float | None = None,
+    lora_targets: str | None = None,
     device: str = "auto",
     resume: bool = False,
     on_bad_line: corpora.OnBadLine = "error",
     progress=None,
     command: list[str] | None = None,
 ) -> dict[str, Any]:
-    """Fine-tune a pretrained decoder (or the same architecture from scratch) for one task. The data settings
-    (`max_len` ... `max_new_tokens`) left as None take `DATA_DEFAULTS`. Returns the run's summary."""
+    """Fine-tune a pretrained decoder (or the same architecture from scratch) for one task, all of it or (with
+    `lora_rank`) LoRA adapters and the head. The data settings (`max_len` ... `lora_targets`) left as None take
+    `DATA_DEFAULTS`. Returns the run's summary."""
     from nmtkit.runtime import pick_device, seed_everything
     from nmtkit.training import train
 
     dev = pick_device(device)
     s = _settings(run_dir, resume, task, pretrained, from_scratch, tokenizer, train_source, valid_source,
                   model_settings, train_settings, dict(max_len=max_len, stride=stride, batch_size=batch_size,
-                                                       freeze=freeze, max_new_tokens=max_new_tokens))
+                                                       freeze=freeze, max_new_tokens=max_new_tokens,
+                                                       lora_rank=lora_rank, lora_alpha=lora_alpha, lora_targets=lora_targets))
     task, data, model_cfg, train_cfg = s["task"], s["data"], s["model_cfg"], s["train_cfg"]
-    tok = Tokenizer(run_dir / checkpoint.TOKENIZER_DIR)
+    tok = load_tokenizer(run_dir / checkpoint.TOKENIZER_DIR)
     data = {**data, "max_len": min(data["max_len"], model_cfg.block_size)}
     if task == "classify":
         train_data, valid_data, labels = _classify_data(s, tok, data["max_len"], on_bad_line, progress)
@@ -276,7 +282,7 @@ def finetune(
                   getattr(train_data, "folder", None))
 
     seed_everything(train_cfg.seed)
-    model = _task_model(task, model_cfg, labels, s["pretrained"], s["from_scratch"] or resume, data["freeze"])
+    model = _task_model(task, model_cfg, labels, s["pretrained"], s["from_scratch"] or resume, data)
     result = train(model, task_objective(task), lambda epoch: train_data.batches(data["batch_size"], shuffle=True,
                    seed=train_cfg.seed, epoch=epoch), cfg=train_cfg, run_dir=run_dir, device=dev,
                    evaluate=lambda m: task_scores(m, dev, valid_data, labels), resume=resume, progress=progress)
@@ -301,11 +307,25 @@ def _settings(run_dir: Path, resume: bool, task, pretrained, from_scratch, token
     if train_source is None:
         raise DataError("no training data: give --train FILE or --dataset NAME")
     data = {**DATA_DEFAULTS, **data}
-    for name, low in (("max_len", 1), ("stride", 0), ("batch_size", 1), ("max_new_tokens", 0)):
+    for name, low in (("max_len", 1), ("stride", 0), ("batch_size", 1), ("max_new_tokens", 0), ("lora_rank", 0),
+                      ("lora_alpha", 0)):
         if data[name] < low:
             raise ConfigError(f"--{name.replace('_', '-')} must be at least {low}, got {data[name]}")
     if data["freeze"] and task == "generate":
         raise DataError("--freeze-body leaves nothing to train for --task generate (it has no head)")
+    if data["lora_rank"]:
+        from nmtkit.models.lora import parse_targets
+
+        if not pretrained or from_scratch:
+            raise DataError("--lora-rank adapts a pretrained model: give -m PRETRAINED, without --from-scratch")
+        if data["freeze"]:
+            raise DataError("--lora-rank freezes the body already; leave out --freeze-body")
+        try:
+            parse_targets(data["lora_targets"])
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+    if pretrained and Path(pretrained).exists():  # kept where it is: a LoRA run reads its base model from there
+        pretrained = str(Path(pretrained).resolve())
     model_cfg = _new_model_config(run_dir, pretrained, from_scratch, tokenizer, model_settings or {})
     train_cfg = from_dict(TrainConfig, {**TRAIN_DEFAULTS, "best_metric": TASK_METRIC[task], **(train_settings or {})},
                           "train settings")
@@ -383,11 +403,11 @@ def _classify_data(s: dict[str, Any], tok: Tokenizer, max_len: int, on_bad_line,
         labels = sorted_labels(mapped.labels_present(folder, (0, rows - cut)))
         if len(labels) < 2:
             raise DataError(f"the training data has one label only ({labels[0]!r}); a classifier needs two or more")
-    train_data = mapped.PreparedTexts(folder, max_len, labels, (0, rows - cut))
+    train_data = mapped.PreparedTexts(folder, max_len, labels, (0, rows - cut), eos=tok.eos_id)
     if s["valid"] is not None:
         valid_examples = s["valid"].examples("classify", on_bad_line)
         return train_data, TaskData("classify", valid_examples, tok, max_len, 0, labels, "validation data"), labels
-    held_out = mapped.PreparedTexts(folder, max_len, labels, (rows - cut, rows), "validation data")
+    held_out = mapped.PreparedTexts(folder, max_len, labels, (rows - cut, rows), "validation data", tok.eos_id)
     return train_data, TaskData.encoded([held_out.seq(i) for i in range(len(held_out))], held_out.labels.tolist()), labels
 
 
@@ -409,15 +429,24 @@ def _write_config(run_dir: Path, resume: bool, task: str, model_cfg, labels, tra
                       {"files": trained + (describe_files(valid.files()) if valid else [])})
 
 
-def _task_model(task: str, model_cfg, labels, pretrained, new_weights: bool, freeze: bool):
-    """The task's model: a head on the pretrained body (its weights loaded unless `new_weights`), the body
-    frozen with `freeze`."""
+def _task_model(task: str, model_cfg, labels, pretrained, new_weights: bool, data: dict[str, Any]):
+    """The task's model: a head on the pretrained body (its weights loaded unless `new_weights`; always under
+    LoRA adapters, which a run saves without the body), the body frozen with `freeze`."""
     model = build_task_model(task, model_cfg, labels)
     body = model if task == "generate" else model.body
-    if pretrained and not new_weights:
-        checkpoint.load_into(body, Path(pretrained) / checkpoint.WEIGHTS)
-    if freeze:
+    rank = data.get("lora_rank", 0)
+    if pretrained and (not new_weights or rank):
+        base = runs.open_run(pretrained, ("gpt",))
+        checkpoint.load_state(body, runs.run_weights(base), base.path)
+    if data["freeze"]:
         body.requires_grad_(False)
+    if rank:
+        from nmtkit.models.lora import add_adapters
+
+        total = sum(p.numel() for p in model.parameters())
+        trainable = add_adapters(model, rank, data["lora_alpha"] or 2 * rank, data["lora_targets"])
+        log.info("LoRA rank %d on %s: %s trainable parameters of %s (%.2f%%)", rank, data["lora_targets"],
+                 f"{trainable:,}", f"{total + trainable:,}", 100 * trainable / (total + trainable))
     return model
 
 

@@ -153,11 +153,10 @@ def prepare_lm_data(run_dir: Path, source: TextSource, tok: Tokenizer, valid_fra
     from nmtkit.data import corpora
     from nmtkit.data.datasets import encode_stream, split_documents
     from nmtkit.files import write_json
-    from nmtkit.tokenization import MODEL_FILE
 
     folder = run_dir / "data"
     key_source = {"files": [file_sha256(p) for p in source.files()], "source": to_dict(source),
-                  "valid_fraction": valid_fraction, "tokenizer": file_sha256(tok.folder / MODEL_FILE)}
+                  "valid_fraction": valid_fraction, "tokenizer": file_sha256(tok.model_file)}
     key = hashlib.sha256(json.dumps(key_source, sort_keys=True).encode()).hexdigest()
     meta_file = folder / "meta.json"
     if meta_file.is_file() and read_json(meta_file).get("key") == key:
@@ -165,8 +164,7 @@ def prepare_lm_data(run_dir: Path, source: TextSource, tok: Tokenizer, valid_fra
         return read_json(meta_file)
     total = sum(len(d) for d in corpora.nonempty(source.documents(), source.name()))
     valid_chars = total - int(total * (1 - valid_fraction))  # the split nanoGPT uses: text[int(n * 0.9):]
-    newline = tok.piece_to_id("\n")
-    newline_id = newline if newline != tok.sp.unk_id() else None
+    newline_id = tok.newline_id
     if newline_id is None:
         log.warning("the tokenizer has no newline piece: line breaks become spaces")
     log.info("tokenizing %s characters", f"{total:,}")
@@ -220,24 +218,22 @@ class LanguageModel:
     def _settings(self, run: runs.Run) -> None:
         from nmtkit.data.datasets import prompt_budget
         from nmtkit.models.gpt import GPTConfig
-        from nmtkit.tokenization import EOS_ID
 
         self.run_dir = run.path
         if run.kind == "finetune" and run.task != "generate":
             raise CheckpointError(f"{self.run_dir}: a --task {run.task} run cannot generate text")
-        # instruction examples start a new document with </s> and keep at most half the context for the prompt
-        self.prefix = [EOS_ID] if run.kind == "finetune" else []
-        self.max_prompt = prompt_budget(run.config["data"]["max_len"]) if run.kind == "finetune" else None
         self.cfg = from_dict(GPTConfig, run.config["model"], str(self.run_dir / checkpoint.CONFIG))
         self.tok = runs.run_tokenizer(run, self.cfg.vocab_size)
+        self.eos = self.tok.eos_id
+        # instruction examples start a new document with </s> and keep at most half the context for the prompt
+        self.prefix = [self.eos] if run.kind == "finetune" else []
+        self.max_prompt = prompt_budget(run.config["data"]["max_len"]) if run.kind == "finetune" else None
 
     def encode_prompt(self, text: str) -> list[int]:
         """Prompt ids, line breaks as the newline piece; an empty prompt starts a new document (</s>)."""
-        from nmtkit.tokenization import EOS_ID
-
         ids = self.tok.encode([text])[0] if text else []
         if not ids:  # nothing to continue (empty, or only spaces): start a new document
-            return [EOS_ID]
+            return [self.eos]
         return self.prefix + (ids[-self.max_prompt :] if self.max_prompt else ids)
 
     def decode(self, ids: list[int]) -> str:
@@ -267,12 +263,11 @@ class LanguageModel:
 
         from nmtkit import decoding
         from nmtkit.runtime import autocast
-        from nmtkit.tokenization import EOS_ID
 
         with autocast(self.device):
             for token in decoding.sample_stream(self.model, torch.tensor(prompts, device=self.device),
                                                 max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
-                                                top_p=top_p, eos=EOS_ID, generator=rng, context=self.cfg.block_size):
+                                                top_p=top_p, eos=self.eos, generator=rng, context=self.cfg.block_size):
                 yield token.tolist()
 
 
@@ -293,8 +288,6 @@ class CT2LanguageModel(LanguageModel):
 
     def steps(self, prompts: list[list[int]], rng, *, max_new_tokens: int, temperature: float, top_k: int,
               top_p: float) -> Iterator[list[int]]:
-        from nmtkit.tokenization import EOS_ID
-
         room = self.cfg.block_size - len(prompts[0])
         if max_new_tokens > room:
             log.warning("the CTranslate2 export has %d positions: at most %d new tokens after this prompt",
@@ -310,7 +303,7 @@ class CT2LanguageModel(LanguageModel):
             return
         rows = [r.sequences_ids[0] for r in self.model.generate_batch(pieces, include_prompt_in_result=False, **options)]
         for i in range(max(map(len, rows), default=0)):
-            yield [row[i] if i < len(row) else EOS_ID for row in rows]
+            yield [row[i] if i < len(row) else self.eos for row in rows]
 
 
 def open_language_model(path: str | Path, device: str = "auto", compute_type: str = "default") -> LanguageModel:
@@ -357,8 +350,6 @@ def _sample_buffer(lm: LanguageModel, prompts: list[str], done: int, num_samples
                    batch_size: int) -> Iterator[dict[tuple[int, int], str]]:
     """The text of every (prompt, sample) of one buffer, prompts of one token length sampled together; yields
     each batch's texts as it is done."""
-    from nmtkit.tokenization import EOS_ID
-
     by_length: dict[int, list] = {}
     for i, p in enumerate(prompts):
         ids = _crop(lm, lm.encode_prompt(p), done + i)
@@ -371,22 +362,20 @@ def _sample_buffer(lm: LanguageModel, prompts: list[str], done: int, num_samples
             texts: dict[tuple[int, int], str] = {}
             for row, (i, s, ids) in enumerate(group):
                 new = [step[row] for step in steps]
-                texts[(i, s)] = lm.continuation(ids, new[: new.index(EOS_ID)] if EOS_ID in new else new)
+                texts[(i, s)] = lm.continuation(ids, new[: new.index(lm.eos)] if lm.eos in new else new)
             yield texts
 
 
 def generate_stream(lm: LanguageModel, prompt: str, *, max_new_tokens: int = 200, temperature: float = 1.0,
                     top_k: int = 0, top_p: float = 1.0, seed: int = 0) -> Iterator[str]:
     """Continue one prompt, yielding the new text as soon as each token is produced."""
-    from nmtkit.tokenization import EOS_ID
-
     check_sampling(max_new_tokens, temperature, top_k, top_p)
     context = _crop(lm, lm.encode_prompt(prompt), 0)
     ids: list[int] = []
     shown = ""
     for (token,) in lm.steps([context], lm.seeded(seed), max_new_tokens=max_new_tokens, temperature=temperature,
                              top_k=top_k, top_p=top_p):
-        if token == EOS_ID:
+        if token == lm.eos:
             return
         ids.append(token)
         text = lm.continuation(context, ids)

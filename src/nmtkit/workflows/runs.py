@@ -1,5 +1,6 @@
-"""The run-folder layer every workflow shares: open a run of any kind (or a CTranslate2 export of one) and learn
-its kind; start a run or resume it under one rule; provide its tokenizer; record into its run.json; load its
+"""The run-folder layer every workflow shares: open a run of any kind (or a CTranslate2 export of one, or a
+Hugging Face GPT-2 folder, which is a GPT run) and learn its kind; read its weights (a LoRA run's merged
+into its base model's); start a run or resume it under one rule; provide its tokenizer; record into its run.json; load its
 weights for inference. Also the `info` and `average` commands, which work on any run.
 
 The resume rule: `--resume` continues a run exactly as it was started, from its config.json. A setting given
@@ -20,14 +21,14 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from nmtkit import checkpoint
+from nmtkit import checkpoint, hf
 from nmtkit.config import TokenizerConfig, from_dict, to_dict
 from nmtkit.data import corpora
 from nmtkit.data.sources import describe_files
 from nmtkit.errors import CheckpointError, ConfigError
 from nmtkit.export import is_ctranslate2_folder, read_export
 from nmtkit.files import check_output_folder, read_json, read_jsonl, write_json
-from nmtkit.tokenization import INFO_FILE, Tokenizer, train_tokenizer
+from nmtkit.tokenization import INFO_FILE, Tokenizer, is_hf_tokenizer_json, load_tokenizer, train_tokenizer
 
 log = logging.getLogger("nmtkit")
 RESUME_OVERRIDES = ("max_steps", "max_epochs", "max_minutes", "patience")  # what --resume may change
@@ -39,11 +40,13 @@ RESUME_OVERRIDES = ("max_steps", "max_epochs", "max_minutes", "patience")  # wha
 
 @dataclasses.dataclass(frozen=True)
 class Run:
-    """A run folder, or a CTranslate2 export of one (`exported`), with the config the run was made with."""
+    """A run folder, or a CTranslate2 export of one (`exported`), or a Hugging Face GPT-2 folder (`hf`: a "gpt"
+    run whose config is made from its config.json), with the config the run was made with."""
 
     path: Path
     config: dict[str, Any]
     exported: bool = False
+    hf: bool = False
 
     @property
     def kind(self) -> str:
@@ -57,11 +60,17 @@ class Run:
 
 
 def open_run(path: str | Path, kinds: tuple[str, ...] | None = None) -> Run:
-    """The one way to open a run folder or a CTranslate2 export; refuses a missing folder, an unknown format
-    version, and (with `kinds`) a run of another kind, each with one line."""
-    path = Path(path)
+    """The one way to open a run folder, a CTranslate2 export or a Hugging Face GPT-2 folder (a path, or a name
+    in the local hub cache); refuses a missing folder, an unknown format version, and (with `kinds`) a run of
+    another kind, each with one line."""
+    path = hf.resolve(path)
     if is_ctranslate2_folder(path):
         return Run(path, read_export(path, kinds), exported=True)
+    if hf.is_hf_folder(path):
+        if kinds is not None and "gpt" not in kinds:
+            raise CheckpointError(f"{path}: a Hugging Face GPT-2 model, but this command needs one of: {', '.join(kinds)}")
+        return Run(path, {"format_version": checkpoint.FORMAT_VERSION, "kind": "gpt", "model": hf.gpt_settings(path),
+                          "source": "huggingface"}, hf=True)
     config = checkpoint.read_config(path, kinds)
     checkpoint.check_sections(config, path / checkpoint.CONFIG)
     return Run(path, config)
@@ -84,6 +93,36 @@ def open_for_inference(path: str | Path, device: str, compute_type: str, run_cla
     return run_class(path, device)
 
 
+def run_weights(run: Run) -> dict[str, Any]:
+    """A run's best weights as a full state dict of its model: a Hugging Face folder's mapped onto nmtkit's
+    GPT; a LoRA run's adapters merged into its base model's weights (its task head beside them)."""
+    if run.hf:
+        import torch
+
+        from nmtkit.models.gpt import GPT, GPTConfig
+
+        with torch.device("meta"):  # the names and shapes only
+            shape = GPT(from_dict(GPTConfig, run.config["model"], str(run.path / hf.CONFIG)))
+        return hf.gpt_weights(run.path, shape)
+    weights = checkpoint.load_weights(run.path / checkpoint.WEIGHTS)
+    lora = (run.config.get("data") or {}).get("lora_rank") if run.kind == "finetune" else None
+    if not lora:
+        return weights
+    from nmtkit.models.lora import merged
+
+    data = run.config["data"]
+    base = (run.config.get("init") or {}).get("pretrained")
+    try:
+        base_run = open_run(base, ("gpt",))
+    except CheckpointError as exc:
+        raise CheckpointError(f"{run.path}: a LoRA run holds adapters only, and its base model is not usable: {exc} "
+                              "(export the run with nmtkit export --format nmtkit where the base is, to keep "
+                              "full weights)") from None
+    prefix = "" if run.task == "generate" else "body."
+    full = {prefix + name: t for name, t in run_weights(base_run).items()}
+    return merged({**full, **weights}, (data.get("lora_alpha") or 2 * lora) / lora)
+
+
 def load_weights_for_inference(model, run: Run, device):
     """`model` with the run's best weights, on `device`, in eval mode; on a CPU with its linear layers in the
     faster decoding layout."""
@@ -91,7 +130,7 @@ def load_weights_for_inference(model, run: Run, device):
 
     from nmtkit.models.layers import for_cpu_inference
 
-    checkpoint.load_into(model, run.path / checkpoint.WEIGHTS)
+    checkpoint.load_state(model, run_weights(run), run.path if run.hf else run.path / checkpoint.WEIGHTS)
     broken = next((name for name, p in model.state_dict().items() if p.is_floating_point() and not torch.isfinite(p).all()),
                   None)
     if broken is not None:
@@ -104,16 +143,18 @@ def load_weights_for_inference(model, run: Run, device):
 def run_tokenizer(run: Run, vocab_size: int) -> Tokenizer:
     """The run's tokenizer, refused when its size is not the one the model was trained with (a tokenizer copied
     from another run would give the model ids it never saw)."""
-    tok = Tokenizer(run.path / checkpoint.TOKENIZER_DIR)
+    folder = run.path if run.hf else run.path / checkpoint.TOKENIZER_DIR
+    tok = load_tokenizer(folder)
     if len(tok) != vocab_size:
-        raise CheckpointError(f"{run.path / checkpoint.TOKENIZER_DIR}: {len(tok)} pieces, but the model was trained with "
+        raise CheckpointError(f"{folder}: {len(tok)} pieces, but the model was trained with "
                               f"{vocab_size} (config.json); this is not the run's own tokenizer")
     return tok
 
 
 def tokenizer_folder(path: str | Path) -> Path:
-    """A tokenizer folder, or the tokenizer inside a run folder."""
-    path = Path(path)
+    """A tokenizer folder, or the tokenizer inside a run folder (a Hugging Face model folder holds its own, and
+    may be named as in the hub cache)."""
+    path = hf.resolve(path)
     return path / checkpoint.TOKENIZER_DIR if (path / checkpoint.TOKENIZER_DIR).is_dir() else path
 
 
@@ -222,14 +263,14 @@ def provide_tokenizer(run_dir: Path, given: str | Path | None, texts: Callable[[
     if not resume and (dist is None or dist.is_main):
         run_dir.mkdir(parents=True, exist_ok=True)
         if given:
-            Tokenizer(tokenizer_folder(given)).copy_to(folder)
+            load_tokenizer(tokenizer_folder(given)).copy_to(folder)
         elif texts is not None:
             cfg = cfg or TokenizerConfig()
             log.info("training a %s tokenizer with %d pieces", cfg.model_type, cfg.vocab_size)
             train_tokenizer(corpora.nonempty(texts(), "training data"), folder, cfg, {"files": describe_files(files)},
                             overwrite)
     barrier(dist)
-    return Tokenizer(folder)
+    return load_tokenizer(folder)
 
 
 def barrier(dist) -> None:
@@ -281,10 +322,13 @@ def training_summary(run_dir: Path, arch: str, model, result, **more: Any) -> di
 
 def info(path: str | Path) -> dict[str, Any]:
     """What a run folder or tokenizer folder holds: kind, settings, parameters, data, scores, files."""
-    path = Path(path)
+    path = hf.resolve(path)
     if not path.is_dir():
         raise CheckpointError(f"{path}: no such run or tokenizer folder")
     files = {p.name: p.stat().st_size for p in sorted(path.iterdir()) if p.is_file() and not p.name.startswith(".")}
+    if is_hf_tokenizer_json(path / INFO_FILE) and not (path / checkpoint.CONFIG).is_file():
+        return {"path": str(path), "kind": "tokenizer", "model_type": "bpe (byte-level)",
+                "vocab_size": len(load_tokenizer(path)), "files": files}
     if (path / INFO_FILE).is_file() and not (path / checkpoint.CONFIG).is_file():
         return {"path": str(path), "kind": "tokenizer", **read_json(path / INFO_FILE), "files": files}
     runs = [p for p in sorted(path.iterdir()) if (p / checkpoint.CONFIG).is_file()]
@@ -292,9 +336,12 @@ def info(path: str | Path) -> dict[str, Any]:
         return {"path": str(path), "kind": "comparison (a folder of runs)",  # what nmtkit compare writes
                 "runs": {p.name: _summary(info(p)) for p in runs}, "files": files}
     run = open_run(path)
-    kind = f"{run.kind} (CTranslate2 export)" if run.exported else run.kind
+    kind = f"{run.kind} (CTranslate2 export)" if run.exported else f"{run.kind} (Hugging Face GPT-2)" if run.hf else run.kind
     result: dict[str, Any] = {"path": str(path), "kind": kind, "config": run.config, "files": files}
-    if (path / checkpoint.WEIGHTS).is_file():
+    if run.hf:
+        result["parameters"] = sum(t.numel() for name, t in hf.read_tensors(path).items() if hf.is_weight(name))
+        result["tokenizer"] = {"model_type": "bpe (byte-level)", "vocab_size": len(load_tokenizer(path))}
+    elif (path / checkpoint.WEIGHTS).is_file():
         result["parameters"] = checkpoint.count_parameters(checkpoint.load_weights(path / checkpoint.WEIGHTS))
     if (path / checkpoint.TOKENIZER_DIR / INFO_FILE).is_file():
         tok = read_json(path / checkpoint.TOKENIZER_DIR / INFO_FILE)  # its size as trained, not as asked for

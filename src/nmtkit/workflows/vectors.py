@@ -15,7 +15,7 @@ from nmtkit.data import corpora
 from nmtkit.data.sources import TextSource, describe_files
 from nmtkit.errors import CheckpointError, DataError
 from nmtkit.files import check_output_folder
-from nmtkit.tokenization import Tokenizer
+from nmtkit.tokenization import Tokenizer, load_tokenizer
 from nmtkit.workflows import runs
 
 log = logging.getLogger("nmtkit")
@@ -37,7 +37,7 @@ def build_vocab(tokenizer: str | Path, source: TextSource, *, output: str | Path
     if output is not None:
         check_output_folder(output, checkpoint.is_run_folder, overwrite, "a run", checkpoint.RUN_ENTRIES)
         runs.refuse_existing_run(Path(output))
-    tok = Tokenizer(runs.tokenizer_folder(tokenizer))
+    tok = load_tokenizer(runs.tokenizer_folder(tokenizer))
     counts = vocab.count_pieces(tok, source.texts(on_bad_line))
     stats = vocab.vocab_stats(tok, counts, top, embedding_dim)
     if output is not None:
@@ -52,7 +52,6 @@ def _write_vocab_run(output: Path, tok: Tokenizer, counts, source: TextSource, e
     import torch
 
     from nmtkit import vocab
-    from nmtkit.tokenization import PAD_ID
 
     runs.provide_tokenizer(output, tok.folder)
     vocab.write_vocab_file(output / checkpoint.VOCAB, zip(map(tok.id_to_piece, range(len(tok))), counts.counts))
@@ -61,7 +60,7 @@ def _write_vocab_run(output: Path, tok: Tokenizer, counts, source: TextSource, e
                             data={"text": to_dict(source), "unit": "piece"})
     if embedding_dim:
         torch.manual_seed(seed)
-        table = torch.nn.Embedding(len(tok), embedding_dim, padding_idx=PAD_ID)
+        table = torch.nn.Embedding(len(tok), embedding_dim, padding_idx=tok.pad_id)
         checkpoint.save_weights(output / checkpoint.WEIGHTS, {"embedding.weight": table.weight})
     runs.start_record(output, None, seed, "cpu", describe_files(source.files()), stats=stats)
 
@@ -150,11 +149,10 @@ def _piece_stream(tok: Tokenizer, texts):
     import torch
 
     from nmtkit.data.datasets import TokenStream
-    from nmtkit.tokenization import UNK_ID
 
     sentences: list[list[int]] = []
     for batch in _batched(texts(), 4096):
-        sentences += [[i for i in ids if i != UNK_ID] for ids in tok.encode(batch)]  # <unk> gets no vector
+        sentences += [[i for i in ids if i != tok.unk_id] for ids in tok.encode(batch)]  # <unk> gets no vector
     stream = TokenStream.from_sentences(sentences)
     counts = torch.bincount(stream.ids, minlength=len(tok))
     return list(zip(map(tok.id_to_piece, range(len(tok))), counts.tolist())), stream, counts
@@ -215,8 +213,9 @@ class EmbeddingTable:
         if path.is_file():
             return cls.read_word2vec(path)
         run = runs.open_run(path)
+        path = run.path
         key = cls._weights_name(run, side)
-        weights = checkpoint.load_weights(path / checkpoint.WEIGHTS)
+        weights = runs.run_weights(run)
         if key not in weights:
             raise CheckpointError(f"{path / checkpoint.WEIGHTS}: no {key!r} tensor")
         listed = vocab.read_vocab_file(path / checkpoint.VOCAB) if (path / checkpoint.VOCAB).is_file() else None
@@ -226,9 +225,10 @@ class EmbeddingTable:
             entries = [w for w, _ in listed]
             allowed = torch.ones(len(entries), dtype=torch.bool)
             return cls(entries, weights[key].float(), allowed, str(path), lowercase=data.get("lowercase", False), counts=counts)
-        tok = Tokenizer(path / checkpoint.TOKENIZER_DIR)
+        tok = load_tokenizer(runs.tokenizer_folder(path))
         vectors = weights[key][: len(tok)].float()  # tables are padded to a multiple of 64 rows
-        allowed = torch.arange(len(tok)) >= vocab.SPECIAL_IDS
+        allowed = ~torch.isin(torch.arange(len(tok)), torch.tensor([i for i in (tok.pad_id, tok.unk_id, tok.bos_id,
+                                                                                 tok.eos_id) if i is not None]))
         if counts is not None and run.kind == "embeddings" and run.config.get("train"):
             allowed &= torch.tensor(counts) > 0  # pieces never seen in training kept their random vectors
         entries = [tok.id_to_piece(i) for i in range(len(tok))]
@@ -276,12 +276,10 @@ class EmbeddingTable:
             if key not in self.index:
                 raise DataError(f"{word!r} is not in the vocabulary of {self.source} ({len(self.entries):,} entries)")
             return self.vectors[self.index[key]], [self.index[key]]
-        from nmtkit.tokenization import UNK_ID
-
         rows = self.tokenizer.encode([word])[0]
         if not rows:
             raise DataError(f"{word!r} gives no pieces")
-        if UNK_ID in rows:
+        if self.tokenizer.unk_id in rows:
             raise DataError(f"{word!r} has characters the tokenizer of {self.source} does not know (it gives <unk>)")
         return self.vectors[rows].mean(0), rows
 
