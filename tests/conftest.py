@@ -49,6 +49,26 @@ def gpt(tmp_path_factory):
     return folder / "gpt"
 
 
+@pytest.fixture(scope="session")
+def tiny_tasks(tmp_path_factory):
+    """Tiny data sets of each fine-tuning task (6 sentiment rows, 2 SQuAD questions, 2 instructions), repeated."""
+    import json
+
+    folder = tmp_path_factory.mktemp("tasks")
+    rows = ["text\tlabel"] + [f"{t}\t{l}" for t, l in [("I am happy today", "pos"), ("this is great fun", "pos"),
+                                                     ("what a lovely day", "pos"), ("I am sad today", "neg"),
+                                                     ("this is awful", "neg"), ("what a terrible day", "neg")] * 4]
+    squad = {"data": [{"title": "t", "paragraphs": [
+        {"context": "The cat sat on the mat. The dog ran in the park.",
+         "qas": [{"id": "1", "question": "Where did the cat sit?", "answers": [{"text": "on the mat", "answer_start": 12}]},
+                 {"id": "2", "question": "Who ran?", "answers": [{"text": "The dog", "answer_start": 24}]}]}]}]}
+    alpaca = [{"instruction": "Say hello.", "input": "", "output": "hello there"},
+              {"instruction": "Repeat the word.", "input": "cat", "output": "cat cat"}] * 4
+    return {"classify": write(folder / "sent.tsv", "\n".join(rows) + "\n"),
+            "qa": write(folder / "squad.json", json.dumps(squad)), "generate": write(folder / "alpaca.json", json.dumps(alpaca)),
+            "folder": folder}
+
+
 @pytest.fixture
 def shared_corpora() -> Path:
     if not SHARED.is_dir():

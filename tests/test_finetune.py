@@ -150,23 +150,6 @@ def test_instruction_loss_mask_covers_exactly_the_response(tok):
     assert batch.target_tokens == len(response) + 2
 
 
-@pytest.fixture(scope="module")
-def tiny_tasks(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tasks")
-    rows = ["text\tlabel"] + [f"{t}\t{l}" for t, l in [("I am happy today", "pos"), ("this is great fun", "pos"),
-                                                     ("what a lovely day", "pos"), ("I am sad today", "neg"),
-                                                     ("this is awful", "neg"), ("what a terrible day", "neg")] * 4]
-    squad = {"data": [{"title": "t", "paragraphs": [
-        {"context": "The cat sat on the mat. The dog ran in the park.",
-         "qas": [{"id": "1", "question": "Where did the cat sit?", "answers": [{"text": "on the mat", "answer_start": 12}]},
-                 {"id": "2", "question": "Who ran?", "answers": [{"text": "The dog", "answer_start": 24}]}]}]}]}
-    alpaca = [{"instruction": "Say hello.", "input": "", "output": "hello there"},
-              {"instruction": "Repeat the word.", "input": "cat", "output": "cat cat"}] * 4
-    return {"classify": write(folder / "sent.tsv", "\n".join(rows) + "\n"),
-            "qa": write(folder / "squad.json", json.dumps(squad)), "generate": write(folder / "alpaca.json", json.dumps(alpaca)),
-            "folder": folder}
-
-
 @pytest.mark.parametrize("task", ["classify", "qa", "generate"])
 def test_each_task_learns_a_tiny_data_set(pretrained, tiny_tasks, task):
     data = tiny_tasks[task]

@@ -172,3 +172,138 @@ def test_missing_tensor_is_named(gpt2_folder, tmp_path):
     save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
     result = run_cli("generate", "-m", folder, "x", code=1)
     assert "h.1.mlp.c_fc.weight is missing" in result.output
+
+
+FAST = ["--max-steps", "60", "--eval-every", "30", "--warmup-steps", "5", "--lr", "3e-3", "--batch-size", "8",
+        "--dropout", "0", "--device", "cpu"]
+
+
+@pytest.mark.parametrize("task", ["classify", "qa", "generate"])
+def test_finetune_from_a_gpt2_folder_through_the_command_line(gpt2_folder, tiny_tasks, tmp_path, task):
+    data = tiny_tasks[task]
+    out = tmp_path / f"ft-{task}"
+    run_cli("finetune", "--task", task, "-m", gpt2_folder, "--train", data, "--valid", data, "-o", out,
+            "--max-new-tokens", "8", *FAST)
+    assert (out / "tokenizer" / "tokenizer.json").is_file()  # the BPE tokenizer travels with the run
+    if task == "classify":
+        result = run_cli("classify", "-m", out, "--device", "cpu",
+                         write(tmp_path / "in.txt", "I am happy today\n\nwhat a terrible day\n"))
+        assert result.stdout.split("\n") == ["pos", "", "neg", ""]
+    elif task == "qa":
+        found = json.loads(run_cli("answer", "-m", out, "--context", "The cat sat on the mat. The dog ran in the park.",
+                                   "-q", "Who ran?", "--json", "--device", "cpu").stdout)
+        assert (found["answer"], found["start"], found["end"]) == ("The dog", 24, 31)
+    else:
+        result = run_cli("generate", "-m", out, "--instruction", "Repeat the word.", "--input", "cat", "-n", "8",
+                         "--temperature", "0", "--device", "cpu")
+        assert result.stdout == "cat cat\n"
+
+
+def test_lora_adapters_merge_into_the_same_model():
+    from nmtkit.models.gpt import GPTConfig
+    from nmtkit.models.heads import GPTClassifier
+    from nmtkit.models.lora import add_adapters, merged
+
+    cfg = GPTConfig(vocab_size=100, block_size=16, d_model=32, heads=4, layers=3, dropout=0.0)
+    torch.manual_seed(0)
+    model = GPTClassifier(cfg, 3, dropout=0.0).eval()
+    base = {k: v.clone() for k, v in model.state_dict().items()}
+    trainable = add_adapters(model, rank=4, alpha=8, targets="attn,mlp")
+    D = 32  # per layer: qkv r(D + 3D), out r(D + D), up r(D + 4D), down r(4D + D): 16 r D; the head D x 3 + 3
+    assert trainable == 3 * 16 * 4 * D + (D * 3 + 3)
+    assert all(not p.requires_grad for n, p in model.named_parameters() if "lora" not in n and not n.startswith("head"))
+    ids, lengths = torch.randint(0, 100, (2, 10)), torch.tensor([10, 6])
+    before = model(ids, lengths)
+    start = GPTClassifier(cfg, 3, dropout=0.0).eval()
+    start.load_state_dict(base)
+    assert torch.allclose(before, start(ids, lengths))  # B = 0: the adapted model starts as the base model
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if n.endswith("lora_b"):
+                p.normal_(0, 0.1)
+    adapted = model(ids, lengths)
+    plain = GPTClassifier(cfg, 3, dropout=0.0).eval()
+    plain.load_state_dict(merged(model.state_dict(), 8 / 4))
+    assert not torch.allclose(adapted, before)
+    assert (plain(ids, lengths) - adapted).abs().max().item() < 1e-5
+
+
+def test_a_lora_run_stores_adapters_only_and_every_command_reads_it(gpt2_folder, tiny_tasks, tmp_path):
+    from nmtkit import checkpoint
+
+    data = tiny_tasks["classify"]
+    out = tmp_path / "lora"
+    run_cli("finetune", "--task", "classify", "-m", gpt2_folder, "--train", data, "--valid", data, "-o", out,
+            "--lora-rank", "4", "--lora-targets", "attn,mlp", "--max-steps", "30", "--eval-every", "10",
+            "--warmup-steps", "5", "--lr", "1e-2", "--batch-size", "8", "--dropout", "0", "--device", "cpu")
+    saved = checkpoint.load_weights(out / "model.safetensors")
+    assert all(".lora_" in k or k.startswith("head.") for k in saved)
+    assert sum(t.numel() for t in saved.values()) == 2 * 16 * 4 * 64 + 64 * 2 + 2
+    losses = [json.loads(l)["valid_loss"] for l in (out / "metrics.jsonl").read_text().splitlines() if '"eval"' in l]
+    assert losses[-1] < losses[0] / 2
+    inputs = write(tmp_path / "in.txt", "I am happy today\nwhat a terrible day\n")
+    labels = run_cli("classify", "-m", out, "--probs", "--device", "cpu", inputs).stdout
+    assert [line.split("\t")[0] for line in labels.splitlines()] == ["pos", "neg"]
+    run_cli("finetune", "--task", "classify", "-o", out, "--resume", "--max-steps", "40", "--device", "cpu")
+    assert json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 40
+    run_cli("average", "-m", out, "--last", "2", "-o", tmp_path / "avg")
+    assert run_cli("classify", "-m", tmp_path / "avg", "--device", "cpu", inputs).stdout.splitlines() == ["pos", "neg"]
+    full = tmp_path / "full"
+    run_cli("export", out, full, "--format", "nmtkit")
+    assert any(k.startswith("body.blocks.0.self_attn.qkv.weight") for k in checkpoint.load_weights(full / "model.safetensors"))
+    assert run_cli("classify", "-m", full, "--probs", "--device", "cpu", inputs).stdout == \
+        run_cli("classify", "-m", out, "--probs", "--device", "cpu", inputs).stdout
+    moved = tmp_path / "base-moved"
+    shutil.move(str(gpt2_folder), moved)
+    try:
+        result = run_cli("classify", "-m", out, "--device", "cpu", inputs, code=1)
+        assert "holds adapters only" in result.output and len(result.output.strip().splitlines()) == 1
+        assert run_cli("classify", "-m", full, "--device", "cpu", inputs).stdout.splitlines() == ["pos", "neg"]
+    finally:
+        shutil.move(str(moved), gpt2_folder)
+
+
+def test_export_hf_loads_in_transformers_with_equal_logits(gpt2_folder, tiny_tasks, tmp_path):
+    from nmtkit.workflows.lm import LanguageModel
+
+    out = tmp_path / "gen"
+    run_cli("finetune", "--task", "generate", "-m", gpt2_folder, "--train", tiny_tasks["generate"], "-o", out,
+            "--max-steps", "10", "--eval-every", "10", "--batch-size", "8", "--device", "cpu")
+    exported = tmp_path / "hf-export"
+    run_cli("export", out, exported, "--format", "hf")
+    assert not list(exported.glob("*.bin")) and (exported / "model.safetensors").is_file()
+    model = transformers.AutoModelForCausalLM.from_pretrained(exported).eval()
+    auto = transformers.AutoTokenizer.from_pretrained(exported)
+    lm = LanguageModel(out, "cpu")
+    ids = torch.tensor([auto("A man is eating. 日本")["input_ids"]])
+    assert ids[0].tolist() == lm.tok.encode(["A man is eating. 日本"])[0]
+    with torch.no_grad():
+        assert (model(ids).logits - lm.model(ids)).abs().max().item() < 1e-4
+
+
+def test_export_hf_of_a_sentencepiece_gpt(gpt, tmp_path):
+    from nmtkit.workflows.lm import LanguageModel
+
+    exported = tmp_path / "hf"
+    run_cli("export", gpt, exported, "--format", "hf")
+    model = transformers.AutoModelForCausalLM.from_pretrained(exported).eval()
+    auto = transformers.AutoTokenizer.from_pretrained(exported)
+    lm = LanguageModel(gpt, "cpu")
+    text = "A man is eating.\nTwo  dogs run."
+    assert auto(text)["input_ids"] == lm.tok.encode([text])[0]  # the newline piece kept, spaces collapsed
+    ids = torch.tensor([lm.tok.encode([text])[0]])
+    with torch.no_grad():
+        assert (model(ids).logits - lm.model(ids)).abs().max().item() < 1e-4
+
+
+def test_a_unigram_tokenizer_exported_gives_sentencepiece_ids(demo_tokenizer, tmp_path):
+    from tokenizers import Tokenizer as HFTokenizer
+
+    from nmtkit.workflows.hub import _unigram_tokenizer
+
+    _unigram_tokenizer(demo_tokenizer, tmp_path)
+    exported = HFTokenizer.from_file(str(tmp_path / "tokenizer.json"))
+    lines = (DEMO / "train.en").read_text(encoding="utf-8").splitlines()[:300]
+    lines += (DEMO / "train.ko").read_text(encoding="utf-8").splitlines()[:300] + ["two   spaces  ", "ﬁ ligature ①"]
+    got = [e.ids for e in exported.encode_batch(lines, add_special_tokens=False)]
+    assert got == demo_tokenizer.encode(lines)

@@ -1,4 +1,5 @@
-"""Commands on run folders of any kind: info, average, export (`nmtkit.workflows.runs`, `nmtkit.export`)."""
+"""Commands on run folders of any kind: info, average, export (`nmtkit.workflows.runs`, `nmtkit.export`,
+`nmtkit.workflows.hub`)."""
 
 from __future__ import annotations
 
@@ -9,13 +10,15 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from nmtkit.cli.core import OVERWRITE, command, log, print_json, wide_console
+from nmtkit.cli.core import OVERWRITE, choice, command, log, print_json, wide_console
 from nmtkit.errors import NmtkitError
+
+FORMATS = ("ctranslate2", "hf", "nmtkit")
 
 
 @command("info")
 def info_cmd(
-    path: Path = typer.Argument(..., help="A run folder or a tokenizer folder."),
+    path: Path = typer.Argument(..., help="A run folder, a tokenizer folder, or a Hugging Face GPT-2 folder (or its name in the hub cache)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """What a run or tokenizer folder holds: kind, settings, parameters, data, scores, files."""
@@ -53,22 +56,31 @@ def average_cmd(
 
 @command("export")
 def export_cmd(
-    run: Path = typer.Argument(..., help="A Transformer translator or GPT run folder."),
+    run: Path = typer.Argument(..., help="A run folder: a Transformer translator or a GPT (ctranslate2), a GPT (hf), any run (nmtkit)."),
     output: Path = typer.Argument(..., help="The folder to write (must not exist or be empty)."),
-    format_: str = typer.Option("ctranslate2", "--format", help="ctranslate2 (the only format so far)."),
-    quantization: Optional[str] = typer.Option(None, "--quantization", help="Store weights as int8, int8_float32, float16... (default float32)."),
+    format_: str = typer.Option("ctranslate2", "--format", help="ctranslate2 (the C++ inference engine), hf (a Hugging Face GPT-2 folder, safetensors) or nmtkit (a run folder of full weights: a LoRA run's adapters merged).", **choice(*FORMATS)),
+    quantization: Optional[str] = typer.Option(None, "--quantization", help="ctranslate2: store weights as int8, int8_float32, float16... (default float32)."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
-    """Export a run for CTranslate2, the C++ inference engine (pip install ctranslate2); nmtkit translate
-    runs an exported translator with -m."""
-    from nmtkit.export import export_ctranslate2
+    """Export a run: for CTranslate2 (pip install ctranslate2; nmtkit translate and generate run the export
+    with -m), as a Hugging Face GPT-2 folder (transformers' from_pretrained loads it), or as a run of full
+    weights (a LoRA run merged)."""
+    if format_ not in FORMATS:
+        raise NmtkitError(f"--format {format_!r} is not supported; choose {', '.join(FORMATS)}")
+    if quantization and format_ != "ctranslate2":
+        raise NmtkitError("--quantization is for --format ctranslate2")
+    if format_ == "ctranslate2":
+        from nmtkit.export import export_ctranslate2
 
-    if format_ != "ctranslate2":
-        raise NmtkitError(f"--format {format_!r} is not supported; choose ctranslate2")
-    result = export_ctranslate2(run, output, quantization)
+        result = export_ctranslate2(run, output, quantization)
+    else:
+        from nmtkit.workflows import hub
+
+        result = (hub.export_hf if format_ == "hf" else hub.export_full_run)(run, output)
     if as_json:
         print_json(result)
     else:
         print(result["output"])
-        log.info("exported the %s as CTranslate2 (%s, %.1f MB)", result["kind"], result["quantization"],
-                 result["bytes"] / 1e6)
+        what = {"ctranslate2": f"CTranslate2 ({result.get('quantization')})", "hf": "a Hugging Face GPT-2 folder",
+                "nmtkit": "a run of full weights"}[format_]
+        log.info("exported the %s as %s, %.1f MB", result["kind"], what, result["bytes"] / 1e6)
