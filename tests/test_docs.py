@@ -84,7 +84,7 @@ def test_the_readme_names_the_floors_pyproject_declares():
     """The README's table of what CI tests lists each dependency at the floor pyproject.toml declares."""
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     row = next(line for line in readme.split("\n") if "at its floor" in line)
-    named = {name: _release(v) for name, v in re.findall(r"([a-z0-9]+) ([0-9][0-9.]*)", row.split("lowest-direct")[1])}
+    named = {name: _release(v) for name, v in re.findall(r"([a-z0-9-]+) ([0-9][0-9.]*)", row.split("lowest-direct")[1])}
     declared = {name: _release(v) for name, v in _floors().items() if name not in ("tomli", "hypothesis")}
     assert named == declared
 

@@ -291,6 +291,7 @@ def test_export_hf_of_a_sentencepiece_gpt(gpt, tmp_path):
     lm = LanguageModel(gpt, "cpu")
     text = "A man is eating.\nTwo  dogs run."
     assert auto(text)["input_ids"] == lm.tok.encode([text])[0]  # the newline piece kept, spaces collapsed
+    assert auto.decode(auto(text)["input_ids"]) == lm.tok.decode([lm.tok.encode([text])[0]])[0]
     ids = torch.tensor([lm.tok.encode([text])[0]])
     with torch.no_grad():
         assert (model(ids).logits - lm.model(ids)).abs().max().item() < 1e-4
@@ -299,7 +300,7 @@ def test_export_hf_of_a_sentencepiece_gpt(gpt, tmp_path):
 def test_a_unigram_tokenizer_exported_gives_sentencepiece_ids(demo_tokenizer, tmp_path):
     from tokenizers import Tokenizer as HFTokenizer
 
-    from nmtkit.workflows.hub import _unigram_tokenizer
+    from nmtkit.export import _unigram_tokenizer
 
     _unigram_tokenizer(demo_tokenizer, tmp_path)
     exported = HFTokenizer.from_file(str(tmp_path / "tokenizer.json"))
@@ -307,3 +308,35 @@ def test_a_unigram_tokenizer_exported_gives_sentencepiece_ids(demo_tokenizer, tm
     lines += (DEMO / "train.ko").read_text(encoding="utf-8").splitlines()[:300] + ["two   spaces  ", "ﬁ ligature ①"]
     got = [e.ids for e in exported.encode_batch(lines, add_special_tokens=False)]
     assert got == demo_tokenizer.encode(lines)
+
+
+def test_pretrain_goes_on_from_a_gpt2_folder(gpt2_folder, tmp_path):
+    from safetensors.torch import load_file
+
+    from nmtkit import checkpoint
+
+    out = tmp_path / "more"
+    run_cli("pretrain", DEMO / "train.en", "--init-from", gpt2_folder, "-o", out, "--max-steps", "10",
+            "--eval-every", "10", "--batch-size", "4", "--lr", "1e-4", "--warmup-steps", "2", "--device", "cpu")
+    config = json.loads((out / "config.json").read_text())
+    assert config["model"]["activation"] == "gelu_tanh" and config["model"]["d_model"] == 64
+    assert (out / "tokenizer" / "tokenizer.json").is_file()
+    hf_bias = load_file(gpt2_folder / "model.safetensors")["transformer.h.0.ln_1.bias"]
+    ours = checkpoint.load_weights(out / "model.safetensors")["blocks.0.norms.0.bias"]
+    assert hf_bias.abs().max() > 0.1 and (ours - hf_bias).abs().max() < 0.02  # went on from GPT-2's weights
+    refused = run_cli("pretrain", DEMO / "train.en", "--init-from", gpt2_folder, "-o", tmp_path / "wider",
+                      "--d-model", "128", "--device", "cpu", code=1)
+    assert "--d-model cannot change a pretrained model's architecture" in refused.output
+
+
+def test_embedding_commands_read_a_gpt2_folder(gpt2_folder):
+    from safetensors.torch import load_file
+
+    from nmtkit.tokenization import load_tokenizer
+
+    result = json.loads(run_cli("similarity", "man", "woman", "-m", gpt2_folder, "--json").output)
+    tok = load_tokenizer(gpt2_folder)
+    wte = load_file(gpt2_folder / "model.safetensors")["transformer.wte.weight"]
+    a, b = (wte[tok.encode([w])[0]].mean(0) for w in ("man", "woman"))
+    assert abs(result["cosine"] - torch.cosine_similarity(a, b, dim=0).item()) < 1e-4
+    assert len(run_cli("neighbors", "man", "-m", gpt2_folder).output.strip().splitlines()) >= 5

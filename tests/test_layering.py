@@ -66,7 +66,7 @@ def test_models_and_data_never_import_each_other():
 
 LAYERS = [
     {"errors", "files", "config", "runtime"},
-    {"tokenization", "vocab", "evaluation", "plots"},
+    {"tokenization", "vocab", "evaluation", "plots", "hf"},
     {"models", "data"},
     {"objectives", "decoding", "checkpoint"},
     {"training", "export"},

@@ -1,5 +1,6 @@
 """Search, written once against the translator interface (`encode` and a one-step `decode_step` with a
-cache), never against a model class: greedy decoding and batched beam search with a length penalty.
+cache), never against a model class: greedy decoding and batched beam search with a length penalty; and
+extractive QA's answer search (`best_spans`), the best span over a question's windows.
 
 A cache is a pytree (dicts, lists, tuples) of tensors with the batch first, so beam search reorders any
 model's state the same way. What is *not* here: turning ids into text (the caller's tokenizer).
@@ -219,3 +220,24 @@ def pick(logits: Tensor, temperature: float, top_k: int, top_p: float, generator
         drop = cumulative - sorted_logits.softmax(-1) >= top_p  # the tokens after the nucleus is full
         logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
     return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(-1)
+
+
+def best_spans(features, examples, logits, max_answer: int = 30) -> list[dict[str, Any]]:
+    """The best answer span of each example over all its windows: the highest start + end logit with
+    start <= end < start + max_answer, mapped back to character offsets in the original context."""
+    best: dict[int, tuple[float, int, int]] = {}
+    for f, (s, e) in zip(features, logits):
+        n = len(f.starts)
+        s, e = s[f.offset : f.offset + n], e[f.offset : f.offset + n]
+        scores = s.unsqueeze(1) + e.unsqueeze(0)  # (n, n): start i, end j
+        valid = torch.ones(n, n, dtype=torch.bool).triu().tril(max_answer - 1)
+        scores = scores.masked_fill(~valid, float("-inf"))
+        flat = int(scores.argmax())
+        i, j, value = flat // n, flat % n, float(scores.flatten()[flat])
+        if f.example not in best or value > best[f.example][0]:
+            best[f.example] = (value, f.starts[i], f.ends[j])
+    answers = []
+    for k, ex in enumerate(examples):
+        score, a, b = best.get(k, (float("-inf"), 0, 0))
+        answers.append({"id": ex.id, "answer": ex.context[a:b], "start": a, "end": b, "score": round(score, 4)})
+    return answers

@@ -1,4 +1,6 @@
-"""Export run folders to CTranslate2, the C++ inference engine (optional: `pip install ctranslate2`).
+"""Export run folders to CTranslate2, the C++ inference engine (optional: `pip install ctranslate2`), and write
+the folders of the other formats (`write_hf`: a Hugging Face GPT-2 folder; `write_run`: a run of full weights)
+from weights that `nmtkit.workflows.runs.export_run` reads.
 
 `export_ctranslate2(run_dir, out)` builds a CTranslate2 model with its model-spec API from a Transformer
 translator or a GPT run (pretrained, or instruction-tuned by finetune --task generate): each nmtkit tensor
@@ -18,10 +20,11 @@ embedding tables and the output layer are cut to the real vocabulary (nmtkit pad
 from __future__ import annotations
 
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
-from nmtkit import checkpoint
+from nmtkit import checkpoint, hf
 from nmtkit.errors import CheckpointError, ConfigError
 from nmtkit.files import read_json, write_json
 
@@ -191,3 +194,87 @@ def _gpt_spec(model, pieces: list[str]):
     _linear(decoder.projection, model.out, len(pieces))
     spec.register_vocabulary(pieces)
     return spec
+
+
+# ---------------------------------------------------------------------------------------------------------
+# A Hugging Face GPT-2 folder, a run of full weights
+
+
+def _fresh(out: Path) -> Path:
+    if out.exists() and any(out.iterdir()):
+        raise CheckpointError(f"{out}: exists and is not empty; choose another output folder")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+
+
+def _into_place(tmp: Path, out: Path) -> None:
+    if out.exists():
+        out.rmdir()
+    tmp.rename(out)
+
+
+def write_hf(out: Path, cfg, weights: dict[str, Any], tok) -> None:
+    """A GPT's config, weights (nmtkit names) and tokenizer as a GPT-2 folder that transformers'
+    AutoModelForCausalLM and AutoTokenizer load: safetensors only; a byte-level BPE tokenizer as its own files,
+    a SentencePiece one as a `tokenizers` Unigram model with its pieces, scores and normalisation."""
+    from safetensors.torch import save_file
+
+    tmp = _fresh(out)
+    try:
+        save_file(hf.gpt2_tensors(weights, cfg), str(tmp / hf.WEIGHTS), metadata={"format": "pt"})
+        write_json(tmp / hf.CONFIG, hf.gpt2_config(cfg, tok.bos_id, tok.eos_id))
+        if tok.kind == "bpe":
+            tok.copy_to(tmp)
+        else:
+            _unigram_tokenizer(tok, tmp)
+        _into_place(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _unigram_tokenizer(tok, folder: Path) -> None:
+    """A SentencePiece tokenizer as tokenizer.json (a `tokenizers` Unigram model) and tokenizer_config.json."""
+    from tokenizers import AddedToken, Regex, decoders, models, normalizers, pre_tokenizers
+    from tokenizers import Tokenizer as HFTokenizer
+
+    sp = tok.sp
+    vocab = [(sp.IdToPiece(i), sp.GetScore(i)) for i in range(len(tok))]
+    byte_fallback = any(sp.IsByte(i) for i in range(len(tok)))
+    out = HFTokenizer(models.Unigram(vocab, unk_id=tok.unk_id, byte_fallback=byte_fallback))
+    out.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Replace(Regex(" {2,}"), " "),
+                                           normalizers.Strip()])
+    out.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first")
+    out.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                     decoders.Strip(content=" ", left=1, right=0)])
+    special = [sp.IdToPiece(i) for i in (tok.pad_id, tok.unk_id, tok.bos_id, tok.eos_id)]
+    out.add_special_tokens([AddedToken(p, special=True, normalized=False) for p in special])
+    user = [sp.IdToPiece(i) for i in range(len(tok)) if _user_defined(sp, i)]
+    if user:  # user-defined symbols ("\n" of a GPT's tokenizer) are matched before normalisation, as SentencePiece does
+        out.add_tokens([AddedToken(p, normalized=False) for p in user])
+    out.save(str(folder / "tokenizer.json"))
+    write_json(folder / "tokenizer_config.json", {
+        "tokenizer_class": "PreTrainedTokenizerFast", "pad_token": special[0], "unk_token": special[1],
+        "bos_token": special[2], "eos_token": special[3], "add_bos_token": False, "add_eos_token": False,
+        "model_max_length": 1 << 30, "clean_up_tokenization_spaces": False})
+
+
+def _user_defined(sp, i: int) -> bool:
+    """Whether piece i is a user-defined symbol, which SentencePiece never splits: the one kind of ordinary
+    piece whose score is 0 (its Python API has no IsUserDefined)."""
+    return not (sp.IsControl(i) or sp.IsUnknown(i) or sp.IsByte(i)) and sp.GetScore(i) == 0.0 and i > 3
+
+
+def write_run(out: Path, config: dict[str, Any], weights: dict[str, Any], run_dir: Path) -> None:
+    """A run folder of `config` and full `weights`, with the tokenizer and run.json of `run_dir`."""
+    tmp = _fresh(out)
+    try:
+        write_json(tmp / checkpoint.CONFIG, config)
+        shutil.copytree(run_dir / checkpoint.TOKENIZER_DIR, tmp / checkpoint.TOKENIZER_DIR)
+        checkpoint.save_weights(tmp / checkpoint.WEIGHTS, weights)
+        if (run_dir / checkpoint.RUN_RECORD).is_file():
+            shutil.copyfile(run_dir / checkpoint.RUN_RECORD, tmp / checkpoint.RUN_RECORD)
+        _into_place(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

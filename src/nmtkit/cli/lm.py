@@ -34,6 +34,7 @@ def pretrain_cmd(
     valid_fraction: Optional[float] = typer.Option(None, "--valid-fraction", help=f"The last share of the text (in characters) kept for validation (default {DATA_DEFAULTS['valid_fraction']})."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help=f"Windows per micro-batch (default {DATA_DEFAULTS['batch_size']}).", min=1),
     tokenizer: Optional[Path] = typer.Option(None, "--tokenizer", "-t", help="Use this tokenizer (else train one on the text)."),
+    init_from: Optional[str] = typer.Option(None, "--init-from", help="Go on pretraining a GPT: a pretrain run, a Hugging Face GPT-2 folder, or the name of one in the local hub cache (gpt2); its architecture, tokenizer and weights.", metavar="PATH"),
     vocab_size: Optional[int] = VOCAB_SIZE,
     tokenizer_type: Optional[str] = TOKENIZER_TYPE,
     device: str = DEVICE,
@@ -50,7 +51,8 @@ def pretrain_cmd(
     file_settings = settings_tables(settings_file, ("data", "model", "train"))
     d = data_options(settings_file, file_settings, inputs=inputs or None, column=column, dataset=dataset,
                      config=dataset_config, split=split, data_files=data_files, valid_fraction=valid_fraction,
-                     batch_size=batch_size, tokenizer=tokenizer, vocab_size=vocab_size, tokenizer_type=tokenizer_type)
+                     batch_size=batch_size, tokenizer=tokenizer, vocab_size=vocab_size, tokenizer_type=tokenizer_type,
+                     init_from=init_from)
     source = None
     if d["inputs"] or d["dataset"]:
         source = TextSource(inputs=tuple(d["inputs"] or ()), column=d["column"], dataset=d["dataset"],
@@ -63,7 +65,7 @@ def pretrain_cmd(
             model_settings=with_flags(file_settings.get("model", {}), model_flags, (GPTConfig,), f"{settings_file}: [model]"),
             train_settings=with_flags(file_settings.get("train", {}), train_flags, (TrainConfig,), f"{settings_file}: [train]"),
             tokenizer=str(d["tokenizer"]) if d["tokenizer"] else None,
-            tokenizer_cfg=tokenizer_config(d["vocab_size"], d["tokenizer_type"]),
+            tokenizer_cfg=tokenizer_config(d["vocab_size"], d["tokenizer_type"]), init_from=d["init_from"],
             device=device, resume=resume, progress=display, command=command_line(), overwrite=overwrite,
         )
     log_trained("pretrained a GPT", summary, ("valid_loss", "bits_per_char", "valid_ppl"))
@@ -73,7 +75,7 @@ def pretrain_cmd(
 @command("generate")
 def generate_cmd(
     prompts: List[str] = typer.Argument(None, help="Prompts; with none, one prompt per line of --prompts-file or stdin."),
-    model: Path = typer.Option(..., "--model", "-m", help="A GPT run (nmtkit pretrain), an instruction-tuned one (finetune --task generate), or a CTranslate2 export of either."),
+    model: Path = typer.Option(..., "--model", "-m", help="A GPT run (nmtkit pretrain), an instruction-tuned one (finetune --task generate), a CTranslate2 export of either, or a Hugging Face GPT-2 folder (or its name in the hub cache).", metavar="PATH"),
     prompts_file: Optional[str] = typer.Option(None, "--prompts-file", "-f", help="A file of prompts, one per line."),
     max_new_tokens: int = typer.Option(200, "--max-new-tokens", "-n", help="Tokens to generate at most.", min=0),
     temperature: float = typer.Option(1.0, "--temperature", help="Sampling temperature; 0 means greedy.", min=0.0),

@@ -1,5 +1,5 @@
 """Commands on run folders of any kind: info, average, export (`nmtkit.workflows.runs`, `nmtkit.export`,
-`nmtkit.workflows.hub`)."""
+`nmtkit.workflows.runs`)."""
 
 from __future__ import annotations
 
@@ -74,9 +74,9 @@ def export_cmd(
 
         result = export_ctranslate2(run, output, quantization)
     else:
-        from nmtkit.workflows import hub
+        from nmtkit.workflows import runs
 
-        result = (hub.export_hf if format_ == "hf" else hub.export_full_run)(run, output)
+        result = runs.export_run(run, output, format_)
     if as_json:
         print_json(result)
     else:

@@ -14,7 +14,7 @@ from nmtkit.config import Word2VecTrainConfig, with_flags
 from nmtkit.models.configs import Word2VecConfig
 from nmtkit.workflows.vectors import DATA_DEFAULTS
 
-TABLE_HELP = "A train-embeddings or build-vocab run, a translator or GPT run (its input embeddings), or a word2vec text file."
+TABLE_HELP = "A train-embeddings or build-vocab run, a translator or GPT run (its input embeddings; a Hugging Face GPT-2 folder too), or a word2vec text file."
 SIDE = typer.Option("source", "--side", help="Translator runs: the source or target embeddings.")
 
 

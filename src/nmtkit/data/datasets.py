@@ -122,7 +122,7 @@ def encode_stream(
                     if ids and newline_id is not None:
                         ids.append(newline_id)
                     ids.extend(piece_ids)
-            ids.append(EOS_ID)
+            ids.append(tokenizer.eos_id)
             _written(folder / f"{part}.bin", lambda: files[part].write(np.asarray(ids, dtype=dtype).tobytes()))
             counts[part]["tokens"] += len(ids)
             counts[part]["chars"] += len(doc)

@@ -142,6 +142,7 @@ def _qa_scores(model, device, data: TaskData, batch_size: int) -> dict[str, Any]
     import torch
 
     from nmtkit import evaluation
+    from nmtkit.decoding import best_spans
 
     logits = span_logits(model, device, data.features, batch_size)
     total = 0.0
@@ -184,29 +185,6 @@ def span_logits(model, device, features, batch_size: int = 64) -> list:
             for i, s, e in zip(index, start.float().cpu(), end.float().cpu()):
                 logits[i] = (s[: len(features[i].ids)], e[: len(features[i].ids)])
     return logits
-
-
-def best_spans(features, examples, logits, max_answer: int = 30) -> list[dict[str, Any]]:
-    """The best answer span of each example over all its windows: the highest start + end logit with
-    start <= end < start + max_answer, mapped back to character offsets in the original context."""
-    import torch
-
-    best: dict[int, tuple[float, int, int]] = {}
-    for f, (s, e) in zip(features, logits):
-        n = len(f.starts)
-        s, e = s[f.offset : f.offset + n], e[f.offset : f.offset + n]
-        scores = s.unsqueeze(1) + e.unsqueeze(0)  # (n, n): start i, end j
-        valid = torch.ones(n, n, dtype=torch.bool).triu().tril(max_answer - 1)
-        scores = scores.masked_fill(~valid, float("-inf"))
-        flat = int(scores.argmax())
-        i, j, value = flat // n, flat % n, float(scores.flatten()[flat])
-        if f.example not in best or value > best[f.example][0]:
-            best[f.example] = (value, f.starts[i], f.ends[j])
-    answers = []
-    for k, ex in enumerate(examples):
-        score, a, b = best.get(k, (float("-inf"), 0, 0))
-        answers.append({"id": ex.id, "answer": ex.context[a:b], "start": a, "end": b, "score": round(score, 4)})
-    return answers
 
 
 def generation_scores(run_dir: Path, examples, device, max_new_tokens: int = 128) -> dict[str, Any]:
@@ -339,12 +317,7 @@ def _new_model_config(run_dir: Path, pretrained, from_scratch: bool, tokenizer, 
 
     if pretrained:
         base = runs.open_run(pretrained, ("gpt",)).config
-        tweaks = {k: v for k, v in model_settings.items() if k in ("dropout", "attention_dropout")}
-        others = sorted(set(model_settings) - set(tweaks))
-        if others:
-            raise DataError(f"--{others[0].replace('_', '-')} cannot change a pretrained model's architecture "
-                            "(only --dropout can)")
-        model_cfg = from_dict(GPTConfig, {**base["model"], **tweaks}, "model settings")
+        model_cfg = from_dict(GPTConfig, runs.pretrained_settings(base["model"], model_settings), "model settings")
         runs.provide_tokenizer(run_dir, pretrained)
     elif from_scratch and tokenizer:
         tok = runs.provide_tokenizer(run_dir, tokenizer)
@@ -506,6 +479,7 @@ def classify(ft: FineTuned, lines: Iterable[str | None], batch_size: int = 64, b
 def answer(ft: FineTuned, questions: list[tuple[str, str, str]]) -> list[dict[str, Any]]:
     """Answers to (id, context, question) triples: text, character offsets in the context, score."""
     from nmtkit.data.datasets import qa_features
+    from nmtkit.decoding import best_spans
 
     for qid, context, question in questions:
         if not context.strip() or not question.strip():

@@ -21,7 +21,8 @@ log = logging.getLogger("nmtkit")
 # pretraining's own defaults, on top of TrainConfig's (nanoGPT's shakespeare-char recipe)
 TRAIN_DEFAULTS = {"schedule": "cosine", "lr": 1e-3, "warmup_steps": 100, "label_smoothing": 0.0,
                   "weight_decay": 0.1, "beta2": 0.99, "best_metric": "valid_loss", "max_steps": 5000, "eval_every": 250}
-DATA_DEFAULTS = {"valid_fraction": 0.1, "batch_size": 64}  # the last share of the text; windows per micro-batch
+# the last share of the text kept for validation; windows per micro-batch; the GPT to go on pretraining from
+DATA_DEFAULTS = {"valid_fraction": 0.1, "batch_size": 64, "init_from": None}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -39,12 +40,15 @@ def pretrain(
     train_settings: dict[str, Any] | None = None,
     tokenizer: str | None = None,
     tokenizer_cfg: TokenizerConfig | None = None,
+    init_from: str | None = None,
     device: str = "auto",
     resume: bool = False,
     progress=None,
     command: list[str] | None = None,
 ) -> dict[str, Any]:
-    """Pretrain a GPT-style decoder on raw text (next-token prediction). Returns the run's summary."""
+    """Pretrain a GPT-style decoder on raw text (next-token prediction): a new one, or (`init_from`: a GPT run,
+    a Hugging Face GPT-2 folder or its hub name) one that goes on from those weights, with their tokenizer and
+    architecture. Returns the run's summary."""
     from nmtkit.data.batching import random_windows
     from nmtkit.data.datasets import load_stream
     from nmtkit.models.gpt import GPT
@@ -55,8 +59,14 @@ def pretrain(
     dev = pick_device(device)
     dist = init_distributed(dev)
     source, data, model_settings, train_cfg = _settings(
-        run_dir, resume, source, {"valid_fraction": valid_fraction, "batch_size": batch_size}, model_settings,
-        train_settings)
+        run_dir, resume, source, {"valid_fraction": valid_fraction, "batch_size": batch_size, "init_from": init_from},
+        model_settings, train_settings)
+    base = runs.open_run(data["init_from"], ("gpt",)) if data["init_from"] and not resume else None
+    if base is not None:
+        if tokenizer:
+            raise DataError("--init-from brings its own tokenizer; leave out --tokenizer")
+        model_settings = runs.pretrained_settings(base.config["model"], model_settings)
+        tokenizer = str(base.path)
     tok = runs.provide_tokenizer(run_dir, tokenizer, lambda: (line for doc in source.documents() for line in doc.split("\n")),
                                  _with_newline(tokenizer_cfg), source.files(), resume=resume, dist=dist)
     meta = prepare_lm_data(run_dir, source, tok, data["valid_fraction"]) if dist.is_main else None
@@ -80,6 +90,8 @@ def pretrain(
 
     seed_everything(train_cfg.seed)
     model = GPT(model_cfg)
+    if base is not None and not resume:
+        checkpoint.load_state(model, runs.run_weights(base), base.path)
     validate = None
     if len(valid_ids) > block:
         validate = lambda m: validation_scores(m, dev, valid_ids, block, meta["valid"]["chars"], batch_size)  # noqa: E731
@@ -117,7 +129,10 @@ def _settings(run_dir: Path, resume: bool, source: TextSource | None, data: dict
         if source is None or not (source.inputs or source.dataset):
             raise DataError("no training text: give files, a known corpus (tinyshakespeare), or --dataset")
         data = {**DATA_DEFAULTS, **data}
-        _model_config({k: v for k, v in (model_settings or {}).items() if k != "vocab_size"})
+        if data["init_from"] and Path(data["init_from"]).exists():  # where it is, whatever the directory
+            data["init_from"] = str(Path(data["init_from"]).resolve())
+        elif not data["init_from"]:  # (a pretrained GPT's settings are checked against it)
+            _model_config({k: v for k, v in (model_settings or {}).items() if k != "vocab_size"})
         train_cfg = from_dict(TrainConfig, {**TRAIN_DEFAULTS, **(train_settings or {})}, "train settings")
     else:
         saved = runs.saved_config(run_dir, "gpt")

@@ -76,6 +76,17 @@ def open_run(path: str | Path, kinds: tuple[str, ...] | None = None) -> Run:
     return Run(path, config)
 
 
+def pretrained_settings(base: dict[str, Any], given: dict[str, Any] | None) -> dict[str, Any]:
+    """The model settings of a run that starts from a pretrained GPT's weights: the GPT's own, but the dropout,
+    which may be given; any other setting given is refused (it would change the architecture)."""
+    tweaks = {k: v for k, v in (given or {}).items() if k in ("dropout", "attention_dropout")}
+    others = sorted(set(given or {}) - set(tweaks) - {"vocab_size"})
+    if others:
+        raise ConfigError(f"--{others[0].replace('_', '-')} cannot change a pretrained model's architecture "
+                          "(only --dropout and --attention-dropout can)")
+    return {**base, **tweaks}
+
+
 def saved_config(run_dir: Path, kind: str) -> dict[str, Any]:
     """The config a run of `kind` was started with, for --resume (every section it needs checked)."""
     config = checkpoint.read_config(run_dir, (kind,))
@@ -314,6 +325,38 @@ def training_summary(run_dir: Path, arch: str, model, result, **more: Any) -> di
     return {"run": str(run_dir), "arch": arch, "steps": result.steps, "best_step": result.best_step,
             "best": result.best, "stopped_early": result.stopped_early, "seconds": round(result.seconds, 1),
             "parameters": sum({id(p): p.numel() for p in model.parameters()}.values()), **more}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# export as a Hugging Face GPT-2 folder or as full weights (CTranslate2: `nmtkit.export.export_ctranslate2`)
+
+
+def export_run(run_dir: str | Path, out: str | Path, format: str) -> dict[str, Any]:
+    """`hf`: a GPT run (pretrained, or fine-tuned with --task generate; LoRA adapters merged) as a Hugging Face
+    GPT-2 folder. `nmtkit`: any run as a run of full weights (a LoRA run's adapters merged into its base, so it
+    no longer needs it; its config then says it has none)."""
+    from nmtkit.export import write_hf, write_run
+    from nmtkit.models.configs import GPTConfig
+
+    out = Path(out)
+    run = open_run(run_dir, ("gpt", "finetune") if format == "hf" else None)
+    if format == "hf":
+        if run.kind == "finetune" and run.task != "generate":
+            raise ConfigError(f"{run.path}: a --task {run.task} run; --format hf exports GPTs (pretrained, or "
+                              "fine-tuned with --task generate)")
+        cfg = from_dict(GPTConfig, run.config["model"], str(run.path / checkpoint.CONFIG))
+        write_hf(out, cfg, run_weights(run), run_tokenizer(run, cfg.vocab_size))
+    else:
+        if run.exported or run.hf:
+            raise ConfigError(f"{run.path}: not an nmtkit run folder; --format nmtkit exports one")
+        config = dict(run.config)
+        lora = {k: v for k, v in config.get("data", {}).items() if k.startswith("lora_")}
+        if lora.get("lora_rank"):
+            config["data"] = {**config["data"], "lora_rank": 0, "merged_lora": lora}
+        write_run(out, config, run_weights(run), run.path)
+        append_record(out, "exported", {"from": str(run.path), "format": "nmtkit"})
+    return {"output": str(out), "format": format, "kind": run.kind,
+            "bytes": sum(f.stat().st_size for f in out.rglob("*") if f.is_file())}
 
 
 # ---------------------------------------------------------------------------------------------------------
