@@ -8,8 +8,8 @@
 #
 # Runs `python -m nmtkit` from src/ (PYTHONPATH=src) with torch, sentencepiece, sacrebleu, typer and rich; no
 # `datasets`, no network. Corpora: $CORPORA, else .data/corpora (git-ignored: copy multi30k and tinyshakespeare
-# there and carry it to the GPU machine), else ../shared/corpora. Work files (runs, caches) go to $WORK (default
-# /tmp/nmtkit-gpu); what comes back goes to $OUT (default benchmark-runs/gpu): table.md and logs.tgz (every
+# there, and sst2 and squad for the LoRA step, and carry it to the GPU machine), else ../shared/corpora. Work
+# files (runs, caches) go to $WORK (default /tmp/nmtkit-gpu); what comes back goes to $OUT (default benchmark-runs/gpu): table.md and logs.tgz (every
 # step's log, each run's run.json and metrics.jsonl), packed again after every step, so a run cut short still
 # brings back what it did. Each step runs under its own `timeout`; a step that fails or times out is a row of
 # the table saying so, and the next step runs.
@@ -38,6 +38,7 @@ if [ "${TINY:-0}" = 1 ]; then  # the same steps with tiny settings: minutes on a
   BASE=(--d-model 32 --heads 2 --layers 2 --ff-dim 64 --max-tokens 2048 --max-steps 12 --log-every 3)
   CHARS=(--block-size 32 --d-model 32 --heads 2 --layers 1 --batch-size 8 --max-steps 30 --eval-every 30)
   SPEED=(--model transformer-cpu gpt-cpu --device cpu --steps 8 --max-tokens 512)
+  LORA=(--steps 2 --batch-size 2)
   LIMIT=300
 else
   DEVICE=cuda; MINUTES=${MINUTES:-3}; TEST_LINES=1000; VOCAB=8000
@@ -51,6 +52,7 @@ else
   CHARS=(--block-size 256 --d-model 384 --heads 6 --layers 6 --dropout 0.2 --batch-size 64 --lr 1e-3 --warmup 100
          --beta2 0.99 --schedule cosine --min-lr-ratio 0.1 --max-steps 5000 --eval-every 250 --compile)
   SPEED=(--model transformer-base gpt2-small --device cuda --compile --steps 60)
+  LORA=(--steps 100 --batch-size 32)
   LIMIT=420
 fi
 
@@ -111,6 +113,9 @@ step first-line 120 bash -c "(head -n 1 '$WORK/test.de'; sleep 20) | timeout 60 
 step training-speed 400 "$PY" benchmarks/training_speed.py "${SPEED[@]}"
 step bucketed 300 "${NMTKIT[@]}" train-translator --src "$M30K/train.de" --tgt "$M30K/train.en" --arch transformer \
   -t "$WORK/tok" -o "$WORK/bucketed" --overwrite --device "$DEVICE" --eval-every 100000 "${BASE[@]}"
+if [ -f "$CORPORA/sst2/train.tsv" ] && [ -f "$CORPORA/squad/train.json" ]; then  # full vs LoRA on GPT-2's shape
+  step lora 400 "$PY" benchmarks/lora.py --corpora "$CORPORA" --out "$WORK/lora" --device "$DEVICE" "${LORA[@]}"
+fi
 
 "$PY" benchmarks/gpu_report.py "$WORK" | tee "$OUT/table.md"
 pack

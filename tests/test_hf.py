@@ -340,3 +340,24 @@ def test_embedding_commands_read_a_gpt2_folder(gpt2_folder):
     a, b = (wte[tok.encode([w])[0]].mean(0) for w in ("man", "woman"))
     assert abs(result["cosine"] - torch.cosine_similarity(a, b, dim=0).item()) < 1e-4
     assert len(run_cli("neighbors", "man", "-m", gpt2_folder).output.strip().splitlines()) >= 5
+
+
+def test_a_classifier_exports_as_gpt2_for_sequence_classification(gpt2_folder, tiny_tasks, tmp_path):
+    from nmtkit.workflows.finetune import FineTuned, predict_classes
+
+    out = tmp_path / "clf"
+    run_cli("finetune", "--task", "classify", "-m", gpt2_folder, "--train", tiny_tasks["classify"], "-o", out,
+            "--lora-rank", "2", "--max-steps", "5", "--eval-every", "5", "--device", "cpu")
+    exported = tmp_path / "clf-hf"
+    run_cli("export", out, exported, "--format", "hf")
+    model = transformers.AutoModelForSequenceClassification.from_pretrained(exported).eval()
+    auto = transformers.AutoTokenizer.from_pretrained(exported)
+    ft = FineTuned(out, "cpu")
+    for text in ("I am happy today", "what a terrible day 🚀"):
+        ids = auto(text)["input_ids"]
+        assert ids == ft.tok.encode([text])[0] + [ft.tok.eos_id]  # the tokenizer closes the text with </s>
+        with torch.no_grad():
+            got = model(torch.tensor([ids])).logits.softmax(-1)[0]
+        want = predict_classes(ft.model, ft.device, [ids])[0]
+        assert (got - want).abs().max().item() < 1e-5
+    assert model.config.id2label == {0: "neg", 1: "pos"}

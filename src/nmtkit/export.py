@@ -213,24 +213,56 @@ def _into_place(tmp: Path, out: Path) -> None:
     tmp.rename(out)
 
 
-def write_hf(out: Path, cfg, weights: dict[str, Any], tok) -> None:
+def write_hf(out: Path, cfg, weights: dict[str, Any], tok, labels: list[str] | None = None) -> None:
     """A GPT's config, weights (nmtkit names) and tokenizer as a GPT-2 folder that transformers'
     AutoModelForCausalLM and AutoTokenizer load: safetensors only; a byte-level BPE tokenizer as its own files,
-    a SentencePiece one as a `tokenizers` Unigram model with its pieces, scores and normalisation."""
+    a SentencePiece one as a `tokenizers` Unigram model with its pieces, scores and normalisation.
+
+    With `labels`, a classifier (weights `body.*` and `head.*`) as a GPT2ForSequenceClassification. Its `score`
+    layer has no bias, but the final layer norm's bias reaches it as a constant: that bias takes the head's
+    (W beta' = W beta + b, solved exactly when W's rows are independent: "where the shapes allow"). Its tokenizer
+    closes every text with </s>, the token whose state nmtkit's classifier reads."""
+    import torch
     from safetensors.torch import save_file
 
+    config = hf.gpt2_config(cfg, tok.bos_id, tok.eos_id)
+    if labels is not None:
+        weights = {k.removeprefix("body."): v for k, v in weights.items()}
+        w, b = weights.pop("head.weight").double(), weights.pop("head.bias").double()
+        if torch.linalg.matrix_rank(w) < w.shape[0]:
+            raise ConfigError(f"the head's {w.shape[0]} rows are not independent, so its bias has no place in "
+                              "GPT2ForSequenceClassification (whose score layer has none)")
+        shift = torch.linalg.lstsq(w, b.unsqueeze(1)).solution.squeeze(1)
+        weights["norm.bias"] = (weights["norm.bias"].double() + shift).float()
+        config.update(architectures=["GPT2ForSequenceClassification"], id2label=dict(enumerate(labels)),
+                      label2id={name: i for i, name in enumerate(labels)}, pad_token_id=tok.pad_id)
+    tensors = hf.gpt2_tensors(weights, cfg)
+    if labels is not None:
+        tensors["score.weight"] = w.float().contiguous()
     tmp = _fresh(out)
     try:
-        save_file(hf.gpt2_tensors(weights, cfg), str(tmp / hf.WEIGHTS), metadata={"format": "pt"})
-        write_json(tmp / hf.CONFIG, hf.gpt2_config(cfg, tok.bos_id, tok.eos_id))
+        save_file(tensors, str(tmp / hf.WEIGHTS), metadata={"format": "pt"})
+        write_json(tmp / hf.CONFIG, config)
         if tok.kind == "bpe":
             tok.copy_to(tmp)
         else:
             _unigram_tokenizer(tok, tmp)
+        if labels is not None:
+            _close_with_eos(tmp / "tokenizer.json", tok.id_to_piece(tok.eos_id), tok.eos_id)
         _into_place(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _close_with_eos(path: Path, eos: str, eos_id: int) -> None:
+    """Make the tokenizer.json at `path` end every text with </s> (a classifier reads that token)."""
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import processors
+
+    found = HFTokenizer.from_file(str(path))
+    found.post_processor = processors.TemplateProcessing(single=f"$A {eos}", special_tokens=[(eos, eos_id)])
+    found.save(str(path))
 
 
 def _unigram_tokenizer(tok, folder: Path) -> None:

@@ -73,7 +73,7 @@ def resolve(name: str | Path) -> Path:
     except Exception:  # huggingface_hub's own errors, whose classes move between versions
         raise CheckpointError(
             f"{name}: no such folder, and no model of that name in the Hugging Face cache ({cache}); nmtkit never "
-            f"downloads: fetch it once (huggingface-cli download {name}) and run again") from None
+            f"downloads: fetch it once (hf download {name}) and run again") from None
 
 
 def gpt_settings(folder: str | Path) -> dict[str, Any]:

@@ -121,6 +121,20 @@ def init_distributed(device) -> Distributed:
     return Distributed(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
 
+def peak_memory_mb(device) -> float:
+    """The most memory this process has used so far, in MiB: on a GPU the tensors torch allocated on it; on a
+    CPU the process's peak resident size (everything: tensors, data, Python)."""
+    import resource
+    import sys
+
+    import torch
+
+    if device.type == "cuda":
+        return round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return round(peak / (2**20 if sys.platform == "darwin" else 2**10), 1)
+
+
 def measured_peak_flops(device) -> float | None:
     """The device's bf16 matrix-multiply FLOP/s, measured (what MFU is reported against); None off CUDA."""
     import time

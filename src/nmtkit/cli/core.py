@@ -487,5 +487,7 @@ def log_trained(what: str, summary: dict[str, Any], metrics: tuple[str, ...], ex
     shown = ", ".join(f"{k} {best[k]}" for k in metrics if k in best) + extra
     kept = f"best {shown} at step {summary['best_step']}" if shown else \
         f"no validation data: model.safetensors holds the last step ({summary['steps']})"
-    log.info("%s (%s parameters) for %d steps in %.0f s; %s", what, f"{summary['parameters']:,}", summary["steps"],
-             summary["seconds"], kept)
+    size = f"{summary['parameters']:,} parameters"
+    if summary.get("trained_parameters", summary["parameters"]) != summary["parameters"]:
+        size += f", {summary['trained_parameters']:,} trained"  # LoRA, or a frozen body
+    log.info("%s (%s) for %d steps in %.0f s; %s", what, size, summary["steps"], summary["seconds"], kept)

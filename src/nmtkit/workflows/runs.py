@@ -321,10 +321,16 @@ def append_record(run_dir: str | Path, section: str, record: dict[str, Any]) -> 
 
 
 def training_summary(run_dir: Path, arch: str, model, result, **more: Any) -> dict[str, Any]:
-    """What a training run returns and appends to run.json's "training" list."""
+    """What a training run returns and appends to run.json's "training" list: steps, best score, time, the
+    parameters (and those trained, fewer under LoRA or a frozen body), the peak memory (`runtime.peak_memory_mb`)."""
+    from nmtkit.runtime import peak_memory_mb
+
+    params = {id(p): p for p in model.parameters()}.values()
     return {"run": str(run_dir), "arch": arch, "steps": result.steps, "best_step": result.best_step,
             "best": result.best, "stopped_early": result.stopped_early, "seconds": round(result.seconds, 1),
-            "parameters": sum({id(p): p.numel() for p in model.parameters()}.values()), **more}
+            "parameters": sum(p.numel() for p in params),
+            "trained_parameters": sum(p.numel() for p in params if p.requires_grad),
+            "peak_memory_mb": peak_memory_mb(next(iter(params)).device), **more}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -333,7 +339,7 @@ def training_summary(run_dir: Path, arch: str, model, result, **more: Any) -> di
 
 def export_run(run_dir: str | Path, out: str | Path, format: str) -> dict[str, Any]:
     """`hf`: a GPT run (pretrained, or fine-tuned with --task generate; LoRA adapters merged) as a Hugging Face
-    GPT-2 folder. `nmtkit`: any run as a run of full weights (a LoRA run's adapters merged into its base, so it
+    GPT-2 folder; a --task classify run as a GPT2ForSequenceClassification. `nmtkit`: any run as a run of full weights (a LoRA run's adapters merged into its base, so it
     no longer needs it; its config then says it has none)."""
     from nmtkit.export import write_hf, write_run
     from nmtkit.models.configs import GPTConfig
@@ -341,11 +347,12 @@ def export_run(run_dir: str | Path, out: str | Path, format: str) -> dict[str, A
     out = Path(out)
     run = open_run(run_dir, ("gpt", "finetune") if format == "hf" else None)
     if format == "hf":
-        if run.kind == "finetune" and run.task != "generate":
-            raise ConfigError(f"{run.path}: a --task {run.task} run; --format hf exports GPTs (pretrained, or "
-                              "fine-tuned with --task generate)")
+        if run.kind == "finetune" and run.task == "qa":
+            raise ConfigError(f"{run.path}: a --task qa run; --format hf exports GPTs (pretrained, or fine-tuned "
+                              "with --task generate) and classifiers")
         cfg = from_dict(GPTConfig, run.config["model"], str(run.path / checkpoint.CONFIG))
-        write_hf(out, cfg, run_weights(run), run_tokenizer(run, cfg.vocab_size))
+        write_hf(out, cfg, run_weights(run), run_tokenizer(run, cfg.vocab_size),
+                 run.config.get("labels") if run.task == "classify" else None)
     else:
         if run.exported or run.hf:
             raise ConfigError(f"{run.path}: not an nmtkit run folder; --format nmtkit exports one")
