@@ -7,6 +7,7 @@ compute exactly what transformers computes with them.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -105,13 +106,18 @@ def test_tokenizer_equals_autotokenizer_on_hostile_text(gpt2_folder):
         assert ids == auto(text)["input_ids"], text
         assert tok.decode([ids])[0] == text  # byte-level: every text comes back as it was
     ids, starts, ends = tok.offsets("Two young men play.")
-    assert [("Two young men play."[a:b]) for a, b in zip(starts, ends)][-1].endswith(".")
+    spans = ["Two young men play."[a:b] for a, b in zip(starts, ends)]
+    assert "".join(spans) == "Twoyoungmenplay." and not any(s.startswith(" ") for s in spans)
 
 
 def test_tokenize_and_build_vocab_take_the_bpe_tokenizer(gpt2_folder, tmp_path):
     text = write(tmp_path / "in.txt", "A man is eating.\n\n日本語 🚀\n")
     pieces = run_cli("tokenize", text, "-t", gpt2_folder).output.splitlines()
     assert len(pieces) == 3 and pieces[1] == ""
+    bad = write(tmp_path / "bad.txt", b"one\nbad \xff byte\nthree\n")  # invalid UTF-8: as everywhere in nmtkit
+    assert "bad.txt:2: invalid UTF-8" in run_cli("tokenize", bad, "-t", gpt2_folder, code=1).output
+    kept = run_cli("tokenize", bad, "-t", gpt2_folder, "--on-bad-line", "skip", "--ids").stdout.split("\n")
+    assert len(kept) == 4 and kept[1] == "" and kept[0] and kept[2]
     ids = run_cli("tokenize", text, "-t", gpt2_folder, "--ids").output
     back = run_cli("tokenize", write(tmp_path / "ids.txt", ids), "-t", gpt2_folder, "--ids", "--decode").output
     assert back.splitlines() == ["A man is eating.", "", "日本語 🚀"]
@@ -136,6 +142,17 @@ def test_fake_hub_cache_is_found_by_name(gpt2_folder, tmp_path, monkeypatch):
         resolve("someone/not-downloaded")
     result = run_cli("generate", "-m", "nobody/nothing", "x", code=1)
     assert "never downloads" in result.output and "Traceback" not in result.output
+
+
+def test_sharded_weights_load_as_one(gpt2_folder, tmp_path):
+    folder = tmp_path / "sharded"
+    hf_model(gpt2_folder).save_pretrained(folder, safe_serialization=True, max_shard_size="100KB")
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(gpt2_folder / name, folder / name)
+    assert (folder / "model.safetensors.index.json").is_file() and not (folder / "model.safetensors").exists()
+    ids = torch.randint(0, 400, (1, 20))
+    with torch.no_grad():
+        assert torch.allclose(nmtkit_gpt(folder).model(ids), nmtkit_gpt(gpt2_folder).model(ids))
 
 
 def test_pickled_weights_are_refused(gpt2_folder, tmp_path):
@@ -361,3 +378,23 @@ def test_a_classifier_exports_as_gpt2_for_sequence_classification(gpt2_folder, t
         want = predict_classes(ft.model, ft.device, [ids])[0]
         assert (got - want).abs().max().item() < 1e-5
     assert model.config.id2label == {0: "neg", 1: "pos"}
+
+
+def test_a_lora_instruction_run_exports_merged(gpt2_folder, tiny_tasks, tmp_path):
+    from nmtkit.workflows.lm import LanguageModel
+
+    out = tmp_path / "gen-lora"
+    run_cli("finetune", "--task", "generate", "-m", gpt2_folder, "--train", tiny_tasks["generate"], "-o", out,
+            "--lora-rank", "2", "--lora-targets", "attn,mlp", "--lr", "1e-2", "--max-steps", "4", "--eval-every", "4",
+            "--max-new-tokens", "4", "--device", "cpu")
+    if importlib.util.find_spec("ctranslate2"):
+        refused = run_cli("export", out, tmp_path / "ct2", code=1).output
+        assert "a LoRA run holds adapters only; export it with --format nmtkit" in refused
+    run_cli("export", out, tmp_path / "hf", "--format", "hf")
+    model = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    lm = LanguageModel(out, "cpu")
+    ids = torch.tensor([lm.tok.encode(["Say hello."])[0]])
+    with torch.no_grad():
+        base = hf_model(gpt2_folder)(ids).logits
+        got = model(ids).logits
+        assert (got - lm.model(ids)).abs().max().item() < 1e-4 and (got - base).abs().max().item() > 1e-3

@@ -19,10 +19,11 @@ embedding tables and the output layer are cut to the real vocabulary (nmtkit pad
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from nmtkit import checkpoint, hf
 from nmtkit.errors import CheckpointError, ConfigError
@@ -75,17 +76,19 @@ def export_ctranslate2(run_dir: str | Path, out: str | Path, quantization: str |
     from nmtkit.config import from_dict
     from nmtkit.models import build_translator, translator_config
     from nmtkit.models.gpt import GPT, GPTConfig
-    from nmtkit.tokenization import Tokenizer
+    from nmtkit.tokenization import load_tokenizer
 
     ct2 = ctranslate2_module()
     run_dir, out = Path(run_dir), Path(out)
-    if out.exists() and any(out.iterdir()):
-        raise CheckpointError(f"{out}: exists and is not empty; choose another output folder")
+    _check_free(out)  # before the model is built
     config = checkpoint.read_config(run_dir, ("translator", "gpt", "finetune"))
     checkpoint.check_sections(config, run_dir / checkpoint.CONFIG)
     if config["kind"] == "finetune" and config["task"] != "generate":
         raise ConfigError(f"{run_dir}: a --task {config['task']} run; CTranslate2 export is for translators and GPTs")
-    tok = Tokenizer(run_dir / checkpoint.TOKENIZER_DIR)
+    if (config.get("data") or {}).get("lora_rank"):
+        raise ConfigError(f"{run_dir}: a LoRA run holds adapters only; export it with --format nmtkit (full weights) "
+                          "first, then that run for CTranslate2")
+    tok = load_tokenizer(run_dir / checkpoint.TOKENIZER_DIR)
     pieces = [tok.id_to_piece(i) for i in range(len(tok))]
     if config["kind"] == "translator":
         if config["arch"] != "transformer":
@@ -102,17 +105,12 @@ def export_ctranslate2(run_dir: str | Path, out: str | Path, quantization: str |
         spec.optimize(quantization=quantization)
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"CTranslate2 refused the model: {exc}") from None
-    tmp = out.with_name(f".{out.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    spec.save(str(tmp))
-    tok.copy_to(tmp / checkpoint.TOKENIZER_DIR)
     info = {"format_version": checkpoint.FORMAT_VERSION, "kind": config["kind"], "exported_from": str(run_dir),
             "quantization": quantization or "float32", "ctranslate2": ct2.__version__, "config": config}
-    write_json(tmp / INFO, info)
-    if out.exists():
-        out.rmdir()
-    tmp.rename(out)
+    with _assembled(out) as tmp:
+        spec.save(str(tmp))
+        tok.copy_to(tmp / checkpoint.TOKENIZER_DIR)
+        write_json(tmp / INFO, info)
     return {"output": str(out), "kind": config["kind"], "quantization": info["quantization"],
             "bytes": sum(f.stat().st_size for f in out.rglob("*") if f.is_file())}
 
@@ -200,17 +198,26 @@ def _gpt_spec(model, pieces: list[str]):
 # A Hugging Face GPT-2 folder, a run of full weights
 
 
-def _fresh(out: Path) -> Path:
+def _check_free(out: Path) -> None:
     if out.exists() and any(out.iterdir()):
         raise CheckpointError(f"{out}: exists and is not empty; choose another output folder")
+
+
+@contextlib.contextmanager
+def _assembled(out: Path) -> Iterator[Path]:
+    """A temporary folder beside `out` to write an export into, renamed to `out` when the block ends, removed if
+    it fails: an export is never half-written. `out` must not exist, or be empty."""
+    _check_free(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-
-
-def _into_place(tmp: Path, out: Path) -> None:
-    if out.exists():
-        out.rmdir()
-    tmp.rename(out)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        yield tmp
+        if out.exists():
+            out.rmdir()
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def write_hf(out: Path, cfg, weights: dict[str, Any], tok, labels: list[str] | None = None) -> None:
@@ -239,8 +246,7 @@ def write_hf(out: Path, cfg, weights: dict[str, Any], tok, labels: list[str] | N
     tensors = hf.gpt2_tensors(weights, cfg)
     if labels is not None:
         tensors["score.weight"] = w.float().contiguous()
-    tmp = _fresh(out)
-    try:
+    with _assembled(out) as tmp:
         save_file(tensors, str(tmp / hf.WEIGHTS), metadata={"format": "pt"})
         write_json(tmp / hf.CONFIG, config)
         if tok.kind == "bpe":
@@ -249,10 +255,6 @@ def write_hf(out: Path, cfg, weights: dict[str, Any], tok, labels: list[str] | N
             _unigram_tokenizer(tok, tmp)
         if labels is not None:
             _close_with_eos(tmp / "tokenizer.json", tok.id_to_piece(tok.eos_id), tok.eos_id)
-        _into_place(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def _close_with_eos(path: Path, eos: str, eos_id: int) -> None:
@@ -299,14 +301,9 @@ def _user_defined(sp, i: int) -> bool:
 
 def write_run(out: Path, config: dict[str, Any], weights: dict[str, Any], run_dir: Path) -> None:
     """A run folder of `config` and full `weights`, with the tokenizer and run.json of `run_dir`."""
-    tmp = _fresh(out)
-    try:
+    with _assembled(out) as tmp:
         write_json(tmp / checkpoint.CONFIG, config)
         shutil.copytree(run_dir / checkpoint.TOKENIZER_DIR, tmp / checkpoint.TOKENIZER_DIR)
         checkpoint.save_weights(tmp / checkpoint.WEIGHTS, weights)
         if (run_dir / checkpoint.RUN_RECORD).is_file():
             shutil.copyfile(run_dir / checkpoint.RUN_RECORD, tmp / checkpoint.RUN_RECORD)
-        _into_place(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise

@@ -248,9 +248,11 @@ class BPETokenizer:
 
     def offsets(self, text: str) -> tuple[list[int], list[int], list[int]]:
         """The text's ids and each one's character span [start, end) (from the tokenizers library; a byte-level
-        piece inside a character spans the whole character)."""
+        piece inside a character spans the whole character), without the space a piece such as "Ġmat" opens with
+        (an answer is "mat", not " mat")."""
         e = self.hf.encode(text, add_special_tokens=False)
-        return list(e.ids), [a for a, _ in e.offsets], [b for _, b in e.offsets]
+        starts = [a + len(text[a:b]) - len(text[a:b].lstrip()) for a, b in e.offsets]
+        return list(e.ids), starts, [b for _, b in e.offsets]
 
     def copy_to(self, folder: str | Path) -> None:
         _copy_files(self.source, BPE_FILES, folder)
