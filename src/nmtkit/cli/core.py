@@ -274,9 +274,10 @@ def settings_tables(settings_file: Optional[Path], tables: tuple[str, ...]) -> d
     return settings
 
 
+# the [data] keys that are not strings (a column may be a number too)
 DATA_TYPES = {"header": bool, "freeze_body": bool, "lowercase": bool, "max_len": int, "stride": int, "batch_size": int,
               "max_new_tokens": int, "vocab_size": int, "min_count": int, "max_vocab": int, "valid_fraction": float,
-              "data_files": list, "inputs": list, "lora_rank": int, "lora_alpha": float}  # the other [data] keys are strings (a column may be a number)
+              "data_files": list, "inputs": list, "lora_rank": int, "lora_alpha": float}
 
 
 def data_options(settings_file: Optional[Path], settings: dict[str, Any], **flags: Any) -> dict[str, Any]:

@@ -1,5 +1,4 @@
-"""Commands on run folders of any kind: info, average, export (`nmtkit.workflows.runs`, `nmtkit.export`,
-`nmtkit.workflows.runs`)."""
+"""Commands on run folders of any kind: info, average, export (`nmtkit.workflows.runs`, `nmtkit.export`)."""
 
 from __future__ import annotations
 

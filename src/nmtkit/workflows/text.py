@@ -60,7 +60,10 @@ def tokenize(
 def _decode_line(tokenizer: Tokenizer, line: str, ids: bool, lineno: int) -> str:
     fields = line.split()
     if not ids:
-        return tokenizer.decode_pieces([fields])[0]
+        try:
+            return tokenizer.decode_pieces([fields])[0]
+        except DataError as exc:  # a piece the tokenizer does not have (a byte-level BPE one has no <unk>)
+            raise DataError(f"input line {lineno}: {exc}") from None
     try:
         numbers = [int(f) for f in fields]
     except ValueError:
