@@ -107,6 +107,9 @@ def main() -> None:
     for check, result, target in rows:
         print(f"| {check} | {re.sub(r'[|]', '/', str(result))} | {target} |")
     print("\nSteps (exit status, seconds): " + ", ".join(f"{k} {rc} ({s} s)" for k, (rc, s) in status.items()))
+    lora = work / "lora.out"  # benchmarks/lora.py's own table
+    if outcome("lora") is None and lora.is_file() and lora.read_text().strip():
+        print("\n#### Full fine-tuning vs LoRA on GPT-2's shape (`benchmarks/lora.py`)\n\n" + lora.read_text().strip())
 
 
 if __name__ == "__main__":
