@@ -256,6 +256,9 @@ def test_a_lora_run_stores_adapters_only_and_every_command_reads_it(gpt2_folder,
     saved = checkpoint.load_weights(out / "model.safetensors")
     assert all(".lora_" in k or k.startswith("head.") for k in saved)
     assert sum(t.numel() for t in saved.values()) == 2 * 16 * 4 * 64 + 64 * 2 + 2
+    lora = json.loads(run_cli("info", out, "--json").stdout)["lora"]
+    assert lora == {"rank": 4, "alpha": 8, "targets": "attn,mlp", "base": str(gpt2_folder.resolve()),
+                    "stored_parameters": 2 * 16 * 4 * 64 + 64 * 2 + 2}
     losses = [json.loads(l)["valid_loss"] for l in (out / "metrics.jsonl").read_text().splitlines() if '"eval"' in l]
     assert losses[-1] < losses[0] / 2
     inputs = write(tmp_path / "in.txt", "I am happy today\nwhat a terrible day\n")

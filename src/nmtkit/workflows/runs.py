@@ -393,6 +393,11 @@ def info(path: str | Path) -> dict[str, Any]:
         result["tokenizer"] = {"model_type": "bpe (byte-level)", "vocab_size": len(load_tokenizer(path))}
     elif (path / checkpoint.WEIGHTS).is_file():
         result["parameters"] = checkpoint.count_parameters(checkpoint.load_weights(path / checkpoint.WEIGHTS))
+    data = run.config.get("data") or {}
+    if run.kind == "finetune" and data.get("lora_rank"):  # what it stores are adapters and a head; the rest is its base
+        result["lora"] = {"rank": data["lora_rank"], "alpha": data.get("lora_alpha") or 2 * data["lora_rank"],
+                          "targets": data.get("lora_targets"), "base": (run.config.get("init") or {}).get("pretrained"),
+                          "stored_parameters": result.pop("parameters", None)}
     if (path / checkpoint.TOKENIZER_DIR / INFO_FILE).is_file():
         tok = read_json(path / checkpoint.TOKENIZER_DIR / INFO_FILE)  # its size as trained, not as asked for
         result["tokenizer"] = {**tok.get("config", {}), "vocab_size": tok.get("vocab_size")}
