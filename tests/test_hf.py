@@ -264,6 +264,7 @@ def test_a_lora_run_stores_adapters_only_and_every_command_reads_it(gpt2_folder,
     inputs = write(tmp_path / "in.txt", "I am happy today\nwhat a terrible day\n")
     labels = run_cli("classify", "-m", out, "--probs", "--device", "cpu", inputs).stdout
     assert [line.split("\t")[0] for line in labels.splitlines()] == ["pos", "neg"]
+    assert json.loads(run_cli("evaluate", "-m", out, "--data", data, "--json", "--device", "cpu").stdout)["accuracy"] == 100.0
     run_cli("finetune", "--task", "classify", "-o", out, "--resume", "--max-steps", "40", "--device", "cpu")
     assert json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 40
     run_cli("average", "-m", out, "--last", "2", "-o", tmp_path / "avg")
