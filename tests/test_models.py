@@ -160,3 +160,19 @@ def test_bad_model_settings(arch, settings, message):
 
     with pytest.raises(ConfigError, match=message):
         translator_config(arch, settings)
+
+
+def test_without_init_draws_no_random_numbers_and_gives_init_back():
+    """Inference builds its model without drawing initial weights (all are loaded next)."""
+    from torch import nn
+
+    from nmtkit.models.gpt import GPT, GPTConfig
+    from nmtkit.models.layers import without_init
+
+    torch.manual_seed(1)
+    with without_init():
+        GPT(GPTConfig(vocab_size=100, block_size=16, d_model=32, heads=2, layers=2))
+    drawn_inside = torch.get_rng_state()
+    torch.manual_seed(1)
+    assert torch.equal(drawn_inside, torch.get_rng_state())  # nothing was drawn
+    assert nn.init.normal_(torch.zeros(1000)).std() > 0.5  # and torch.nn.init works again after

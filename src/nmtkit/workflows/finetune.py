@@ -410,7 +410,7 @@ def _task_model(task: str, model_cfg, labels, pretrained, new_weights: bool, dat
     rank = data.get("lora_rank", 0)
     if pretrained and (not new_weights or rank):
         base = runs.open_run(pretrained, ("gpt",))
-        checkpoint.load_state(body, runs.run_weights(base), base.path)
+        checkpoint.load_state(body, runs.run_weights(base, body), base.path)
     if data["freeze"]:
         body.requires_grad_(False)
     if rank:
@@ -443,7 +443,8 @@ class FineTuned:
         model_cfg = from_dict(GPTConfig, self.config["model"], str(self.run_dir / checkpoint.CONFIG))
         self.tok = runs.run_tokenizer(run, model_cfg.vocab_size)
         self.device = pick_device(device)
-        self.model = runs.load_weights_for_inference(build_task_model(self.task, model_cfg, self.labels), run, self.device)
+        self.model = runs.load_weights_for_inference(lambda: build_task_model(self.task, model_cfg, self.labels), run,
+                                                     self.device)
 
 
 def classify(ft: FineTuned, lines: Iterable[str | None], batch_size: int = 64, buffer_lines: int = 1024,

@@ -228,7 +228,7 @@ class LanguageModel:
         run = runs.open_run(run_dir, ("gpt", "finetune"))
         self._settings(run)
         self.device = pick_device(device)
-        self.model = runs.load_weights_for_inference(GPT(self.cfg), run, self.device)
+        self.model = runs.load_weights_for_inference(lambda: GPT(self.cfg), run, self.device)
 
     def _settings(self, run: runs.Run) -> None:
         from nmtkit.data.datasets import prompt_budget

@@ -104,17 +104,20 @@ def open_for_inference(path: str | Path, device: str, compute_type: str, run_cla
     return run_class(path, device)
 
 
-def run_weights(run: Run) -> dict[str, Any]:
+def run_weights(run: Run, like=None) -> dict[str, Any]:
     """A run's best weights as a full state dict of its model: a Hugging Face folder's mapped onto nmtkit's
-    GPT; a LoRA run's adapters merged into its base model's weights (its task head beside them)."""
+    GPT; a LoRA run's adapters merged into its base model's weights (its task head beside them). `like`: a
+    model of the run's architecture, whose names and shapes a Hugging Face folder's weights are checked against
+    (else one is built on the meta device)."""
     if run.hf:
         import torch
 
         from nmtkit.models.gpt import GPT, GPTConfig
 
-        with torch.device("meta"):  # the names and shapes only
-            shape = GPT(from_dict(GPTConfig, run.config["model"], str(run.path / hf.CONFIG)))
-        return hf.gpt_weights(run.path, shape)
+        if like is None:
+            with torch.device("meta"):  # the names and shapes only
+                like = GPT(from_dict(GPTConfig, run.config["model"], str(run.path / hf.CONFIG)))
+        return hf.gpt_weights(run.path, like)
     weights = checkpoint.load_weights(run.path / checkpoint.WEIGHTS)
     lora = (run.config.get("data") or {}).get("lora_rank") if run.kind == "finetune" else None
     if not lora:
@@ -130,18 +133,21 @@ def run_weights(run: Run) -> dict[str, Any]:
                               "(export the run with nmtkit export --format nmtkit where the base is, to keep "
                               "full weights)") from None
     prefix = "" if run.task == "generate" else "body."
-    full = {prefix + name: t for name, t in run_weights(base_run).items()}
+    body = like if like is None or run.task == "generate" else like.body
+    full = {prefix + name: t for name, t in run_weights(base_run, body).items()}
     return merged({**full, **weights}, (data.get("lora_alpha") or 2 * lora) / lora)
 
 
-def load_weights_for_inference(model, run: Run, device):
-    """`model` with the run's best weights, on `device`, in eval mode; on a CPU with its linear layers in the
-    faster decoding layout."""
+def load_weights_for_inference(build: Callable[[], Any], run: Run, device):
+    """The model `build()` makes, with the run's best weights (not drawing initial ones first), on `device`, in
+    eval mode; on a CPU with its linear layers in the faster decoding layout."""
     import torch
 
-    from nmtkit.models.layers import for_cpu_inference
+    from nmtkit.models.layers import for_cpu_inference, without_init
 
-    checkpoint.load_state(model, run_weights(run), run.path if run.hf else run.path / checkpoint.WEIGHTS)
+    with without_init():
+        model = build()
+    checkpoint.load_state(model, run_weights(run, model), run.path if run.hf else run.path / checkpoint.WEIGHTS)
     broken = next((name for name, p in model.state_dict().items() if p.is_floating_point() and not torch.isfinite(p).all()),
                   None)
     if broken is not None:

@@ -35,7 +35,8 @@ class Translator:
         self.model_cfg = translator_config(self.arch, self.config["model"], f"{self.run_dir / checkpoint.CONFIG}")
         self.tok = runs.run_tokenizer(run, self.model_cfg.src_vocab)
         self.device = pick_device(device)
-        self.model = runs.load_weights_for_inference(build_translator(self.arch, self.model_cfg), run, self.device)
+        self.model = runs.load_weights_for_inference(lambda: build_translator(self.arch, self.model_cfg), run,
+                                                     self.device)
         self.max_src_len = max_source_len(self.model_cfg)
 
     def translate_ids(self, src: list[list[int]], **options):
