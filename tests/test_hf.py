@@ -326,7 +326,8 @@ def test_a_unigram_tokenizer_exported_gives_sentencepiece_ids(demo_tokenizer, tm
     _unigram_tokenizer(demo_tokenizer, tmp_path)
     exported = HFTokenizer.from_file(str(tmp_path / "tokenizer.json"))
     lines = (DEMO / "train.en").read_text(encoding="utf-8").splitlines()[:300]
-    lines += (DEMO / "train.ko").read_text(encoding="utf-8").splitlines()[:300] + ["two   spaces  ", "ﬁ ligature ①"]
+    lines += (DEMO / "train.ko").read_text(encoding="utf-8").splitlines()[:300] + HOSTILE + [
+        "  two   spaces  ", "ﬁ ligature ①", "a\u3000b", "   ", "\t lead"] + [f"a{c}b" for c in "\t\x0b\x0c\x85\xa0\u2028\x00\x1f\u200b\ufeff"]
     got = [e.ids for e in exported.encode_batch(lines, add_special_tokens=False)]
     assert got == demo_tokenizer.encode(lines)
 

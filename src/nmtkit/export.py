@@ -223,7 +223,7 @@ def _assembled(out: Path) -> Iterator[Path]:
 def write_hf(out: Path, cfg, weights: dict[str, Any], tok, labels: list[str] | None = None) -> None:
     """A GPT's config, weights (nmtkit names) and tokenizer as a GPT-2 folder that transformers'
     AutoModelForCausalLM and AutoTokenizer load: safetensors only; a byte-level BPE tokenizer as its own files,
-    a SentencePiece one as a `tokenizers` Unigram model with its pieces, scores and normalisation.
+    a SentencePiece one as a `tokenizers` Unigram model with its pieces, scores and normalisation table.
 
     With `labels`, a classifier (weights `body.*` and `head.*`) as a GPT2ForSequenceClassification. Its `score`
     layer has no bias, but the final layer norm's bias reaches it as a constant: that bias takes the head's
@@ -276,8 +276,12 @@ def _unigram_tokenizer(tok, folder: Path) -> None:
     vocab = [(sp.IdToPiece(i), sp.GetScore(i)) for i in range(len(tok))]
     byte_fallback = any(sp.IsByte(i) for i in range(len(tok)))
     out = HFTokenizer(models.Unigram(vocab, unk_id=tok.unk_id, byte_fallback=byte_fallback))
-    out.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Replace(Regex(" {2,}"), " "),
-                                           normalizers.Strip()])
+    # SentencePiece's own normalisation table, then its whitespace rules: runs of spaces collapsed, none at the
+    # end, a text's first word opening with "▁" (written here, so that a text opening with spaces gets one too)
+    charsmap = tok.charsmap()
+    out.normalizer = normalizers.Sequence(([normalizers.Precompiled(charsmap)] if charsmap else []) + [
+        normalizers.Replace(Regex(" {2,}"), " "), normalizers.Strip(left=False, right=True),
+        normalizers.Replace(Regex("^ "), "\u2581")])
     out.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first")
     out.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse(),
                                      decoders.Strip(content=" ", left=1, right=0)])

@@ -129,6 +129,39 @@ class Tokenizer:
         """Copy this tokenizer's files into `folder` (a run folder's `tokenizer/`)."""
         _copy_files(self.folder, (MODEL_FILE, VOCAB_FILE, INFO_FILE), folder)
 
+    def charsmap(self) -> bytes:
+        """The model's compiled normalisation table (NormalizerSpec.precompiled_charsmap: field 2 of field 3 of
+        the model's protobuf), which `tokenizers.normalizers.Precompiled` applies exactly as SentencePiece does.
+        Read with a walk over protobuf's wire format: sentencepiece's Python API does not give it, and its
+        generated protobuf module needs the protobuf package, which nmtkit does not depend on."""
+        spec = next((v for f, v in _protobuf_fields(self.model_file.read_bytes()) if f == 3), b"")
+        return next((v for f, v in _protobuf_fields(spec) if f == 2), b"")
+
+
+def _protobuf_fields(buf: bytes) -> Iterator[tuple[int, bytes | None]]:
+    """(field number, bytes of a length-delimited field, else None) of each field of a protobuf message."""
+
+    def varint(i: int) -> tuple[int, int]:
+        value = shift = 0
+        while True:
+            value, i, shift = value | (buf[i] & 0x7F) << shift, i + 1, shift + 7
+            if buf[i - 1] < 0x80:
+                return value, i
+
+    i = 0
+    while i < len(buf):
+        key, i = varint(i)
+        wire = key & 7
+        if wire == 2:
+            n, i = varint(i)
+            yield key >> 3, buf[i : i + n]
+            i += n
+        elif wire in (0, 1, 5):
+            i = varint(i)[1] if wire == 0 else i + (8 if wire == 1 else 4)
+            yield key >> 3, None
+        else:
+            raise CheckpointError(f"not a SentencePiece model (protobuf wire type {wire})")
+
 
 def _copy_files(source: Path, names: Iterable[str], folder: str | Path) -> None:
     folder = Path(folder)
