@@ -403,3 +403,22 @@ def test_a_lora_instruction_run_exports_merged(gpt2_folder, tiny_tasks, tmp_path
         base = hf_model(gpt2_folder)(ids).logits
         got = model(ids).logits
         assert (got - lm.model(ids)).abs().max().item() < 1e-4 and (got - base).abs().max().item() > 1e-3
+
+
+def test_a_qa_run_exports_as_gpt2_for_question_answering(gpt2_folder, tiny_tasks, tmp_path):
+    from nmtkit.data.datasets import qa_features
+    from nmtkit.data.corpora import QAExample
+    from nmtkit.workflows.finetune import FineTuned, span_logits
+
+    out = tmp_path / "qa"
+    run_cli("finetune", "--task", "qa", "-m", gpt2_folder, "--train", tiny_tasks["qa"], "-o", out,
+            "--max-steps", "3", "--eval-every", "3", "--device", "cpu")
+    run_cli("export", out, tmp_path / "qa-hf", "--format", "hf")
+    model = transformers.AutoModelForQuestionAnswering.from_pretrained(tmp_path / "qa-hf").eval()
+    ft = FineTuned(out, "cpu")
+    feature = qa_features(ft.tok, [QAExample("1", "", "The cat sat on the mat.", "Who sat?", ())], 64, 16)[0]
+    want_start, want_end = span_logits(ft.model, ft.device, [feature])[0]
+    with torch.no_grad():
+        got = model(torch.tensor([feature.ids]))
+    assert (got.start_logits[0] - want_start).abs().max().item() < 1e-4
+    assert (got.end_logits[0] - want_end).abs().max().item() < 1e-4

@@ -220,32 +220,37 @@ def _assembled(out: Path) -> Iterator[Path]:
         raise
 
 
-def write_hf(out: Path, cfg, weights: dict[str, Any], tok, labels: list[str] | None = None) -> None:
+def write_hf(out: Path, cfg, weights: dict[str, Any], tok, task: str | None = None,
+             labels: list[str] | None = None) -> None:
     """A GPT's config, weights (nmtkit names) and tokenizer as a GPT-2 folder that transformers'
     AutoModelForCausalLM and AutoTokenizer load: safetensors only; a byte-level BPE tokenizer as its own files,
     a SentencePiece one as a `tokenizers` Unigram model with its pieces, scores and normalisation table.
 
-    With `labels`, a classifier (weights `body.*` and `head.*`) as a GPT2ForSequenceClassification. Its `score`
-    layer has no bias, but the final layer norm's bias reaches it as a constant: that bias takes the head's
-    (W beta' = W beta + b, solved exactly when W's rows are independent: "where the shapes allow"). Its tokenizer
-    closes every text with </s>, the token whose state nmtkit's classifier reads."""
+    A fine-tuned head (`task`; weights `body.*` and `head.*`) goes with it. classify: a
+    GPT2ForSequenceClassification with `labels`. Its `score` layer has no bias, but the final layer norm's bias
+    reaches it as a constant: that bias takes the head's (W beta' = W beta + b, solved exactly when W's rows are
+    independent: "where the shapes allow"); its tokenizer closes every text with </s>, the token whose state
+    nmtkit's classifier reads. qa: a GPT2ForQuestionAnswering, whose `qa_outputs` is nmtkit's span head as it is
+    (its input: </s> question </s> context </s>)."""
     import torch
     from safetensors.torch import save_file
 
     config = hf.gpt2_config(cfg, tok.bos_id, tok.eos_id)
-    if labels is not None:
+    head = {}
+    if task in ("classify", "qa"):
         weights = {k.removeprefix("body."): v for k, v in weights.items()}
         w, b = weights.pop("head.weight").double(), weights.pop("head.bias").double()
+        head = {"qa_outputs.weight": w, "qa_outputs.bias": b} if task == "qa" else {"score.weight": w}
+        config["architectures"] = ["GPT2ForQuestionAnswering" if task == "qa" else "GPT2ForSequenceClassification"]
+    if task == "classify":
         if torch.linalg.matrix_rank(w) < w.shape[0]:
             raise ConfigError(f"the head's {w.shape[0]} rows are not independent, so its bias has no place in "
                               "GPT2ForSequenceClassification (whose score layer has none)")
         shift = torch.linalg.lstsq(w, b.unsqueeze(1)).solution.squeeze(1)
         weights["norm.bias"] = (weights["norm.bias"].double() + shift).float()
-        config.update(architectures=["GPT2ForSequenceClassification"], id2label=dict(enumerate(labels)),
-                      label2id={name: i for i, name in enumerate(labels)}, pad_token_id=tok.pad_id)
-    tensors = hf.gpt2_tensors(weights, cfg)
-    if labels is not None:
-        tensors["score.weight"] = w.float().contiguous()
+        config.update(id2label=dict(enumerate(labels or [])), label2id={name: i for i, name in enumerate(labels or [])},
+                      pad_token_id=tok.pad_id)
+    tensors = {**hf.gpt2_tensors(weights, cfg), **{k: v.float().contiguous() for k, v in head.items()}}
     with _assembled(out) as tmp:
         save_file(tensors, str(tmp / hf.WEIGHTS), metadata={"format": "pt"})
         write_json(tmp / hf.CONFIG, config)
@@ -253,7 +258,7 @@ def write_hf(out: Path, cfg, weights: dict[str, Any], tok, labels: list[str] | N
             tok.copy_to(tmp)
         else:
             _unigram_tokenizer(tok, tmp)
-        if labels is not None:
+        if task == "classify":
             _close_with_eos(tmp / "tokenizer.json", tok.id_to_piece(tok.eos_id), tok.eos_id)
 
 

@@ -55,7 +55,7 @@ def average_cmd(
 
 @command("export")
 def export_cmd(
-    run: Path = typer.Argument(..., help="A run folder: a Transformer translator or a GPT (ctranslate2), a GPT or a classifier (hf), any run (nmtkit)."),
+    run: Path = typer.Argument(..., help="A run folder: a Transformer translator or a GPT (ctranslate2), a GPT, classify or qa run (hf), any run (nmtkit)."),
     output: Path = typer.Argument(..., help="The folder to write (must not exist or be empty)."),
     format_: str = typer.Option("ctranslate2", "--format", help="ctranslate2 (the C++ inference engine), hf (a Hugging Face GPT-2 folder, safetensors) or nmtkit (a run folder of full weights: a LoRA run's adapters merged).", **choice(*FORMATS)),
     quantization: Optional[str] = typer.Option(None, "--quantization", help="ctranslate2: store weights as int8, int8_float32, float16... (default float32)."),

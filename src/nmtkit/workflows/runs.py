@@ -345,7 +345,8 @@ def training_summary(run_dir: Path, arch: str, model, result, **more: Any) -> di
 
 def export_run(run_dir: str | Path, out: str | Path, format: str) -> dict[str, Any]:
     """`hf`: a GPT run (pretrained, or fine-tuned with --task generate; LoRA adapters merged) as a Hugging Face
-    GPT-2 folder; a --task classify run as a GPT2ForSequenceClassification. `nmtkit`: any run as a run of full weights (a LoRA run's adapters merged into its base, so it
+    GPT-2 folder; a --task classify run as a GPT2ForSequenceClassification, a --task qa run as a
+    GPT2ForQuestionAnswering. `nmtkit`: any run as a run of full weights (a LoRA run's adapters merged into its base, so it
     no longer needs it; its config then says it has none)."""
     from nmtkit.export import write_hf, write_run
     from nmtkit.models.configs import GPTConfig
@@ -353,12 +354,8 @@ def export_run(run_dir: str | Path, out: str | Path, format: str) -> dict[str, A
     out = Path(out)
     run = open_run(run_dir, ("gpt", "finetune") if format == "hf" else None)
     if format == "hf":
-        if run.kind == "finetune" and run.task == "qa":
-            raise ConfigError(f"{run.path}: a --task qa run; --format hf exports GPTs (pretrained, or fine-tuned "
-                              "with --task generate) and classifiers")
         cfg = from_dict(GPTConfig, run.config["model"], str(run.path / checkpoint.CONFIG))
-        write_hf(out, cfg, run_weights(run), run_tokenizer(run, cfg.vocab_size),
-                 run.config.get("labels") if run.task == "classify" else None)
+        write_hf(out, cfg, run_weights(run), run_tokenizer(run, cfg.vocab_size), run.task, run.config.get("labels"))
     else:
         if run.exported or run.hf:
             raise ConfigError(f"{run.path}: not an nmtkit run folder; --format nmtkit exports one")
