@@ -118,8 +118,9 @@ def weight_files(folder: str | Path) -> list[Path]:
     raise CheckpointError(f"{folder}: no {WEIGHTS} here")
 
 
-def read_tensors(folder: str | Path) -> dict[str, Any]:
-    """Every tensor of a model folder's safetensors files, by name."""
+def read_tensors(folder: str | Path, shapes_only: bool = False) -> dict[str, Any]:
+    """Every tensor of a model folder's safetensors files, by name (`shapes_only`: each one's shape, read from the
+    files' headers: nothing is loaded)."""
     from safetensors import SafetensorError, safe_open
 
     tensors: dict[str, Any] = {}
@@ -128,7 +129,8 @@ def read_tensors(folder: str | Path) -> dict[str, Any]:
             raise CheckpointError(f"{path}: missing (named by {INDEX})")
         try:
             with safe_open(str(path), framework="pt") as f:
-                tensors.update({name: f.get_tensor(name) for name in f.keys()})
+                tensors.update({name: f.get_slice(name).get_shape() if shapes_only else f.get_tensor(name)
+                                for name in f.keys()})
         except (SafetensorError, OSError, ValueError) as exc:
             raise CheckpointError(f"{path}: not a valid safetensors file ({exc})") from None
     return tensors

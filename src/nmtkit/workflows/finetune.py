@@ -23,7 +23,8 @@ TASK_METRIC = {"classify": "accuracy", "qa": "f1", "generate": "valid_loss"}  # 
 TRAIN_DEFAULTS = {"schedule": "cosine", "lr": 3e-4, "warmup_steps": 50, "label_smoothing": 0.0,
                   "weight_decay": 0.01, "beta2": 0.99, "max_steps": 1000, "eval_every": 100}
 # the data settings a run keeps: longest input, QA window overlap, examples per micro-batch, a frozen body, the
-# longest response when scoring generation, LoRA adapters (rank 0: none; alpha 0: twice the rank; which layers)
+# longest response when scoring generation, LoRA adapters (rank 0: none; alpha 0: twice the rank, recorded as
+# such; which layers)
 DATA_DEFAULTS = {"max_len": 256, "stride": 64, "batch_size": 32, "freeze": False, "max_new_tokens": 128,
                  "lora_rank": 0, "lora_alpha": 0.0, "lora_targets": "attn"}
 
@@ -302,6 +303,7 @@ def _settings(run_dir: Path, resume: bool, task, pretrained, from_scratch, token
             parse_targets(data["lora_targets"])
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
+        data["lora_alpha"] = float(data["lora_alpha"] or 2 * data["lora_rank"])  # the run records the alpha it uses
     if pretrained and Path(pretrained).exists():  # kept where it is: a LoRA run reads its base model from there
         pretrained = str(Path(pretrained).resolve())
     model_cfg = _new_model_config(run_dir, pretrained, from_scratch, tokenizer, model_settings or {})
@@ -417,7 +419,7 @@ def _task_model(task: str, model_cfg, labels, pretrained, new_weights: bool, dat
         from nmtkit.models.lora import add_adapters
 
         total = sum(p.numel() for p in model.parameters())
-        trainable = add_adapters(model, rank, data["lora_alpha"] or 2 * rank, data["lora_targets"])
+        trainable = add_adapters(model, rank, data["lora_alpha"], data["lora_targets"])
         log.info("LoRA rank %d on %s: %s trainable parameters of %s (%.2f%%)", rank, data["lora_targets"],
                  f"{trainable:,}", f"{total + trainable:,}", 100 * trainable / (total + trainable))
     return model

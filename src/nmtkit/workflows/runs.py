@@ -15,6 +15,7 @@ import dataclasses
 import datetime
 import functools
 import logging
+import math
 import os
 import shutil
 import sys
@@ -62,8 +63,8 @@ class Run:
 def open_run(path: str | Path, kinds: tuple[str, ...] | None = None) -> Run:
     """The one way to open a run folder, a CTranslate2 export or a Hugging Face GPT-2 folder (a path, or a name
     in the local hub cache); refuses a missing folder, an unknown format version, and (with `kinds`) a run of
-    another kind, each with one line."""
-    path = hf.resolve(path)
+    another kind, each with one line. The hub cache is looked in only where a GPT is wanted."""
+    path = hf.resolve(path) if kinds is None or "gpt" in kinds else Path(path)
     if is_ctranslate2_folder(path):
         return Run(path, read_export(path, kinds), exported=True)
     if hf.is_hf_folder(path):
@@ -135,7 +136,7 @@ def run_weights(run: Run, like=None) -> dict[str, Any]:
     prefix = "" if run.task == "generate" else "body."
     body = like if like is None or run.task == "generate" else like.body
     full = {prefix + name: t for name, t in run_weights(base_run, body).items()}
-    return merged({**full, **weights}, (data.get("lora_alpha") or 2 * lora) / lora)
+    return merged({**full, **weights}, data["lora_alpha"] / lora)
 
 
 def load_weights_for_inference(build: Callable[[], Any], run: Run, device):
@@ -160,7 +161,7 @@ def load_weights_for_inference(build: Callable[[], Any], run: Run, device):
 def run_tokenizer(run: Run, vocab_size: int) -> Tokenizer:
     """The run's tokenizer, refused when its size is not the one the model was trained with (a tokenizer copied
     from another run would give the model ids it never saw)."""
-    folder = run.path if run.hf else run.path / checkpoint.TOKENIZER_DIR
+    folder = tokenizer_folder(run.path)
     tok = load_tokenizer(folder)
     if len(tok) != vocab_size:
         raise CheckpointError(f"{folder}: {len(tok)} pieces, but the model was trained with "
@@ -392,13 +393,14 @@ def info(path: str | Path) -> dict[str, Any]:
     kind = f"{run.kind} (CTranslate2 export)" if run.exported else f"{run.kind} (Hugging Face GPT-2)" if run.hf else run.kind
     result: dict[str, Any] = {"path": str(path), "kind": kind, "config": run.config, "files": files}
     if run.hf:
-        result["parameters"] = sum(t.numel() for name, t in hf.read_tensors(path).items() if hf.is_weight(name))
+        result["parameters"] = sum(math.prod(shape) for name, shape in hf.read_tensors(path, shapes_only=True).items()
+                                   if hf.is_weight(name))
         result["tokenizer"] = {"model_type": "bpe (byte-level)", "vocab_size": len(load_tokenizer(path))}
     elif (path / checkpoint.WEIGHTS).is_file():
         result["parameters"] = checkpoint.count_parameters(checkpoint.load_weights(path / checkpoint.WEIGHTS))
     data = run.config.get("data") or {}
     if run.kind == "finetune" and data.get("lora_rank"):  # what it stores are adapters and a head; the rest is its base
-        result["lora"] = {"rank": data["lora_rank"], "alpha": data.get("lora_alpha") or 2 * data["lora_rank"],
+        result["lora"] = {"rank": data["lora_rank"], "alpha": data["lora_alpha"],
                           "targets": data.get("lora_targets"), "base": (run.config.get("init") or {}).get("pretrained"),
                           "stored_parameters": result.pop("parameters", None)}
     if (path / checkpoint.TOKENIZER_DIR / INFO_FILE).is_file():
